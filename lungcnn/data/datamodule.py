@@ -1,0 +1,206 @@
+"""LightningDataModule for a folder-per-class CT dataset.
+
+setup(): scan the folder -> split (or reuse `split_file`) -> decode every image once into an
+in-memory uint8 cache of shape (N, S, S) -> sampler weights from the training split. Epochs after
+the first never touch a JPEG again, and an unreadable image is reported and skipped before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from lungcnn.data.catalog import scan_folder
+from lungcnn.data.io import LungWindow, read_image
+from lungcnn.data.splits import assign_splits, load_split, save_split
+from lungcnn.data.transforms import MIN_IMAGE_SIZE, build_transform, to_model_grid
+from lungcnn.errors import LungCNNInputError
+
+log = logging.getLogger(__name__)
+
+IMBALANCE = ("sampler", "loss", "none")
+
+
+def load_for_model(source: str | Path | bytes, image_size: int, window: LungWindow, name: str | None = None) -> np.ndarray:
+    """Any supported file -> the (S, S) uint8 image the model sees before normalisation."""
+    return to_model_grid(read_image(source, name=name, window=window), image_size)
+
+
+class CachedImages(Dataset):
+    """(S, S) uint8 images held in memory, transformed per item into ((3, S, S) float, label)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+class LungCTDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: str,
+        class_folders: dict[str, str],
+        class_names: Sequence[str],
+        normal_as: str = "drop",
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.2,
+        grouped: bool = True,
+        n_folds: int | None = None,
+        fold: int | None = None,
+        split_file: str | None = None,
+        imbalance: str = "sampler",
+        augment: Sequence[A.BasicTransform] = (),
+        window: dict[str, float] | None = None,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        seed: int = 0,
+        output_dir: str | None = None,
+        synthetic: bool = False,
+    ) -> None:
+        super().__init__()
+        if image_size < MIN_IMAGE_SIZE:
+            raise LungCNNInputError(f"data.image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
+        if imbalance not in IMBALANCE:
+            raise LungCNNInputError(f"data.imbalance must be one of {IMBALANCE}, got {imbalance!r}")
+        if batch_size < 1:
+            raise LungCNNInputError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.root = Path(root)
+        self.class_folders, self.class_names = dict(class_folders), list(class_names)
+        self.normal_as, self.image_size = normal_as, image_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction, grouped=grouped,
+                               n_folds=n_folds, fold=fold, seed=seed)
+        self.split_file, self.imbalance, self.seed = split_file, imbalance, seed
+        self.window = LungWindow(**(window or {}))
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train_transform = build_transform(self.mean, self.std, augment)
+        self.eval_transform = build_transform(self.mean, self.std)
+        self.output_dir, self.synthetic = output_dir, synthetic
+        self.frame: pd.DataFrame | None = None
+        self.images: np.ndarray | None = None
+        self.skipped: list[str] = []
+
+    # -- setup -------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Make the synthetic demo set if asked; check the folder early, before any training starts."""
+        if self.synthetic:
+            from lungcnn.data.synthetic import make_synthetic_dataset
+
+            make_synthetic_dataset(self.root)
+        self._scan()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.frame is not None:
+            return
+        frame = self._scan()
+        frame["split"] = (
+            load_split(self.split_file, frame) if self.split_file else assign_splits(frame, **self.split_args)
+        )
+        frame, self.images = self._decode(frame)
+        self.frame = frame.reset_index(drop=True)
+        if self.output_dir:
+            save_split(self.frame, Path(self.output_dir) / "split.csv")
+        counts = self.frame.groupby(["split", "class_name"]).size().unstack(fill_value=0)
+        log.info("split (images per class):\n%s", counts.to_string())
+
+    def _scan(self) -> pd.DataFrame:
+        return scan_folder(self.root, self.class_folders, self.class_names, self.normal_as)
+
+    def _decode(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+        keep, images = [], []
+        for i, file in enumerate(frame["file"]):
+            try:
+                images.append(load_for_model(self.root / file, self.image_size, self.window))
+                keep.append(i)
+            except LungCNNInputError as e:
+                self.skipped.append(str(e))
+                log.warning("skipped unreadable image: %s", e)
+        if not images:
+            raise LungCNNInputError(f"{self.root}: none of the {len(frame)} images could be read")
+        frame = frame.iloc[keep]
+        for name in ("train", "val", "test"):
+            if not (frame["split"] == name).any():
+                raise LungCNNInputError(f"the {name} split has no readable images")
+        return frame, np.stack(images)
+
+    # -- data --------------------------------------------------------------------------------------
+    def _subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = (self.frame["split"] == split).to_numpy()
+        return self.images[mask], self.frame["label"].to_numpy()[mask]
+
+    def split_frame(self, split: str) -> pd.DataFrame:
+        return self.frame[self.frame["split"] == split].reset_index(drop=True)
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        labels = self._subset(split)[1]
+        return np.bincount(labels, minlength=len(self.class_names))
+
+    def pos_weight(self) -> float | None:
+        """negatives / positives on the training split, for `BCEWithLogitsLoss(pos_weight=...)`."""
+        if self.imbalance != "loss":
+            return None
+        counts = self.class_counts()
+        return float(counts[:-1].sum() / max(counts[-1], 1))
+
+    def class_weights(self) -> list[float] | None:
+        """Inverse class frequency (mean 1) on the training split, for K-class cross-entropy."""
+        if self.imbalance != "loss":
+            return None
+        counts = self.class_counts().astype(float)
+        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+        return weights.tolist()
+
+    def train_dataloader(self) -> DataLoader:
+        images, labels = self._subset("train")
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = None
+        if self.imbalance == "sampler":
+            counts = np.bincount(labels, minlength=len(self.class_names))
+            weights = (1.0 / np.maximum(counts, 1))[labels]
+            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
+                                            replacement=True, generator=generator)
+        return self._loader(CachedImages(images, labels, self.train_transform), shuffle=sampler is None,
+                            sampler=sampler, generator=generator, drop_last=len(labels) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(CachedImages(*self._subset("val"), self.eval_transform))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(CachedImages(*self._subset("test"), self.eval_transform))
+
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, **kwargs)
+
+    def data_note(self) -> str:
+        """What the model was trained on, for checkpoints, reports and the app's model card."""
+        if self.synthetic or (self.root / "SYNTHETIC.txt").is_file():
+            return "synthetic demo data (drawn phantoms, not medical images)"
+        return f"images from {self.root.name}"
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a checkpoint needs to see new images exactly as training saw them (plain types)."""
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "window": {"level": self.window.level, "width": self.window.width},
+            "pad": "square, value 0",
+        }

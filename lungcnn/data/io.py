@@ -1,0 +1,183 @@
+"""Read any supported file into one grayscale float image.
+
+`read_image` is the single entry for pixels in lungcnn: training, prediction and the app all call it,
+so every format is handled (and every failure is reported) the same way.
+
+Output: ``np.float32`` array of shape (H, W), values in [0, 1].
+- 8-bit images (gray, RGB, RGBA, palette, ...) are converted to gray (alpha dropped) and divided by 255.
+- 16/32-bit integer and float images carry no standard window, so they are stretched to their own
+  min..max range.
+- DICOM: stored values -> Hounsfield units with RescaleSlope/RescaleIntercept, then the lung window
+  (level -600 HU, width 1500 HU by default) maps [level - width/2, level + width/2] to [0, 1].
+
+Every failure raises `LungCNNInputError` naming the file; limits on bytes and pixels are checked
+before any pixel buffer is allocated, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lungcnn.errors import LungCNNInputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+
+MAX_BYTES = 64 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class LungWindow:
+    """A CT display window in Hounsfield units; the default is the usual lung window."""
+
+    level: float = -600.0
+    width: float = 1500.0
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise LungCNNInputError(f"lung window width must be > 0 HU, got {self.width}")
+
+    def apply(self, hu: np.ndarray) -> np.ndarray:
+        low = self.level - self.width / 2
+        return np.clip((hu - low) / self.width, 0.0, 1.0).astype(np.float32)
+
+
+def is_supported(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
+
+
+def read_image(
+    source: str | Path | bytes,
+    *,
+    name: str | None = None,
+    window: LungWindow = LungWindow(),
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Decode a file path or raw bytes (an upload) into a (H, W) float32 image in [0, 1]."""
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), name or "upload"
+    else:
+        path = Path(source)
+        name = name or str(path)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise LungCNNInputError(f"{name}: cannot read file ({e.strerror or e})") from None
+        if size > max_bytes:
+            raise LungCNNInputError(f"{name}: file is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+        data = path.read_bytes()
+    if not data:
+        raise LungCNNInputError(f"{name}: the file is empty")
+    if len(data) > max_bytes:
+        raise LungCNNInputError(f"{name}: file is {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    if _looks_like_dicom(data, name):
+        image = _read_dicom(data, name, window, max_pixels)
+    else:
+        image = _read_raster(data, name, max_pixels)
+    if not np.isfinite(image).all():
+        raise LungCNNInputError(f"{name}: the image contains NaN or infinite values")
+    return image
+
+
+def _looks_like_dicom(data: bytes, name: str) -> bool:
+    return data[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
+
+
+def _read_raster(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise LungCNNInputError(f"{name}: {width}x{height} pixels is over the {max_pixels:,} pixel limit")
+            if width < 1 or height < 1:
+                raise LungCNNInputError(f"{name}: the image has no pixels ({width}x{height})")
+            im.load()
+    except LungCNNInputError:
+        raise
+    except UnidentifiedImageError:
+        raise LungCNNInputError(f"{name}: not an image lungcnn can read (JPEG, PNG, BMP, TIFF or DICOM)") from None
+    except Image.DecompressionBombError:
+        raise LungCNNInputError(f"{name}: declared size is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise LungCNNInputError(f"{name}: the image is corrupt or truncated ({e})") from None
+    return _to_gray_unit(im, name)
+
+
+def _to_gray_unit(im: Image.Image, name: str) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _stretch(np.asarray(im, dtype=np.float64))
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Composite on black: transparent areas become background (air), as in a CT.
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
+    try:
+        gray = im.convert("L")
+    except (ValueError, OSError) as e:
+        raise LungCNNInputError(f"{name}: unsupported image mode {im.mode!r} ({e})") from None
+    return np.asarray(gray, dtype=np.float32) / 255.0
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise LungCNNInputError("the image contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def _read_dicom(data: bytes, name: str, window: LungWindow, max_pixels: int) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise LungCNNInputError(f"{name}: not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise LungCNNInputError(f"{name}: the DICOM file has no pixel data (no image to classify)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise LungCNNInputError(f"{name}: the DICOM file lacks valid Rows/Columns tags") from None
+    if rows < 1 or cols < 1:
+        raise LungCNNInputError(f"{name}: the DICOM image has no pixels ({cols}x{rows})")
+    if rows * cols * frames > max_pixels:
+        raise LungCNNInputError(f"{name}: {cols}x{rows}x{frames} pixels is over the {max_pixels:,} pixel limit")
+    try:
+        pixels = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as e:  # pydicom raises many types: missing decoder, size mismatch, bad tags
+        raise LungCNNInputError(f"{name}: cannot decode the DICOM pixel data ({type(e).__name__}: {e})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and pixels.shape[-1] == 3:
+        pixels = pixels.mean(axis=-1)
+    elif pixels.ndim == 3:  # multi-frame: the middle slice stands for the series
+        pixels = pixels[pixels.shape[0] // 2]
+    if pixels.ndim == 4:
+        pixels = pixels[pixels.shape[0] // 2].mean(axis=-1)
+    if pixels.ndim != 2:
+        raise LungCNNInputError(f"{name}: unexpected DICOM pixel array shape {pixels.shape}")
+    if not np.isfinite(pixels).all():
+        raise LungCNNInputError(f"{name}: the DICOM pixel data contains NaN or infinite values")
+    modality = str(getattr(ds, "Modality", "CT"))
+    if modality != "CT" and "RescaleIntercept" not in ds:
+        # No Hounsfield scale to window: fall back to the image's own range.
+        image = _stretch(pixels)
+        return 1.0 - image if photometric == "MONOCHROME1" else image
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    image = window.apply(pixels * slope + intercept)
+    return 1.0 - image if photometric == "MONOCHROME1" else image

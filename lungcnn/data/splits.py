@@ -1,0 +1,96 @@
+"""Train / val / test splits: stratified by label, grouped by series, seeded, saved to `split.csv`.
+
+Adjacent slices of one scan are near-copies, so a random image-level split puts the same patient on
+both sides and inflates every metric. With `grouped=True` (the default) no group crosses two splits;
+`grouped=False` reproduces the image-level split that published results on IQ-OTH/NCCD used.
+`n_folds`/`fold` select one fold of a grouped k-fold cross-validation as the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from lungcnn.errors import LungCNNInputError
+from lungcnn.fileio import atomic_open
+
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(
+    frame: pd.DataFrame,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    grouped: bool = True,
+    n_folds: int | None = None,
+    fold: int | None = None,
+) -> pd.Series:
+    """A 'train' / 'val' / 'test' label per row of `frame` (columns label, group)."""
+    _check_fractions(val_fraction, test_fraction, n_folds, fold)
+    labels = frame["label"].to_numpy()
+    groups = frame["group"].to_numpy() if grouped else np.arange(len(frame)).astype(str)
+    split = np.full(len(frame), "train", dtype=object)
+    if n_folds:
+        test = _one_fold(labels, groups, n_folds, seed, fold)
+        val_share = val_fraction / (1 - 1 / n_folds)
+    else:
+        test = _one_fold(labels, groups, round(1 / test_fraction), seed, 0)
+        val_share = val_fraction / (1 - test_fraction)
+    split[test] = "test"
+    rest = np.setdiff1d(np.arange(len(frame)), test)
+    val = _one_fold(labels[rest], groups[rest], round(1 / val_share), seed + 1, 0)
+    split[rest[val]] = "val"
+    result = pd.Series(split, index=frame.index, name="split")
+    for name in SPLITS:
+        if not (result == name).any():
+            raise LungCNNInputError(
+                f"the {name} split is empty: too few images or groups ({len(set(groups))}) for these fractions"
+            )
+    return result
+
+
+def _one_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, fold: int) -> np.ndarray:
+    """Positions (into `labels`) of fold `fold` of a seeded stratified group k-fold."""
+    n_splits = max(2, min(n_splits, len(set(groups))))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, chosen = list(folds.split(labels, labels, groups))[fold % n_splits]
+    return chosen
+
+
+def _check_fractions(val_fraction: float, test_fraction: float, n_folds: int | None, fold: int | None) -> None:
+    if n_folds is not None:
+        if n_folds < 2:
+            raise LungCNNInputError(f"data.n_folds must be >= 2, got {n_folds}")
+        if fold is None or not 0 <= fold < n_folds:
+            raise LungCNNInputError(f"data.fold must be in 0..{n_folds - 1} when data.n_folds={n_folds}, got {fold}")
+    elif not 0 < test_fraction < 1:
+        raise LungCNNInputError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0 < val_fraction < 1 or (n_folds is None and val_fraction + test_fraction >= 1):
+        raise LungCNNInputError(
+            f"data.val_fraction must be in (0, 1) and leave room for training, got {val_fraction} (test {test_fraction})"
+        )
+
+
+def save_split(frame: pd.DataFrame, path: str | Path) -> None:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
+        frame[["file", "label", "group", "split"]].to_csv(f, index=False)
+
+
+def load_split(path: str | Path, frame: pd.DataFrame) -> pd.Series:
+    """The split column for `frame` from a saved `split.csv`; every image must be listed there."""
+    path = Path(path)
+    if not path.is_file():
+        raise LungCNNInputError(f"split file not found: {path} (data.split_file)")
+    saved = pd.read_csv(path, dtype={"file": str, "split": str})
+    if not {"file", "split"} <= set(saved.columns) or not saved["split"].isin(SPLITS).all():
+        raise LungCNNInputError(f"{path}: not a lungcnn split file (columns file,label,group,split; split in {SPLITS})")
+    by_file = dict(zip(saved["file"], saved["split"], strict=False))
+    missing = [f for f in frame["file"] if f not in by_file]
+    if missing:
+        raise LungCNNInputError(f"{path}: {len(missing)} image(s) of the data are not in the split file, e.g. {missing[0]}")
+    return frame["file"].map(by_file).rename("split")

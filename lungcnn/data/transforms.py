@@ -1,0 +1,48 @@
+"""Preprocessing and augmentation.
+
+Two steps, split where the cache sits:
+1. `to_model_grid` (deterministic, cached once per image): (H, W) float [0, 1] -> pad to a square
+   with 0 (air, the CT background, so padding looks like the scan's own border) -> resize to
+   (S, S) -> uint8 [0, 255]. Aspect ratio is kept, so wide scans are not stretched.
+2. `build_transform` (per sample): albumentations on the (S, S) uint8 image -> gray to 3 channels ->
+   normalise with the backbone's pretrained mean/std -> float tensor (3, S, S).
+Augmentation is a list of albumentations transforms given in config (`data.augment`); evaluation
+uses none of it, so validation, test, predict and the app see exactly the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+MIN_IMAGE_SIZE = 32
+
+
+def to_model_grid(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) float in [0, 1] -> (size, size) uint8, centred on a square of air."""
+    h, w = image.shape
+    side = max(h, w)
+    square = np.zeros((side, side), np.float32)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top : top + h, left : left + w] = image
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (size, size), interpolation=interpolation)
+    return np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+
+
+def build_transform(
+    mean: Sequence[float], std: Sequence[float], augment: Sequence[A.BasicTransform] = ()
+) -> A.Compose:
+    """(S, S) uint8 -> (3, S, S) float tensor, with `augment` applied first (training only)."""
+    return A.Compose(
+        [
+            *augment,
+            A.ToRGB(num_output_channels=3),
+            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+            ToTensorV2(),
+        ]
+    )

@@ -1,0 +1,75 @@
+"""LightningModule: LungNet + the task's loss and torchmetrics metrics, plus the checkpoint's metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from lungcnn.checkpoint import build_metadata
+from lungcnn.models.net import LungNet
+from lungcnn.models.tasks import get_task
+
+
+class LungClassifier(L.LightningModule):
+    """Hyperparameters are plain Python types only, so checkpoints load with `weights_only=True`."""
+
+    def __init__(
+        self,
+        class_names: list[str],
+        task: str = "binary",
+        backbone: str = "mobilenetv2_100",
+        pretrained: str = "imagenet",
+        weights_file: str | None = None,
+        hidden: int = 128,
+        dropout: float = 0.2,
+        head_lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        pos_weight: float | None = None,
+        class_weights: list[float] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        data_note: str = "",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = get_task(task, len(class_names))
+        self.net = LungNet(backbone, self.task.outputs(len(class_names)), hidden, dropout, pretrained, weights_file)
+        self.loss = self.task.make_loss(len(class_names), pos_weight, class_weights)
+        self.val_metrics = self.task.make_metrics(len(class_names)).clone(prefix="val/")
+        self.test_metrics = self.task.make_metrics(len(class_names)).clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), self.task.targets(y))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", self.loss(logits, self.task.targets(y)), prog_bar=stage == "val",
+                 on_epoch=True, batch_size=len(y), sync_dist=True)
+        metrics.update(self.task.probabilities(logits, 1.0), y)
+        self.log_dict(metrics, on_epoch=True, prog_bar=False, batch_size=len(y))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Only what is trainable now: the fine-tuning callback adds backbone layers in stage 2.
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.head_lr, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lungcnn"] = build_metadata(self.hparams)

@@ -1,0 +1,32 @@
+"""The network: backbone -> global average pooling -> dropout -> Linear(F, hidden) -> ReLU -> dropout
+-> Linear(hidden, outputs). One output (a logit for P(malignant)) for the binary task, K for K classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lungcnn.models.backbone import create_backbone
+
+
+class ClassifierHead(nn.Sequential):
+    def __init__(self, in_features: int, hidden: int = 128, dropout: float = 0.2, outputs: int = 1) -> None:
+        super().__init__(
+            nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(hidden, outputs),
+        )
+
+
+class LungNet(nn.Module):
+    """Images (N, 3, S, S) -> logits (N,) for one output, (N, K) for K outputs."""
+
+    def __init__(self, backbone: str = "mobilenetv2_100", outputs: int = 1, hidden: int = 128,
+                 dropout: float = 0.2, pretrained: str = "imagenet", weights_file: str | None = None) -> None:
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained, weights_file)
+        self.head = ClassifierHead(self.backbone.num_features, hidden, dropout, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.backbone(x))
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits

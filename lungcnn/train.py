@@ -1,0 +1,110 @@
+"""Train: `python -m lungcnn.train [experiment=NAME] [key=value ...]` (Hydra; `-m` for sweeps).
+
+Builds the data module, model, callbacks, loggers and trainer from `conf/` with
+`hydra.utils.instantiate`, fits with two-stage fine-tuning, tests the best checkpoint, and writes
+`split.csv`, `checkpoints/`, `metrics.json` into the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lungcnn.cli import friendly_errors
+from lungcnn.errors import LungCNNInputError
+from lungcnn.fileio import write_json
+from lungcnn.models.backbone import normalization_for
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    default_mean, default_std = normalization_for(cfg.model.backbone)
+    return instantiate(cfg.data, mean=cfg.data.mean or default_mean, std=cfg.data.std or default_std,
+                       _convert_="all")
+
+
+def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
+    return instantiate(cfg.model, class_names=datamodule.class_names, preprocessing=datamodule.preprocessing(),
+                       pos_weight=datamodule.pos_weight(), class_weights=datamodule.class_weights(),
+                       data_note=datamodule.data_note(), _convert_="all")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test one configuration; return the metrics written to metrics.json."""
+    run_dir = Path(cfg.run_dir)
+    _refuse_overwrite(run_dir, cfg.ckpt_path)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    result: dict[str, Any] = {"val": _scalars(trainer.callback_metrics, "val/")}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.test:
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        result["test"] = _scalars(tested[0] if tested else {}, "test/")
+    result.update(best_checkpoint=best, seed=cfg.seed, data=model.hparams.data_note,
+                  split={k: int(v) for k, v in datamodule.frame["split"].value_counts().items()},
+                  skipped_images=datamodule.skipped)
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", result)
+        print(format_table(result), flush=True)
+    _finish_wandb()
+    return result
+
+
+def _refuse_overwrite(run_dir: Path, ckpt_path: str | None) -> None:
+    if ckpt_path is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise LungCNNInputError(
+            f"{run_dir} already holds a trained run; pass ckpt_path=last to resume it, or choose another hydra.run.dir"
+        )
+
+
+def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
+    return {k.removeprefix(prefix): float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    names = sorted(set(result.get("val", {})) | set(result.get("test", {})))
+    lines = [f"{'metric':<14}{'val':>10}{'test':>10}", "-" * 34]
+    for name in names:
+        cells = [result.get(split, {}).get(name, math.nan) for split in ("val", "test")]
+        lines.append(f"{name:<14}" + "".join(f"{c:>10.4f}" for c in cells))
+    lines.append(f"data: {result['data']}; split sizes {result['split']}; best checkpoint: {result['best_checkpoint']}")
+    return "\n".join(lines)
+
+
+def _finish_wandb() -> None:
+    # Under a Hydra multirun each job must close its wandb run, or the next job logs into it.
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@friendly_errors
+def main(cfg: DictConfig) -> float | None:
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    result = train(cfg)
+    value = {"val": result["val"], "test": result.get("test", {})}
+    split, _, key = str(cfg.optimized_metric).partition("/")
+    return value.get(split, {}).get(key)
+
+
+if __name__ == "__main__":
+    main()

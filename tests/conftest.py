@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny synthetic dataset and Hydra configs composed from conf/ as a user would."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "iqothnccd-dev"
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A small synthetic set: 4 benign and 6 malignant patients, 3 slices each, 64 px."""
+    from lungcnn.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    return make_synthetic_dataset(root, n_patients={"benign": 4, "malignant": 6}, slices_per_patient=3,
+                                  image_size=64, seed=0)
+
+
+def make_cfg(run_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"run_dir={run_dir}", *overrides])
+
+
+def tiny_overrides(root: Path) -> list[str]:
+    """Fast settings for tests: 64 px, small batches, a few epochs, no ImageNet download needed."""
+    return [f"data.root={root}", "data.synthetic=false", "data.image_size=64", "data.batch_size=8",
+            "trainer.max_epochs=2", "callbacks.finetune.stage1_epochs=1", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

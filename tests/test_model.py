@@ -1,0 +1,96 @@
+"""Backbone weights, the head, and the two-stage fine-tuning callback's exact freezing."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lungcnn.callbacks.finetune import TwoStageFinetune
+from lungcnn.data.datamodule import LungCTDataModule
+from lungcnn.errors import LungCNNInputError
+from lungcnn.models.backbone import LOCAL_IMAGENET_WEIGHTS, conv_and_norm_layers, create_backbone
+from lungcnn.models.module import LungClassifier
+from lungcnn.models.net import LungNet
+
+
+def test_offline_imagenet_weights_match_torchvision():
+    """timm + mapped weights compute the same features as torchvision's own MobileNetV2 with its file."""
+    ours = create_backbone("mobilenetv2_100", "imagenet").eval()
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(torch.load(LOCAL_IMAGENET_WEIGHTS["mobilenetv2_100"](), weights_only=True))
+    reference.eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = nn.functional.adaptive_avg_pool2d(reference.features(x), 1).flatten(1)
+        torch.testing.assert_close(ours(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_missing_weights_stop_with_a_message(tmp_path):
+    with pytest.raises(LungCNNInputError, match="weights file not found"):
+        create_backbone("mobilenetv2_100", "imagenet", weights_file=str(tmp_path / "none.pth"))
+    with pytest.raises(LungCNNInputError, match="unknown timm model"):
+        create_backbone("mobilenet_v9000")
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": torch.zeros(3)}, bad)
+    with pytest.raises(LungCNNInputError, match="not weights for this model"):
+        create_backbone("mobilenetv2_100", "none", weights_file=str(bad))
+
+
+def test_head_outputs_one_logit_or_k():
+    x = torch.zeros(2, 3, 64, 64)
+    assert LungNet(pretrained="none", outputs=1)(x).shape == (2,)
+    assert LungNet(pretrained="none", outputs=3)(x).shape == (2, 3)
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+class _Snapshots(L.Callback):
+    def __init__(self) -> None:
+        self.states: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.states.append(_snapshot(pl_module.net))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.states.append(_snapshot(pl_module.net))
+
+
+def test_two_stage_freezing_is_exact(tiny_root, tmp_path):
+    L.seed_everything(0)
+    dm = LungCTDataModule(root=str(tiny_root), class_folders={"benign": "benign", "malignant": "malignant"},
+                          class_names=["benign", "malignant"], image_size=64, batch_size=4)
+    model = LungClassifier(["benign", "malignant"], pretrained="none", head_lr=1e-2, dropout=0.0,
+                           preprocessing={})
+    snapshots, top_n = _Snapshots(), 12
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TwoStageFinetune(stage1_epochs=1, unfreeze_top_n=top_n), snapshots])
+    trainer.fit(model, datamodule=dm)
+    start, after_stage1, end = snapshots.states
+    head = {k for k in start if k.startswith("head.")}
+    # Stage 1: the head changes, nothing of the backbone does (weights nor batch-norm statistics).
+    assert _changed(start, after_stage1) == head
+    # Stage 2: exactly the top layers (their weights and BN running stats) and the head.
+    names = {id(m): n for n, m in model.net.backbone.named_modules()}
+    top = [names[id(m)] for m in TwoStageFinetune.top_layers(model.net.backbone, top_n)]
+    assert len(top) == top_n and len(conv_and_norm_layers(model.net.backbone)) == 104
+    expected = {k for k in start if k.startswith("backbone.") and k.removeprefix("backbone.").rsplit(".", 1)[0] in top}
+    assert _changed(after_stage1, end) == head | expected
+    # The optimizer holds the head's group and the unfrozen layers at the fine-tuning rate (head_lr / 10).
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx([1e-3, 1e-3])
+
+
+def test_bad_finetune_settings():
+    with pytest.raises(LungCNNInputError, match="unfreeze_top_n"):
+        TwoStageFinetune(unfreeze_top_n=-1)
+    with pytest.raises(LungCNNInputError, match="task"):
+        LungClassifier(["a", "b", "c"], task="binary", pretrained="none")
