@@ -72,7 +72,7 @@ class LungCTDataModule(L.LightningDataModule):
         std: Sequence[float] = (0.229, 0.224, 0.225),
         seed: int = 0,
         output_dir: str | None = None,
-        synthetic: bool = False,
+        synthetic: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if image_size < MIN_IMAGE_SIZE:
@@ -103,7 +103,7 @@ class LungCTDataModule(L.LightningDataModule):
         if self.synthetic:
             from lungcnn.data.synthetic import make_synthetic_dataset
 
-            make_synthetic_dataset(self.root)
+            make_synthetic_dataset(self.root, **(self.synthetic if isinstance(self.synthetic, dict) else {}))
         self._scan()
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,0 +1,105 @@
+"""Percentile bootstrap confidence intervals.
+
+With ~160 test images a point estimate alone overstates certainty; the interval says how much the number
+would move on another test set of the same size. Resampling is stratified by class by default so every
+resample keeps the test set's class balance (and sensitivity/specificity stay defined).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation.metrics import binary_metrics, binary_metrics_batched
+
+MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]
+
+
+def bootstrap_ci(
+    metric_fn: MetricFn,
+    probs: Any,
+    labels: Any,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+    fast: bool = True,
+) -> dict[str, tuple[float, float]]:
+    """(low, high) percentile interval for every real-valued top-level entry of `metric_fn(probs, labels)`.
+
+    Resamples where a metric is NaN (e.g. AUC of a one-class resample) are ignored for that metric; an
+    all-NaN metric gets (nan, nan). The same seed gives the same intervals. `binary_metrics` itself, or
+    `functools.partial(binary_metrics, threshold=t)`, or any metric_fn with a `batched(P, Y)` attribute,
+    takes a vectorised numpy path (set `fast=False` to force one call per resample).
+    """
+    p = np.asarray(probs)
+    y = np.asarray(labels)
+    if p.shape[:1] != y.shape or y.ndim != 1 or y.size == 0:
+        raise LungCNNInputError(f"probs {p.shape} and labels {y.shape} must have the same, non-zero length")
+    if int(n_resamples) < 1:
+        raise LungCNNInputError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < alpha < 1.0:
+        raise LungCNNInputError(f"alpha must be in (0, 1), got {alpha}")
+    idx = resample_indices(y, int(n_resamples), seed, stratified)
+
+    batched = _batched_version(metric_fn) if fast else None
+    if batched is not None:
+        samples = {k: np.asarray(v, dtype=np.float64) for k, v in batched(p[idx], y[idx]).items()}
+    else:
+        rows = [metric_fn(p[i], y[i]) for i in idx]
+        keys = [k for k, v in rows[0].items() if _is_real(v)]
+        samples = {k: np.array([float(r[k]) for r in rows]) for k in keys}
+    return {k: _percentile_interval(v, alpha) for k, v in samples.items()}
+
+
+def resample_indices(labels: np.ndarray, n_resamples: int, seed: int, stratified: bool = True) -> np.ndarray:
+    """(n_resamples, N) indices drawn with replacement; stratified keeps each class's count fixed."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    n = y.shape[0]
+    if not stratified:
+        return rng.integers(0, n, size=(n_resamples, n))
+    out = np.empty((n_resamples, n), dtype=np.int64)
+    col = 0
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        draws = rng.integers(0, members.size, size=(n_resamples, members.size))
+        out[:, col:col + members.size] = members[draws]
+        col += members.size
+    return out
+
+
+def _batched_version(metric_fn: MetricFn) -> Callable[[np.ndarray, np.ndarray], Mapping[str, Any]] | None:
+    batched = getattr(metric_fn, "batched", None)
+    if callable(batched):
+        return batched
+    if metric_fn is binary_metrics:
+        return binary_metrics_batched
+    if (
+        isinstance(metric_fn, functools.partial)
+        and metric_fn.func is binary_metrics
+        and not metric_fn.args
+        and set(metric_fn.keywords) <= {"threshold"}
+    ):
+        return functools.partial(binary_metrics_batched, **metric_fn.keywords)
+    return None
+
+
+def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    v = values[~np.isnan(values)]
+    if v.size == 0:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (float(lo), float(hi))
+
+
+def _is_real(v: Any) -> bool:
+    if isinstance(v, np.ndarray):
+        return v.ndim == 0 and v.dtype.kind in "fiu"
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)

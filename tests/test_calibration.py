@@ -1,0 +1,195 @@
+"""Calibration: temperature scaling, isotonic maps and the sensitivity-driven threshold."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.isotonic import IsotonicRegression
+
+from lungcnn.calibration import (
+    TemperatureFit,
+    apply_isotonic,
+    apply_temperature,
+    fit_isotonic,
+    fit_temperature,
+    threshold_for_sensitivity,
+)
+from lungcnn.errors import LungCNNInputError
+
+
+def _binary_data(n: int = 20000, seed: int = 0, scale: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """True logits z and labels drawn from sigmoid(z): perfectly calibrated at T=1."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, scale, n)
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.int64)
+    return z, y
+
+
+def _multiclass_data(n: int = 20000, k: int = 3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, (n, k))
+    y = np.argmax(z + rng.gumbel(size=(n, k)), axis=1)  # Gumbel-max == a draw from softmax(z)
+    return z, y
+
+
+# --- temperature scaling ---------------------------------------------------------------------------------
+
+def test_temperature_recovers_known_binary_temperature() -> None:
+    z, y = _binary_data()
+    fit = fit_temperature(3.0 * z, y)
+    assert isinstance(fit, TemperatureFit)
+    assert fit.temperature == pytest.approx(3.0, rel=0.05)
+    assert fit.nll_after < fit.nll_before
+    assert fit.message is None
+
+
+def test_temperature_recovers_known_multiclass_temperature() -> None:
+    z, y = _multiclass_data()
+    fit = fit_temperature(3.0 * z, y)
+    assert fit.temperature == pytest.approx(3.0, rel=0.05)
+    assert fit.nll_after < fit.nll_before
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 3.0])
+def test_temperature_never_makes_nll_worse(scale: float) -> None:
+    z, y = _binary_data(n=500, seed=3)
+    fit = fit_temperature(scale * z, y)
+    assert fit.nll_after <= fit.nll_before
+    # The reported NLL is the real NLL of the returned temperature on the fit data.
+    p = np.clip(apply_temperature(scale * z, fit.temperature), 1e-15, 1 - 1e-15)
+    assert fit.nll_after == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rel=1e-9)
+
+
+def test_temperature_one_class_returns_one_with_message() -> None:
+    z = np.linspace(-2, 2, 50)
+    for label in (0, 1):
+        fit = fit_temperature(z, np.full(50, label))
+        assert fit.temperature == 1.0
+        assert fit.nll_after == fit.nll_before
+        assert fit.message and "one class" in fit.message
+
+
+def test_temperature_separable_data_is_clamped_not_collapsed() -> None:
+    z = np.r_[np.linspace(-6, -1, 20), np.linspace(1, 6, 20)]
+    y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    fit = fit_temperature(z, y)
+    assert 0.05 <= fit.temperature < 1.0
+    assert fit.nll_after <= fit.nll_before
+    assert fit.message and "separable" in fit.message
+
+
+def test_apply_temperature_binary_and_multiclass() -> None:
+    z = np.array([-2.0, 0.0, 3.0])
+    np.testing.assert_allclose(apply_temperature(z, 2.0), 1 / (1 + np.exp(-z / 2)))
+    zk = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    pk = apply_temperature(zk, 0.5)
+    np.testing.assert_allclose(pk.sum(axis=1), 1.0)
+    np.testing.assert_allclose(pk[0], np.exp(zk[0] / 0.5) / np.exp(zk[0] / 0.5).sum())
+    with pytest.raises(LungCNNInputError):
+        apply_temperature(z, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels"),
+    [
+        (np.array([0.1, np.nan]), np.array([0, 1])),  # NaN logit
+        (np.array([0.1, 0.2]), np.array([0, 2])),  # label 2 in a binary task
+        (np.array([0.1, 0.2, 0.3]), np.array([0, 1])),  # length mismatch
+        (np.zeros((3, 2, 2)), np.array([0, 1, 0])),  # wrong rank
+        (np.array([0.1, 0.2]), np.array([0.0, 0.5])),  # non-integer label
+    ],
+)
+def test_temperature_rejects_bad_input(logits: np.ndarray, labels: np.ndarray) -> None:
+    with pytest.raises(LungCNNInputError):
+        fit_temperature(logits, labels)
+
+
+# --- isotonic --------------------------------------------------------------------------------------------
+
+def _skewed_probs(n: int = 400, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    true_p = rng.random(n)
+    y = (rng.random(n) < true_p).astype(np.int64)
+    return true_p**2, y  # a monotone distortion isotonic regression can undo
+
+
+def test_isotonic_is_monotone_and_matches_sklearn() -> None:
+    p, y = _skewed_probs()
+    params = fit_isotonic(p, y)
+    grid = np.linspace(0, 1, 1001)
+    out = apply_isotonic(params, grid)
+    assert np.all(np.diff(out) >= 0)
+    assert out.min() >= 0 and out.max() <= 1
+    ref = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y)
+    np.testing.assert_allclose(apply_isotonic(params, grid), ref.predict(grid), atol=1e-12)
+
+
+def test_isotonic_params_round_trip_through_json() -> None:
+    p, y = _skewed_probs()
+    params = fit_isotonic(p, y)
+    assert set(params) == {"x", "y"}
+    assert all(type(v) is float for v in params["x"] + params["y"])
+    back = json.loads(json.dumps(params))
+    assert back == params
+    np.testing.assert_array_equal(apply_isotonic(back, p), apply_isotonic(params, p))
+
+
+def test_isotonic_rejects_multiclass_and_bad_params() -> None:
+    with pytest.raises(LungCNNInputError, match="binary only"):
+        fit_isotonic(np.full((4, 2), 0.5), np.array([0, 1, 0, 1]))
+    with pytest.raises(LungCNNInputError, match="binary only"):
+        apply_isotonic({"x": [0.0, 1.0], "y": [0.0, 1.0]}, np.full((4, 2), 0.5))
+    with pytest.raises(LungCNNInputError):
+        apply_isotonic({"x": [0.0, 1.0], "y": [1.0, 0.0]}, np.array([0.5]))  # decreasing map
+    with pytest.raises(LungCNNInputError):
+        apply_isotonic({"x": [0.0, 1.0]}, np.array([0.5]))
+
+
+def test_isotonic_one_class_is_identity_with_message() -> None:
+    params = fit_isotonic(np.array([0.2, 0.7, 0.9]), np.array([1, 1, 1]))
+    assert "one class" in params["message"]
+    np.testing.assert_allclose(apply_isotonic(params, np.array([0.2, 0.7])), [0.2, 0.7])
+
+
+# --- threshold -------------------------------------------------------------------------------------------
+
+def _sensitivity(p: np.ndarray, y: np.ndarray, t: float) -> float:
+    return float(np.mean(p[y == 1] >= t))
+
+
+@pytest.mark.parametrize("target", [0.9, 0.95, 0.98, 1.0])
+def test_threshold_reaches_target_and_is_highest(target: float) -> None:
+    rng = np.random.default_rng(7)
+    p = rng.random(300)
+    y = (rng.random(300) < p).astype(np.int64)
+    t = threshold_for_sensitivity(p, y, target)
+    assert _sensitivity(p, y, t) >= target
+    assert _sensitivity(p, y, float(np.nextafter(t, 2.0))) < target  # any higher threshold misses the target
+    assert t in set(p[y == 1])
+
+
+def test_threshold_with_ties_and_float_rounding() -> None:
+    # 50 positives: 0.98 * 50 is 49 up to float rounding, so exactly one positive may be missed.
+    p = np.r_[np.linspace(0.5, 1.0, 50), np.full(10, 0.2)]
+    y = np.r_[np.ones(50, int), np.zeros(10, int)]
+    assert threshold_for_sensitivity(p, y, 0.98) == pytest.approx(p[1])
+    tied = np.array([0.3, 0.3, 0.3, 0.9, 0.1])
+    assert threshold_for_sensitivity(tied, np.array([1, 1, 1, 1, 0]), 0.5) == 0.3
+    assert threshold_for_sensitivity(tied, np.array([1, 1, 1, 1, 0]), 1.0) == 0.3
+
+
+def test_threshold_rejects_no_positives_and_bad_target() -> None:
+    with pytest.raises(LungCNNInputError, match="no malignant"):
+        threshold_for_sensitivity(np.array([0.1, 0.9]), np.array([0, 0]))
+    with pytest.raises(LungCNNInputError):
+        threshold_for_sensitivity(np.array([0.1, 0.9]), np.array([0, 1]), target=0.0)
+    with pytest.raises(LungCNNInputError):
+        threshold_for_sensitivity(np.array([0.1, 1.9]), np.array([0, 1]))  # not a probability
+
+
+def test_temperature_fit_object_is_plain_data() -> None:
+    fit = fit_temperature(*_binary_data(n=200))
+    assert all(math.isfinite(v) for v in (fit.temperature, fit.nll_before, fit.nll_after))
