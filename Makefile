@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) -m lungcnn.train experiment=demo hydra.run.dir=$(DEMO_DIR)
+	$(PY) -m lungcnn.calibrate ckpt=$(DEMO_DIR)/checkpoints/best.ckpt
+	$(PY) -m lungcnn.evaluate ckpt=$(DEMO_DIR)/checkpoints/best.calibrated.ckpt
 
 test: install
 	$(PY) -m pytest -q

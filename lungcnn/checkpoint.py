@@ -37,7 +37,8 @@ def build_metadata(hparams: Mapping[str, Any]) -> dict[str, Any]:
         "temperature": 1.0,
         "threshold": 0.5,
         "calibration": {"method": "none"},
-        "data_note": hparams.get("data_note", ""),
+        "data": dict(hparams.get("data") or {}),
+        "data_note": (hparams.get("data") or {}).get("note", ""),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

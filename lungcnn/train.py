@@ -35,7 +35,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
     return instantiate(cfg.model, class_names=datamodule.class_names, preprocessing=datamodule.preprocessing(),
                        pos_weight=datamodule.pos_weight(), class_weights=datamodule.class_weights(),
-                       data_note=datamodule.data_note(), _convert_="all")
+                       data=datamodule.describe(), _convert_="all")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         result["test"] = _scalars(tested[0] if tested else {}, "test/")
-    result.update(best_checkpoint=best, seed=cfg.seed, data=model.hparams.data_note,
+    result.update(best_checkpoint=best, seed=cfg.seed, data=datamodule.data_note(),
                   split={k: int(v) for k, v in datamodule.frame["split"].value_counts().items()},
                   skipped_images=datamodule.skipped)
     if trainer.is_global_zero:

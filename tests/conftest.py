@@ -36,3 +36,13 @@ def tiny_overrides(root: Path) -> list[str]:
     return [f"data.root={root}", "data.synthetic=false", "data.image_size=64", "data.batch_size=8",
             "trainer.max_epochs=2", "callbacks.finetune.stage1_epochs=1", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tiny_root, tmp_path_factory) -> Path:
+    """One tiny two-stage training run shared by the calibrate / evaluate / predict / app tests."""
+    from lungcnn.train import train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    result = train(make_cfg(run_dir, tiny_overrides(tiny_root)))
+    return Path(result["best_checkpoint"])

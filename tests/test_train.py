@@ -84,3 +84,9 @@ def test_short_run_on_real_images(tmp_path):
 def test_gpu_smoke(tiny_root, tmp_path):
     cfg = make_cfg(tmp_path, ["trainer=gpu", *tiny_overrides(tiny_root), "+trainer.fast_dev_run=true"])
     assert "roc_auc" in train(cfg)["test"]
+
+
+def test_same_seed_gives_the_same_metrics(tiny_root, tmp_path):
+    runs = [train(make_cfg(tmp_path / str(i), [*tiny_overrides(tiny_root), "seed=7"])) for i in range(2)]
+    assert runs[0]["test"] == runs[1]["test"] and runs[0]["val"] == runs[1]["val"]
+    assert (tmp_path / "0" / "split.csv").read_text() == (tmp_path / "1" / "split.csv").read_text()

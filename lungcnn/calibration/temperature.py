@@ -45,6 +45,10 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 200) -> Temperatur
     if np.unique(y).size < 2:
         return TemperatureFit(1.0, nll_one, nll_one, "only one class in the labels: no temperature can be "
                               "learned from one class, using T=1.0")
+    if _separable(z, y):
+        # NLL then falls all the way to T -> 0: there is no finite optimum, only overconfidence.
+        return TemperatureFit(1.0, nll_one, nll_one, "the fit data are perfectly separated (every image ranked "
+                              "right): NLL has no finite minimum, so no temperature can be learned; using T=1.0")
 
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=int(max_iter), tolerance_grad=1e-10,
@@ -69,6 +73,12 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 200) -> Temperatur
     if not math.isfinite(nll_t) or nll_t > nll_one:
         return TemperatureFit(1.0, nll_one, nll_one, "temperature scaling did not improve NLL; using T=1.0")
     return TemperatureFit(t, nll_one, nll_t, message)
+
+
+def _separable(z: np.ndarray, y: np.ndarray) -> bool:
+    if z.ndim == 1:
+        return bool(z[y == 0].max() < z[y == 1].min())
+    return bool((z.argmax(axis=1) == y).all())
 
 
 def apply_temperature(logits: Any, temperature: float) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Choosing the decision threshold from a sensitivity target.
 
 Missing a malignancy costs far more than a false alarm, so the operating point is set by the sensitivity
-we require and, among thresholds meeting it, the highest one (fewest false positives) is chosen.
+we require and, among thresholds meeting it, the highest one (fewest false positives) is chosen. The
+threshold is then placed halfway (in logit space) to the next lower score on these data: the same
+decisions here, but a margin on both sides for new images instead of sitting on one validation image.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from lungcnn.evaluation.metrics import check_binary
 
 
 def threshold_for_sensitivity(probs: Any, labels: Any, target: float = 0.98) -> float:
-    """Highest t with sensitivity(prob >= t) >= target on these data.
+    """A threshold t with sensitivity(prob >= t) >= target on these data, with the fewest false positives.
 
-    It is the k-th highest positive probability, k = ceil(target * n_positives): any higher t drops that
-    positive (and every tie with it). On new data the achieved sensitivity can be lower; choose the target
-    with that margin in mind.
+    The strictest such threshold is the k-th highest positive probability p_k, k = ceil(target * n_pos);
+    t lies halfway in logit space between p_k and the highest score below it, so every decision on these
+    data is the same as at p_k. On new data the achieved sensitivity can be lower; choose the target with
+    that margin in mind.
     """
     p, y = check_binary(probs, labels)
     target = float(target)
@@ -38,4 +41,16 @@ def threshold_for_sensitivity(probs: Any, labels: Any, target: float = 0.98) -> 
         k -= 1
     while k < n and k / n < target:
         k += 1
-    return float(pos[k - 1])
+    strictest = float(pos[k - 1])
+    below = p[p < strictest]
+    if below.size == 0:
+        return strictest
+    return _midpoint_logit(strictest, float(below.max()))
+
+
+def _midpoint_logit(high: float, low: float) -> float:
+    eps = 1e-12
+    hi, lo = np.clip([high, low], eps, 1 - eps)
+    mid = (math.log(hi / (1 - hi)) + math.log(lo / (1 - lo))) / 2
+    t = 1.0 / (1.0 + math.exp(-mid))
+    return t if low < t <= high else high

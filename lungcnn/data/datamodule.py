@@ -49,6 +49,12 @@ class CachedImages(Dataset):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader worker_init_fn: each worker's albumentations generator from its (seeded) torch seed."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
 class LungCTDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -90,7 +96,7 @@ class LungCTDataModule(L.LightningDataModule):
         self.split_file, self.imbalance, self.seed = split_file, imbalance, seed
         self.window = LungWindow(**(window or {}))
         self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform = build_transform(self.mean, self.std, augment)
+        self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic = output_dir, synthetic
         self.frame: pd.DataFrame | None = None
@@ -187,13 +193,25 @@ class LungCTDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, **kwargs)
+                          persistent_workers=self.num_workers > 0, worker_init_fn=seed_worker_augmentation,
+                          **kwargs)
 
     def data_note(self) -> str:
         """What the model was trained on, for checkpoints, reports and the app's model card."""
         if self.synthetic or (self.root / "SYNTHETIC.txt").is_file():
             return "synthetic demo data (drawn phantoms, not medical images)"
         return f"images from {self.root.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """Where the data and its split live, so calibrate/evaluate can find the same val/test images."""
+        split_file = Path(self.output_dir) / "split.csv" if self.output_dir else self.split_file
+        return {
+            "root": str(self.root.resolve()),
+            "class_folders": self.class_folders,
+            "normal_as": self.normal_as,
+            "split_file": str(Path(split_file).resolve()) if split_file else None,
+            "note": self.data_note(),
+        }
 
     def preprocessing(self) -> dict[str, Any]:
         """What a checkpoint needs to see new images exactly as training saw them (plain types)."""

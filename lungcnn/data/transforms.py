@@ -35,14 +35,18 @@ def to_model_grid(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def build_transform(
-    mean: Sequence[float], std: Sequence[float], augment: Sequence[A.BasicTransform] = ()
+    mean: Sequence[float], std: Sequence[float], augment: Sequence[A.BasicTransform] = (), seed: int | None = None
 ) -> A.Compose:
-    """(S, S) uint8 -> (3, S, S) float tensor, with `augment` applied first (training only)."""
+    """(S, S) uint8 -> (3, S, S) float tensor, with `augment` applied first (training only).
+
+    albumentations keeps its own random generator, so `seed` is what makes augmentation repeatable.
+    """
     return A.Compose(
         [
             *augment,
             A.ToRGB(num_output_channels=3),
             A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
             ToTensorV2(),
-        ]
+        ],
+        seed=seed,
     )

@@ -29,7 +29,7 @@ class LungClassifier(L.LightningModule):
         pos_weight: float | None = None,
         class_weights: list[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
-        data_note: str = "",
+        data: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

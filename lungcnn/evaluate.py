@@ -1,0 +1,81 @@
+"""Evaluate: `python -m lungcnn.evaluate ckpt=PATH [data_root=FOLDER]`.
+
+Runs the checkpoint's Predictor over the run's test split (or any labelled folder) and writes the
+report: metrics before/after calibration at both thresholds with bootstrap intervals, the paper's
+figures beside ours, plots, report.json, report.md and predictions.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from lungcnn.cli import friendly_errors
+from lungcnn.data.catalog import labelled_files
+from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation import build_report
+from lungcnn.inference.predictor import Predictor
+
+
+def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test", out_dir: str | None = None,
+             n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    ckpt = Path(ckpt)
+    predictor = Predictor.from_checkpoint(ckpt)
+    if not predictor.binary:
+        raise LungCNNInputError("the evaluation report is for the binary task; this checkpoint has "
+                                f"{len(predictor.class_names)} classes")
+    frame = labelled_files(predictor.meta["data"], predictor.class_names, split, data_root)
+    results = predictor.predict_files(list(frame["path"]))
+    skipped = [r.error for r in results if not r.ok]
+    ok = np.array([r.ok for r in results])
+    if not ok.any():
+        raise LungCNNInputError(f"none of the {len(results)} images could be read")
+    kept = [r for r in results if r.ok]
+    records = {
+        "file": list(frame["file"][ok]),
+        "label": frame["label"].to_numpy()[ok],
+        "logit": np.array([r.logit for r in kept]),
+        "prob": np.array([r.probability for r in kept]),
+        "prob_cal": np.array([r.calibrated for r in kept]),
+    }
+    run_dir = ckpt.resolve().parent.parent
+    out = Path(out_dir) if out_dir else run_dir / ("report" if data_root is None else f"report_{Path(data_root).name}")
+    where = f"the {split} split" if data_root is None else f"all images of {data_root}"
+    report = build_report(
+        records, threshold_calibrated=predictor.threshold,
+        temperature=predictor.temperature if predictor.calibration_method == "temperature" else None,
+        method=predictor.calibration_method, out_dir=out, seed=seed, n_resamples=n_resamples,
+        title=f"lungcnn evaluation: {ckpt.name} on {where}",
+        data_note=f"{predictor.meta.get('data_note', '')}; {len(kept)} images"
+        + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""),
+    )
+    print(_summary(report, out), flush=True)
+    return report
+
+
+def _summary(report: dict[str, Any], out: Path) -> str:
+    lines = [f"{'calibrated probabilities':<26}{'@0.5':>9}{'@threshold':>12}"]
+    cal = report["results"]["calibrated"]
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "ece"):
+        a, b = cal["threshold_0.5"]["metrics"][key], cal["threshold_calibrated"]["metrics"][key]
+        lines.append(f"{key:<26}{_fmt(a):>9}{_fmt(b):>12}")
+    lines.append(f"report: {out / 'report.md'}")
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.4f}"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg.ckpt, cfg.data_root, cfg.split, cfg.out_dir, cfg.n_resamples, cfg.seed)
+
+
+if __name__ == "__main__":
+    main()

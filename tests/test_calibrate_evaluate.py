@@ -1,0 +1,87 @@
+"""calibrate -> evaluate on a real (tiny) trained checkpoint, and the checkpoint's safety."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lungcnn.calibrate import calibrate
+from lungcnn.checkpoint import load_checkpoint
+from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluate import evaluate
+from lungcnn.evaluation import binary_metrics
+from lungcnn.inference.predictor import Predictor
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_calibrated_checkpoint_round_trips(trained_ckpt, tmp_path, method):
+    out = tmp_path / f"{method}.ckpt"
+    before = trained_ckpt.read_bytes()
+    meta = calibrate(trained_ckpt, out, method=method, target_sensitivity=0.9)
+    assert trained_ckpt.read_bytes() == before  # the input checkpoint is untouched
+    loaded, _ = load_checkpoint(out)
+    assert loaded["temperature"] == pytest.approx(meta["temperature"]) and loaded["temperature"] > 0
+    assert loaded["threshold"] == pytest.approx(meta["threshold"])
+    assert loaded["calibration"]["method"] == method
+    # The threshold reaches the target sensitivity on the validation split it was chosen on.
+    assert loaded["calibration"]["val_at_threshold"]["sensitivity"] >= 0.9
+    predictor = Predictor.from_checkpoint(out)
+    assert predictor.is_calibrated and predictor.threshold == pytest.approx(meta["threshold"])
+    with pytest.raises(LungCNNInputError, match="exists"):
+        calibrate(trained_ckpt, out)
+
+
+def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
+    calibrated = tmp_path / "cal.ckpt"
+    calibrate(trained_ckpt, calibrated)
+    report = evaluate(calibrated, out_dir=str(tmp_path / "report"), n_resamples=200)
+    for name in ("report.json", "report.md", "predictions.csv", "roc.png", "reliability.png", "confusion.png",
+                 "histogram.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    with open(tmp_path / "report" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["calibrated_probability"]) for r in rows])
+    again = binary_metrics(probs, labels, report["threshold_calibrated"])
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["accuracy"] == pytest.approx(
+        again["accuracy"], abs=1e-6)
+    assert "paper" in saved and saved["n"] == len(rows)
+
+
+def test_foreign_and_malicious_checkpoints_are_refused(tmp_path):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(LungCNNInputError, match="not a lungcnn checkpoint"):
+        calibrate(foreign, tmp_path / "out.ckpt")
+    assert not (tmp_path / "out.ckpt").exists()
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"lungcnn": Exploit(), "state_dict": {}}, f)
+    with pytest.raises(LungCNNInputError, match="refused|not a readable"):
+        load_checkpoint(evil)
+    torch.save({"lungcnn": Exploit(), "state_dict": {}}, tmp_path / "evil2.ckpt")
+    with pytest.raises(LungCNNInputError, match="refused"):
+        Predictor.from_checkpoint(tmp_path / "evil2.ckpt")
+    assert not marker.exists()
+
+
+def test_folder_without_labels_is_refused(trained_ckpt, tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"x")
+    with pytest.raises(LungCNNInputError, match="no class folders"):
+        evaluate(trained_ckpt, data_root=str(tmp_path / "flat"), out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
