@@ -51,8 +51,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    result: dict[str, Any] = {"val": _scalars(trainer.callback_metrics, "val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # Validation figures of the checkpoint that was kept, not of the last epoch.
+    validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    result: dict[str, Any] = {"val": _scalars(validated[0] if validated else {}, "val/")}
     if cfg.test:
         tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         result["test"] = _scalars(tested[0] if tested else {}, "test/")
