@@ -21,19 +21,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from lungcnn.data.catalog import scan_folder
-from lungcnn.data.io import LungWindow, read_image
+from lungcnn.data.io import LungWindow
 from lungcnn.data.splits import assign_splits, load_split, save_split
-from lungcnn.data.transforms import MIN_IMAGE_SIZE, build_transform, to_model_grid
+from lungcnn.data.transforms import CROPS, MIN_IMAGE_SIZE, build_transform, load_for_model
 from lungcnn.errors import LungCNNInputError
 
 log = logging.getLogger(__name__)
 
 IMBALANCE = ("sampler", "loss", "none")
-
-
-def load_for_model(source: str | Path | bytes, image_size: int, window: LungWindow, name: str | None = None) -> np.ndarray:
-    """Any supported file -> the (S, S) uint8 image the model sees before normalisation."""
-    return to_model_grid(read_image(source, name=name, window=window), image_size)
 
 
 class CachedImages(Dataset):
@@ -79,12 +74,15 @@ class LungCTDataModule(L.LightningDataModule):
         seed: int = 0,
         output_dir: str | None = None,
         synthetic: bool | dict[str, Any] = False,
+        crop: str = "none",
     ) -> None:
         super().__init__()
         if image_size < MIN_IMAGE_SIZE:
             raise LungCNNInputError(f"data.image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
         if imbalance not in IMBALANCE:
             raise LungCNNInputError(f"data.imbalance must be one of {IMBALANCE}, got {imbalance!r}")
+        if crop not in CROPS:
+            raise LungCNNInputError(f"data.crop must be one of {sorted(CROPS)}, got {crop!r}")
         if batch_size < 1:
             raise LungCNNInputError(f"data.batch_size must be >= 1, got {batch_size}")
         self.root = Path(root)
@@ -98,7 +96,7 @@ class LungCTDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
-        self.output_dir, self.synthetic = output_dir, synthetic
+        self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop
         self.frame: pd.DataFrame | None = None
         self.images: np.ndarray | None = None
         self.skipped: list[str] = []
@@ -133,7 +131,7 @@ class LungCTDataModule(L.LightningDataModule):
         keep, images = [], []
         for i, file in enumerate(frame["file"]):
             try:
-                images.append(load_for_model(self.root / file, self.image_size, self.window))
+                images.append(load_for_model(self.root / file, self.image_size, self.window, crop=self.crop))
                 keep.append(i)
             except LungCNNInputError as e:
                 self.skipped.append(str(e))
@@ -220,5 +218,6 @@ class LungCTDataModule(L.LightningDataModule):
             "mean": list(self.mean),
             "std": list(self.std),
             "window": {"level": self.window.level, "width": self.window.width},
+            "crop": self.crop,
             "pad": "square, value 0",
         }

@@ -1,7 +1,8 @@
 """Preprocessing and augmentation.
 
 Two steps, split where the cache sits:
-1. `to_model_grid` (deterministic, cached once per image): (H, W) float [0, 1] -> pad to a square
+1. `load_for_model` (deterministic, cached once per image): read -> optional crop (`CROPS`) ->
+   `to_model_grid`: (H, W) float [0, 1] -> pad to a square
    with 0 (air, the CT background, so padding looks like the scan's own border) -> resize to
    (S, S) -> uint8 [0, 255]. Aspect ratio is kept, so wide scans are not stretched.
 2. `build_transform` (per sample): albumentations on the (S, S) uint8 image -> gray to 3 channels ->
@@ -12,14 +13,32 @@ uses none of it, so validation, test, predict and the app see exactly the same p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from lungcnn.data.io import LungWindow, read_image
+from lungcnn.data.lungcrop import crop_to_lungs
+from lungcnn.errors import LungCNNInputError
+
 MIN_IMAGE_SIZE = 32
+
+
+CROPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"none": lambda image: image, "lungs": crop_to_lungs}
+
+
+def load_for_model(source: str | Path | bytes, image_size: int, window: LungWindow, name: str | None = None,
+                   crop: str = "none", **limits: int) -> np.ndarray:
+    """Any supported file -> the (S, S) uint8 image the model sees before normalisation.
+
+    `limits` (max_bytes, max_pixels) pass through to `read_image`."""
+    if crop not in CROPS:
+        raise LungCNNInputError(f"data.crop must be one of {sorted(CROPS)}, got {crop!r}")
+    return to_model_grid(CROPS[crop](read_image(source, name=name, window=window, **limits)), image_size)
 
 
 def to_model_grid(image: np.ndarray, size: int) -> np.ndarray:
