@@ -16,9 +16,8 @@ import torch
 
 from lungcnn.calibration import apply_isotonic
 from lungcnn.checkpoint import build_network, load_checkpoint
-from lungcnn.data.datamodule import load_for_model
-from lungcnn.data.io import LungWindow
-from lungcnn.data.transforms import build_transform
+from lungcnn.data.io import MAX_BYTES, MAX_PIXELS, LungWindow
+from lungcnn.data.transforms import build_transform, load_for_model
 from lungcnn.errors import LungCNNInputError
 
 
@@ -45,6 +44,7 @@ class Predictor:
         pre = meta["preprocessing"]
         self.image_size = int(pre["image_size"])
         self.window = LungWindow(**pre["window"])
+        self.crop = str(pre.get("crop", "none"))
         self.transform = build_transform(pre["mean"], pre["std"])
         self.class_names: list[str] = list(meta["class_names"])
         self.binary = meta["task"] == "binary"
@@ -72,9 +72,15 @@ class Predictor:
         return self.calibration_method != "none"
 
     # -- pixels --------------------------------------------------------------------------------------
-    def load(self, source: str | Path | bytes, name: str | None = None) -> np.ndarray:
-        """A file or upload -> the (S, S) uint8 image the model sees (before normalisation)."""
-        return load_for_model(source, self.image_size, self.window, name=name)
+    def load(self, source: str | Path | bytes, name: str | None = None, *,
+             max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """A file or upload -> the (S, S) uint8 image the model sees (before normalisation).
+
+        `max_bytes`/`max_pixels` let a caller (the app's upload limit) tighten read_image's limits.
+        Same steps as the data module (`transforms.load_for_model`), so training and prediction see the same pixels.
+        """
+        return load_for_model(source, self.image_size, self.window, name=name, crop=self.crop,
+                              max_bytes=max_bytes, max_pixels=max_pixels)
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         """(N, S, S) uint8 -> (N, 3, S, S) normalised float tensor."""
