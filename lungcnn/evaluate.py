@@ -18,6 +18,7 @@ from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import build_report
+from lungcnn.evaluation.multiclass_report import build_multiclass_report
 from lungcnn.inference.predictor import Predictor
 
 
@@ -25,9 +26,6 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
              n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     ckpt = Path(ckpt)
     predictor = Predictor.from_checkpoint(ckpt)
-    if not predictor.binary:
-        raise LungCNNInputError("the evaluation report is for the binary task; this checkpoint has "
-                                f"{len(predictor.class_names)} classes")
     frame = labelled_files(predictor.meta["data"], predictor.class_names, split, data_root)
     results = predictor.predict_files(list(frame["path"]))
     skipped = [r.error for r in results if not r.ok]
@@ -35,26 +33,43 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
     if not ok.any():
         raise LungCNNInputError(f"none of the {len(results)} images could be read")
     kept = [r for r in results if r.ok]
+    logits = np.array([r.logit for r in kept])
     records = {
         "file": list(frame["file"][ok]),
         "label": frame["label"].to_numpy()[ok],
-        "logit": np.array([r.logit for r in kept]),
-        "prob": np.array([r.probability for r in kept]),
-        "prob_cal": np.array([r.calibrated for r in kept]),
+        "logit": logits,
+        "prob": predictor.probabilities(logits, calibrated=False),
+        "prob_cal": predictor.probabilities(logits),
     }
     run_dir = ckpt.resolve().parent.parent
     out = Path(out_dir) if out_dir else run_dir / ("report" if data_root is None else f"report_{Path(data_root).name}")
     where = f"the {split} split" if data_root is None else f"all images of {data_root}"
+    common = dict(out_dir=out, seed=seed, n_resamples=n_resamples, title=f"lungcnn evaluation: {ckpt.name} on {where}",
+                  data_note=f"{predictor.meta.get('data_note', '')}; {len(kept)} images"
+                  + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
+    if not predictor.binary:
+        report = build_multiclass_report(records, class_names=predictor.class_names, temperature=predictor.temperature,
+                                         **common)
+        print(_multiclass_summary(report, out), flush=True)
+        return report
     report = build_report(
         records, threshold_calibrated=predictor.threshold,
         temperature=predictor.temperature if predictor.calibration_method == "temperature" else None,
-        method=predictor.calibration_method, out_dir=out, seed=seed, n_resamples=n_resamples,
-        title=f"lungcnn evaluation: {ckpt.name} on {where}",
-        data_note=f"{predictor.meta.get('data_note', '')}; {len(kept)} images"
-        + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""),
+        method=predictor.calibration_method, **common,
     )
     print(_summary(report, out), flush=True)
     return report
+
+
+def _multiclass_summary(report: dict[str, Any], out: Path) -> str:
+    cal = report["results"]["calibrated"]
+    lines = [f"{'calibrated, argmax':<34}{'value':>8}   95% CI"]
+    for key, cell in cal.items():
+        lo, hi = cell["ci95"]
+        ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "n/a"
+        lines.append(f"{key:<34}{_fmt(cell['value']):>8}   {ci}")
+    lines.append(f"report: {out / 'report.md'}")
+    return "\n".join(lines)
 
 
 def _summary(report: dict[str, Any], out: Path) -> str:

@@ -1,0 +1,123 @@
+"""The K-class test report (normal / benign / malignant): the same honesty as the binary report.
+
+Balanced accuracy, macro F1, per-class sensitivity / specificity / one-vs-rest ROC-AUC, top-label ECE,
+and the pairwise AUC of every two classes (benign vs normal is the clinically hard one), each with a
+stratified-bootstrap 95% interval; confusion matrix and per-class reliability diagrams as PNG;
+report.json, report.md and predictions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from lungcnn.evaluation.bootstrap import bootstrap_ci
+from lungcnn.evaluation.metrics import multiclass_metrics
+from lungcnn.evaluation.plots import plot_confusion, plot_reliability
+from lungcnn.fileio import atomic_open, write_json, write_text
+
+ALPHA = 0.05
+
+
+def pairwise_auc(probs: np.ndarray, labels: np.ndarray, a: int, b: int) -> float:
+    """AUC of class b against class a among images of those two classes, scored by P(b) / (P(a) + P(b))."""
+    mask = (labels == a) | (labels == b)
+    if len(np.unique(labels[mask])) < 2:
+        return math.nan
+    pa, pb = probs[mask, a], probs[mask, b]
+    return float(roc_auc_score(labels[mask] == b, pb / np.maximum(pa + pb, 1e-12)))
+
+
+def flat_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Every figure as one flat float, so each gets a bootstrap interval."""
+    m = multiclass_metrics(probs, labels, class_names)
+    flat = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")}
+    for name, per in m["per_class"].items():
+        for key in ("sensitivity", "specificity", "roc_auc"):
+            flat[f"{key}/{name}"] = per[key]
+    for a, b in itertools.combinations(range(len(class_names)), 2):
+        flat[f"auc/{class_names[b]}_vs_{class_names[a]}"] = pairwise_auc(probs, labels, a, b)
+    return flat
+
+
+def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[str], temperature: float, out_dir: str | Path,
+                            title: str, data_note: str, seed: int = 0, n_resamples: int = 1000) -> dict[str, Any]:
+    """`records`: file, label (N,), prob (N, K) uncalibrated, prob_cal (N, K) calibrated."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y = np.asarray(records["label"], dtype=np.int64)
+    names = list(class_names)
+    results = {}
+    for kind, key in (("uncalibrated", "prob"), ("calibrated", "prob_cal")):
+        p = np.asarray(records[key], dtype=np.float64)
+        point = flat_metrics(p, y, names)
+        ci = bootstrap_ci(lambda pp, yy: flat_metrics(pp, yy, names), p, y, n_resamples=n_resamples, seed=seed, alpha=ALPHA)
+        results[kind] = {k: {"value": v, "ci95": list(ci.get(k, (math.nan, math.nan)))} for k, v in point.items()}
+    cal = np.asarray(records["prob_cal"], dtype=np.float64)
+    confusion = multiclass_metrics(cal, y, names)["confusion_matrix"]
+    plot_confusion(confusion, names, out / "confusion.png", title="Confusion matrix (argmax of calibrated probabilities)")
+    for k, name in enumerate(names):
+        plot_reliability(np.asarray(records["prob"])[:, k], cal[:, k], (y == k).astype(int), out / f"reliability_{name}.png")
+    _write_predictions(out / "predictions.csv", records, names)
+    report = {
+        "title": title, "data_note": data_note, "n": int(y.size),
+        "class_counts": {name: int((y == k).sum()) for k, name in enumerate(names)},
+        "class_names": names, "calibration": {"method": "temperature", "temperature": temperature},
+        "decision_rule": "the class with the highest calibrated probability",
+        "bootstrap": {"n_resamples": n_resamples, "seed": seed, "alpha": ALPHA, "stratified": True},
+        "confusion_matrix": confusion, "results": _nan_to_none(results),
+    }
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", _markdown(report))
+    return report
+
+
+def _write_predictions(path: Path, records: dict[str, Any], names: list[str]) -> None:
+    cal = np.asarray(records["prob_cal"])
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", *[f"p_{n}" for n in names], *[f"calibrated_p_{n}" for n in names], "decision"])
+        for i, file in enumerate(records["file"]):
+            writer.writerow([file, names[int(records["label"][i])], *[f"{v:.6f}" for v in records["prob"][i]],
+                             *[f"{v:.6f}" for v in cal[i]], names[int(cal[i].argmax())]])
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _fmt(cell: dict[str, Any]) -> str:
+    v, (lo, hi) = cell["value"], cell["ci95"]
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} ({lo:.3f}–{hi:.3f})" if lo is not None else f"{v:.3f}"
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    cal, unc = r["results"]["calibrated"], r["results"]["uncalibrated"]
+    counts = ", ".join(f"{n} {c}" for n, c in r["class_counts"].items())
+    lines = [
+        f"# {r['title']}", "",
+        f"Evaluated on **{r['n']} images** ({counts}). Decision: the class with the highest calibrated "
+        f"probability (temperature T = {r['calibration']['temperature']:.3f}). Intervals: 95% stratified "
+        f"bootstrap, {r['bootstrap']['n_resamples']} resamples, seed {r['bootstrap']['seed']}.", "",
+        "> This model is **decision support, not a diagnosis**: a clinician must review every result.", "",
+        f"Data: {r['data_note']}", "",
+        "| Metric | Calibrated (95% CI) | Uncalibrated (95% CI) |", "|---|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(cal[k])} | {_fmt(unc[k])} |" for k in cal]
+    lines += ["", "`auc/b_vs_a`: ROC-AUC of class b against class a among images of those two classes, scored by "
+              "P(b) / (P(a) + P(b)).", "", "![Confusion matrix](confusion.png)", ""]
+    lines += [f"![Reliability, {n} vs rest](reliability_{n}.png)" for n in r["class_names"]]
+    return "\n".join(lines) + "\n"
