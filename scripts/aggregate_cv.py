@@ -1,0 +1,233 @@
+"""Summarise a grouped k-fold cross-validation: per-fold test metrics as mean ± std, pooled predictions with CIs.
+
+One test split of ~160 images says little; k folds use every image once as test data. Run the folds as
+one Hydra multirun (each job trains on k-1 folds and tests on its own fold; no group spans two folds):
+
+    python -m lungcnn.train -m experiment=iqothnccd data.root=/path/to/iqothnccd data.n_folds=5 data.fold=0,1,2,3,4
+
+Optionally evaluate each fold, which writes <job>/report/predictions.csv (pooled metrics need all folds):
+
+    for job in multirun/iqothnccd/DATE/*/; do python -m lungcnn.evaluate ckpt=${job}checkpoints/best.ckpt; done
+
+Then aggregate (prints a table, writes cv_summary.json into the multirun folder, or --out):
+
+    python scripts/aggregate_cv.py --multirun multirun/iqothnccd/DATE
+    python scripts/aggregate_cv.py RUN_DIR [RUN_DIR ...] [--out cv_summary.json]
+
+- Per-fold: mean and sample standard deviation (ddof=1) over folds of every number in metrics.json's "test".
+- Pooled: all folds' predictions together, `binary_metrics` at 0.5 on the uncalibrated and the calibrated
+  probability, with stratified percentile bootstrap 95% intervals (`bootstrap_ci`). Pooling assumes the folds'
+  probabilities are on one scale, and the bootstrap resamples images, not patients, so the interval is
+  optimistic when a series has many slices; the spread over folds is the more honest figure.
+- Checks from each fold's split.csv: no image in two test folds, no group in both train and test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from lungcnn.cli import friendly_errors
+from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation import binary_metrics, bootstrap_ci
+from lungcnn.fileio import write_json
+
+PREDICTIONS = Path("report") / "predictions.csv"
+PROBABILITIES = ("probability", "calibrated_probability")
+SUMMARY_FILE = "cv_summary.json"
+
+
+def find_runs(multirun_dir: str | Path) -> list[Path]:
+    """Job folders of a Hydra multirun (those with a metrics.json), in job-number order."""
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise LungCNNInputError(f"multirun folder not found: {root}")
+    runs = [p for p in root.iterdir() if p.is_dir() and (p / "metrics.json").is_file()]
+    if not runs:
+        raise LungCNNInputError(f"{root}: no job folder with a metrics.json (did the multirun finish?)")
+    return sorted(runs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """One fold: its test metrics, fold number (from Hydra's overrides), split and predictions if present."""
+    run = Path(run_dir)
+    path = run / "metrics.json"
+    if not path.is_file():
+        raise LungCNNInputError(f"{run}: no metrics.json (not a finished lungcnn.train run)")
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    test = metrics.get("test")
+    if not isinstance(test, dict) or not test:
+        raise LungCNNInputError(f"{path}: no test metrics (was it trained with test=false?)")
+    split = run / "split.csv"
+    preds = run / PREDICTIONS
+    return {
+        "dir": str(run),
+        "fold": _fold_of(run),
+        "test": {k: float(v) for k, v in test.items() if isinstance(v, int | float) and not isinstance(v, bool)},
+        "split": pd.read_csv(split, dtype={"file": str, "group": str, "split": str}) if split.is_file() else None,
+        "predictions": _read_predictions(preds) if preds.is_file() else None,
+    }
+
+
+def _fold_of(run: Path) -> int | None:
+    overrides = run / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    for item in yaml.safe_load(overrides.read_text(encoding="utf-8")) or []:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if key == "data.fold" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _read_predictions(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    needed = {"file", "label", *PROBABILITIES}
+    if not needed <= set(frame.columns):
+        raise LungCNNInputError(f"{path}: expected columns {sorted(needed)} (lungcnn.evaluate's predictions.csv)")
+    return frame
+
+
+def fold_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, sample std (ddof=1; NaN for one fold) and per-fold values of every test metric."""
+    names = sorted({k for r in runs for k in r["test"]})
+    out = {}
+    for name in names:
+        values = np.array([r["test"].get(name, math.nan) for r in runs], dtype=np.float64)
+        kept = values[~np.isnan(values)]
+        out[name] = {"mean": float(kept.mean()) if kept.size else math.nan,
+                     "std": float(kept.std(ddof=1)) if kept.size > 1 else math.nan,
+                     "n_folds": int(kept.size), "values": values.tolist()}
+    return out
+
+
+def split_checks(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Do the folds form a clean cross-validation: disjoint test sets, no group across train and test?"""
+    splits = [r["split"] for r in runs if r["split"] is not None]
+    if len(splits) < len(runs):
+        return {"checked": False, "reason": "a run has no split.csv"}
+    tested = pd.concat([s.loc[s["split"] == "test", "file"] for s in splits])
+    leaks = []
+    for s in splits:
+        train_groups = set(s.loc[s["split"] == "train", "group"])
+        leaks.append(int(s.loc[s["split"] == "test", "group"].isin(train_groups).sum()))
+    return {"checked": True, "test_images": int(len(tested)), "distinct_test_images": int(tested.nunique()),
+            "images_in_several_test_folds": int(tested.duplicated(keep=False).sum()),
+            "images_never_tested": int(len(set(splits[0]["file"]) - set(tested))),
+            "test_images_sharing_a_group_with_train": leaks}
+
+
+def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """binary_metrics at 0.5 with bootstrap 95% CIs over all folds' predictions, when every fold has them."""
+    missing = [r["dir"] for r in runs if r["predictions"] is None]
+    if missing:
+        return {"available": False,
+                "reason": f"{len(missing)} of {len(runs)} run(s) lack {PREDICTIONS.as_posix()} (run lungcnn.evaluate), "
+                          f"e.g. {missing[0]}"}
+    pooled = pd.concat([r["predictions"] for r in runs], ignore_index=True)
+    out: dict[str, Any] = {"available": True, "n": len(pooled), "n_malignant": int(pooled["label"].sum()),
+                           "threshold": 0.5, "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True}}
+    for column in PROBABILITIES:
+        p, y = np.array(pooled[column], dtype=np.float64), np.array(pooled["label"])
+        metrics = binary_metrics(p, y)
+        ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed)
+        out[column] = {"metrics": metrics, "ci95": {k: list(v) for k, v in ci.items()}}
+    return out
+
+
+def aggregate(run_dirs: list[str | Path], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The whole summary (== cv_summary.json) for these fold runs."""
+    if not run_dirs:
+        raise LungCNNInputError("no run folders given")
+    runs = [load_run(d) for d in run_dirs]
+    folds = [r["fold"] for r in runs if r["fold"] is not None]
+    if len(folds) != len(set(folds)):
+        raise LungCNNInputError(f"the same data.fold appears in more than one run: {sorted(folds)}")
+    return {
+        "runs": [{"dir": r["dir"], "fold": r["fold"]} for r in runs],
+        "n_folds": len(runs),
+        "per_fold": fold_statistics(runs),
+        "split_checks": split_checks(runs),
+        "pooled": pooled_metrics(runs, n_resamples, seed),
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    k = summary["n_folds"]
+    lines = [f"{'test metric':<16}{f'mean ± std over {k} folds':>28}   per fold", "-" * 72]
+    for name, s in summary["per_fold"].items():
+        per = " ".join(_num(v) for v in s["values"])
+        lines.append(f"{name:<16}{_num(s['mean']):>17} ± {_num(s['std']):<8}   {per}")
+    pooled = summary["pooled"]
+    if pooled["available"]:
+        lines += ["", f"pooled predictions of all folds (n={pooled['n']}, threshold 0.5, 95% bootstrap CI)",
+                  f"{'metric':<16}" + "".join(f"{c:>30}" for c in PROBABILITIES)]
+        for name in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "brier", "ece"):
+            cells = [_with_ci(pooled[c], name) for c in PROBABILITIES]
+            lines.append(f"{name:<16}" + "".join(f"{c:>30}" for c in cells))
+    else:
+        lines += ["", f"pooled predictions: not available ({pooled['reason']})"]
+    checks = summary["split_checks"]
+    if checks.get("checked"):
+        lines.append(f"\nsplits: {checks['distinct_test_images']} images tested, {checks['images_in_several_test_folds']} in "
+                     f"several test folds, {checks['images_never_tested']} never tested; test images sharing a group "
+                     f"with train per fold: {checks['test_images_sharing_a_group_with_train']}")
+    return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def _with_ci(entry: dict[str, Any], name: str) -> str:
+    lo, hi = entry["ci95"].get(name, (math.nan, math.nan))
+    return f"{_num(entry['metrics'][name])} [{_num(lo)}, {_num(hi)}]"
+
+
+def _plain(x: Any) -> Any:
+    """NaN -> null, so cv_summary.json is strict JSON."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aggregate_cv.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="*", help="fold run folders (each with metrics.json)")
+    p.add_argument("--multirun", help="a Hydra multirun folder: every job folder in it is one fold")
+    p.add_argument("--out", help=f"summary JSON (default: {SUMMARY_FILE} in the multirun folder or the runs' common parent)")
+    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for pooled CIs (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if bool(args.multirun) == bool(args.run_dirs):
+        raise LungCNNInputError("give either RUN_DIRS or --multirun DIR (one of the two)")
+    runs = find_runs(args.multirun) if args.multirun else [Path(d) for d in args.run_dirs]
+    summary = aggregate(runs, n_resamples=args.n_resamples, seed=args.seed)
+    default_dir = Path(args.multirun) if args.multirun else Path(os.path.commonpath([str(Path(r).resolve()) for r in runs]))
+    out = Path(args.out) if args.out else default_dir / SUMMARY_FILE
+    write_json(out, _plain(summary))
+    print(format_table(summary), flush=True)
+    print(f"wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
