@@ -32,6 +32,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# The clinicians' page. CKPT=PATH picks the checkpoint (else $$LUNGCNN_CKPT, else the demo's best.calibrated.ckpt).
+app: install
+	$(PY) -m streamlit run app/streamlit_app.py $(if $(CKPT),-- --ckpt $(CKPT))
+
 lint: install
 	$(VENV)/bin/ruff check lungcnn tests scripts app
 

@@ -1,0 +1,277 @@
+"""The clinicians' page logic, kept free of Streamlit so it can be tested and timed on its own.
+
+Every uploaded file is analysed on its own: a bad file becomes one clear sentence for that file and
+never stops the others, and an unexpected failure is logged with its traceback on the server while
+the page shows a plain message. Uploaded bytes stay in memory; they are decoded by Pillow or pydicom
+only (never unpickled).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungcnn.data.io import MAX_PIXELS
+from lungcnn.errors import LungCNNInputError
+from lungcnn.inference.predictor import Prediction, Predictor
+
+log = logging.getLogger(__name__)
+
+MIB = 2**20
+DEMO_DIR = Path("outputs/demo/checkpoints")
+DEMO_CHECKPOINTS = (DEMO_DIR / "best.calibrated.ckpt", DEMO_DIR / "best.ckpt")
+ENV_CHECKPOINT = "LUNGCNN_CKPT"
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm")
+MAX_MESSAGE = 300
+
+INTENDED_USE = (
+    "Decision support for a clinician reviewing lung CT images, not a diagnosis: the output is one input to the "
+    "clinician's judgement and must never be the sole basis for care."
+)
+CALIBRATED_MEANS = (
+    "Calibrated means the percentage was adjusted on held-out cases so that, of images given about 30%, about 3 in 10 "
+    "were malignant."
+)
+UNCALIBRATED_MEANS = (
+    "This model is not calibrated: its percentages were not checked against held-out cases and may be over- or "
+    "under-confident."
+)
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Per-file limits, checked before any pixel buffer is allocated."""
+
+    max_bytes: int = 50 * MIB
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class UploadResult:
+    """One uploaded file's outcome; `message` says in one sentence why a bad file was refused."""
+
+    name: str
+    ok: bool
+    message: str | None = None
+    image: np.ndarray | None = None  # (S, S) uint8, what the model sees
+    prediction: Prediction | None = None
+    overlay: np.ndarray | None = None  # (S, S, 3) uint8 Grad-CAM overlay
+    heatmap: np.ndarray | None = None  # (S, S) float in [0, 1]
+    cam_note: str | None = None  # why the heat map is missing or blank
+    threshold: float = float("nan")
+    calibrated: bool = False
+
+    @property
+    def p_malignant(self) -> float:
+        """Calibrated P(malignant), or NaN for a failed file or a checkpoint without that class."""
+        if self.prediction is None:
+            return float("nan")
+        return float(self.prediction.class_probabilities.get("malignant", float("nan")))
+
+
+def analyse_upload(predictor: Predictor, name: str, data: bytes, *, with_cam: bool = True,
+                   limits: UploadLimits = UploadLimits()) -> UploadResult:
+    """Read, classify and (optionally) explain one uploaded file; never raises for a bad file."""
+    name = Path(name or "upload").name or "upload"  # a browser sends a bare name; never trust a path in it
+    base = {"threshold": predictor.threshold if predictor.binary else float("nan"), "calibrated": predictor.is_calibrated}
+    try:
+        image = predictor.load(data, name=name, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+        prediction = predictor.predict_images(image[None], [name])[0]
+    except LungCNNInputError as e:
+        return UploadResult(name, False, _one_sentence(str(e), name), **base)
+    except Exception:
+        log.exception("unexpected error analysing upload %r", name)
+        return UploadResult(name, False, f"{name}: this file could not be analysed because of an unexpected error; "
+                                         "please try another file or tell the system administrator.", **base)
+    result = UploadResult(name, True, image=image, prediction=prediction, **base)
+    if with_cam:
+        _add_heatmap(predictor, result)
+    return result
+
+
+def _add_heatmap(predictor: Predictor, result: UploadResult) -> None:
+    from lungcnn.inference.gradcam import gradcam
+
+    try:
+        cam = gradcam(predictor, result.image, towards=result.prediction.decision)
+    except Exception:  # the prediction stands without its heat map
+        log.exception("Grad-CAM failed for upload %r", result.name)
+        result.cam_note = "The heat map could not be computed for this image."
+        return
+    result.overlay, result.heatmap = cam.overlay, cam.heatmap
+    if cam.empty:
+        result.cam_note = "No region stood out: the heat map is blank for this image."
+
+
+def _one_sentence(message: str, name: str) -> str:
+    """One line that names the file, capped in length (pydicom's details can run long)."""
+    text = " ".join(message.split())
+    if not text.startswith(name):
+        text = f"{name}: {text}"
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 1].rstrip() + "…"
+    return text
+
+
+# -- results -----------------------------------------------------------------------------------------
+def format_percent(p: float) -> str:
+    """A probability as a percentage for people: one decimal, never a misleading 0% or 100%."""
+    if not np.isfinite(p):
+        return "–"
+    if p < 0.001:
+        return "< 0.1%"
+    if p > 0.999:
+        return "> 99.9%"
+    return f"{100 * p:.1f}%"
+
+
+def results_table(results: Sequence[UploadResult]) -> pd.DataFrame:
+    """One row per file: file, P(malignant) %, decision, threshold %, calibrated, error."""
+    rows = [{
+        "file": r.name,
+        "P(malignant) %": round(100 * r.p_malignant, 1) if r.ok else None,
+        "decision": r.prediction.decision if r.ok else "",
+        "threshold %": round(100 * r.threshold, 1) if r.ok and np.isfinite(r.threshold) else None,
+        "calibrated": ("yes" if r.calibrated else "no") if r.ok else "",
+        "error": "" if r.ok else (r.message or ""),
+    } for r in results]
+    columns = ["file", "P(malignant) %", "decision", "threshold %", "calibrated", "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def display_table(results: Sequence[UploadResult]) -> pd.DataFrame:
+    """The results table as text for the page: percentages written as on the result cards, blanks not "None"."""
+    return pd.DataFrame([{
+        "file": r.name,
+        "P(malignant)": format_percent(r.p_malignant) if r.ok else "",
+        "decision": r.prediction.decision if r.ok else "",
+        "threshold": format_percent(r.threshold) if r.ok and np.isfinite(r.threshold) else "",
+        "calibrated": ("yes" if r.calibrated else "no") if r.ok else "",
+        "error": "" if r.ok else (r.message or ""),
+    } for r in results], columns=["file", "P(malignant)", "decision", "threshold", "calibrated", "error"], dtype=str)
+
+
+def results_csv(results: Sequence[UploadResult]) -> bytes:
+    """The results table as UTF-8 CSV; cells that a spreadsheet would run as a formula are quoted."""
+    table = results_table(results)
+    for column in ("file", "decision", "error"):
+        table[column] = table[column].map(_no_formula)
+    return table.to_csv(index=False).encode("utf-8")
+
+
+def _no_formula(cell: Any) -> Any:
+    # A file named "=HYPERLINK(...).png" must stay text when the CSV is opened in Excel.
+    return "'" + cell if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
+# -- the model card ------------------------------------------------------------------------------------
+METRIC_NAMES = {
+    "roc_auc": "ROC AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity (malignant cases found)",
+    "specificity": "Specificity (benign cases cleared)", "precision": "Precision (flagged cases truly malignant)",
+    "f1": "F1", "brier": "Brier score (lower is better)", "ece": "Calibration error (ECE, lower is better)",
+}
+
+
+def model_card(predictor: Predictor) -> dict[str, Any]:
+    """What the page shows about the model, from checkpoint metadata; absent facts say "not recorded".
+
+    Keys: intended_use (str), synthetic (bool), warning (str or None), details ({label: text}),
+    metrics ({label: text}, empty when the checkpoint records no test results).
+    """
+    meta = predictor.meta
+    note = str(meta.get("data_note") or (meta.get("data") or {}).get("note") or "")
+    synthetic = "synthetic" in note.lower()
+    calibration = meta.get("calibration") or {}
+    pre = meta.get("preprocessing") or {}
+    window = pre.get("window") or {}
+    metrics = _metric_rows(meta.get("metrics"))
+    details = {
+        "Training data": note or "not recorded",
+        "Classes": ", ".join(predictor.class_names),
+        "Calibration": _calibration_text(predictor, calibration),
+        "Decision threshold": _threshold_text(predictor, calibration),
+        "Image size the model sees": f"{predictor.image_size} x {predictor.image_size} pixels" if pre else "not recorded",
+        "CT window": f"level {window['level']:g} HU, width {window['width']:g} HU" if window else "not recorded",
+        "Network": str(meta.get("backbone") or "not recorded"),
+        "Created": _date_text(meta.get("created")),
+        "Test results": "see below" if metrics else "not recorded",
+    }
+    warning = None
+    if synthetic:
+        warning = ("This model was trained on synthetic images (drawn phantoms), not on patients' scans: "
+                   "its results mean nothing for real patients. It is for demonstration only.")
+    return {"intended_use": INTENDED_USE, "synthetic": synthetic, "warning": warning, "details": details, "metrics": metrics}
+
+
+def _calibration_text(predictor: Predictor, calibration: Mapping[str, Any]) -> str:
+    method = predictor.calibration_method
+    if method == "none":
+        return "none (probabilities are the network's raw output)"
+    fitted = f", fitted on {calibration['fitted_on']}" if calibration.get("fitted_on") else ""
+    if method == "temperature":
+        return f"temperature scaling (T = {predictor.temperature:.2f}){fitted}"
+    return f"{method}{fitted}"
+
+
+def _threshold_text(predictor: Predictor, calibration: Mapping[str, Any]) -> str:
+    if not predictor.binary:
+        return "the most probable class is reported"
+    text = f"{format_percent(predictor.threshold)}: at or above it an image is reported as {predictor.class_names[1]}"
+    if calibration.get("target_sensitivity"):
+        text += f" (chosen to find {100 * float(calibration['target_sensitivity']):.0f}% of malignant validation cases)"
+    return text
+
+
+def _date_text(value: Any) -> str:
+    """ISO timestamp -> "2026-11-25 12:10 UTC"; anything else as it was recorded."""
+    if not value:
+        return "not recorded"
+    try:
+        when = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if when.utcoffset() is not None:
+        return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def _metric_rows(metrics: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten the checkpoint's test metrics ({"roc_auc": 0.9, ...}, possibly nested) into display rows."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    rows: dict[str, str] = {}
+    for key, value in metrics.items():
+        label = f"{prefix}{METRIC_NAMES.get(str(key), str(key))}"
+        if isinstance(value, Mapping):
+            rows.update(_metric_rows(value, f"{label} / "))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                rows[label] = value
+        elif np.isfinite(value):
+            rows[label] = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return rows
+
+
+# -- which checkpoint ------------------------------------------------------------------------------------
+def choose_checkpoint(argv: Sequence[str], environ: Mapping[str, str] = os.environ, root: Path = Path(".")) -> Path:
+    """`--ckpt PATH` from the script's arguments, else $LUNGCNN_CKPT, else the demo checkpoint (calibrated first)."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--ckpt" and i + 1 < len(args):
+            return Path(args[i + 1])
+        if arg.startswith("--ckpt="):
+            return Path(arg.split("=", 1)[1])
+    if environ.get(ENV_CHECKPOINT):
+        return Path(environ[ENV_CHECKPOINT])
+    for candidate in DEMO_CHECKPOINTS:
+        if (root / candidate).is_file():
+            return root / candidate
+    return root / DEMO_CHECKPOINTS[0]

@@ -1,0 +1,281 @@
+"""The clinicians' page: upload logic (uploads.py), Grad-CAM, and the Streamlit page through AppTest."""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lungcnn.calibrate import calibrate
+from lungcnn.inference.gradcam import gradcam
+from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.uploads import (
+    UploadLimits,
+    analyse_upload,
+    choose_checkpoint,
+    format_percent,
+    model_card,
+    results_csv,
+    results_table,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app" / "streamlit_app.py"
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def predictor(trained_ckpt) -> Predictor:
+    return Predictor.from_checkpoint(trained_ckpt)
+
+
+@pytest.fixture(scope="module")
+def calibrated_ckpt(trained_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cal") / "cal.ckpt"
+    calibrate(trained_ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ct_png(tiny_root) -> bytes:
+    """A real (synthetic) CT slice as uploaded: the first malignant PNG of the tiny data set."""
+    return sorted((tiny_root / "malignant").glob("*.png"))[0].read_bytes()
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def dicom(with_pixels: bool) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta, CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
+    if with_pixels:
+        hu = np.full((48, 48), -1000, np.int16)
+        hu[8:40, 8:40] = -700  # lung
+        hu[20:28, 20:28] = 40  # a nodule
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 48, 48, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = hu.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def plain(text: str) -> str:
+    """The page escapes Markdown in file names and messages; compare the text as shown."""
+    return text.replace("\\", "")
+
+
+# -- uploads: bad files fail one by one -----------------------------------------------------------------
+def test_each_bad_file_gets_a_clear_message_and_good_files_still_succeed(predictor, ct_png):
+    gray = np.asarray(Image.open(io.BytesIO(ct_png)))
+    batch = [
+        ("good.png", ct_png, None),
+        ("empty.png", b"", "empty"),
+        ("corrupt.jpg", jpeg(gray)[:300], "corrupt or truncated"),
+        ("notes.png", b"patient list, do not share\n" * 10, "not an image"),
+        ("big.png", ct_png, "over the"),  # the byte limit below is set under this file's size
+        ("no_pixels.dcm", dicom(with_pixels=False), "no pixel data"),
+        ("good.jpg", jpeg(gray), None),
+    ]
+    limits = UploadLimits(max_bytes=len(ct_png) * 2)
+    results = []
+    for name, data, _ in batch:
+        lim = UploadLimits(max_bytes=len(ct_png) - 1) if name == "big.png" else limits
+        results.append(analyse_upload(predictor, name, data, with_cam=False, limits=lim))
+    for (name, _, expected), r in zip(batch, results):
+        assert r.name == name
+        if expected is None:
+            assert r.ok and r.message is None and r.prediction.ok
+            assert r.image.shape == (64, 64) and r.image.dtype == np.uint8
+            assert 0.0 <= r.p_malignant <= 1.0 and r.prediction.decision in ("benign", "malignant")
+        else:
+            assert not r.ok and r.prediction is None and r.image is None
+            assert r.message.startswith(name) and expected in r.message, r.message
+            assert "\n" not in r.message and "Traceback" not in r.message
+
+
+def test_pixel_limit_is_checked_before_decoding(predictor):
+    r = analyse_upload(predictor, "huge.png", png(np.zeros((100, 100), np.uint8)), with_cam=False,
+                       limits=UploadLimits(max_pixels=1000))
+    assert not r.ok and "pixel limit" in r.message
+
+
+def test_rgba_16bit_and_dicom_uploads_work(predictor):
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 120, 255
+    rgba[10:30, 10:50, 3] = 0  # transparent hole
+    deep = (np.arange(50 * 50, dtype=np.uint16).reshape(50, 50) * 20).astype(np.uint16)
+    for name, data in [("rgba.png", png(rgba, "RGBA")), ("deep.png", png(deep)), ("slice.dcm", dicom(with_pixels=True))]:
+        r = analyse_upload(predictor, name, data, with_cam=False)
+        assert r.ok, r.message
+        assert r.image.shape == (64, 64) and r.image.max() > r.image.min()
+    assert Image.open(io.BytesIO(png(deep))).mode.startswith("I;16")
+
+
+def test_unexpected_errors_become_a_plain_message_and_are_logged(predictor, ct_png, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(predictor, "predict_images", boom)
+    with caplog.at_level(logging.ERROR, logger="lungcnn.inference.uploads"):
+        r = analyse_upload(predictor, "x.png", ct_png, with_cam=False)
+    assert not r.ok and "unexpected error" in r.message and "internal detail" not in r.message
+    assert "internal detail" in caplog.text  # the traceback stays on the server
+    monkeypatch.undo()
+    assert analyse_upload(predictor, "y.png", ct_png, with_cam=False).ok
+
+
+def test_a_path_in_the_upload_name_is_dropped(predictor, ct_png):
+    assert analyse_upload(predictor, "../../etc/passwd.png", ct_png, with_cam=False).name == "passwd.png"
+
+
+# -- Grad-CAM --------------------------------------------------------------------------------------------
+def test_gradcam_map_is_a_finite_unit_map_that_varies(predictor, ct_png):
+    r = analyse_upload(predictor, "ct.png", ct_png, with_cam=True)
+    assert r.ok and r.overlay is not None
+    assert r.heatmap.shape == (64, 64) and np.isfinite(r.heatmap).all()
+    assert r.heatmap.min() >= 0.0 and r.heatmap.max() <= 1.0 and r.heatmap.std() > 0.01
+    assert r.overlay.shape == (64, 64, 3) and r.overlay.dtype == np.uint8
+
+
+def test_gradcam_leaves_the_network_unchanged_and_works_when_frozen(predictor, ct_png):
+    net = copy.deepcopy(predictor.net)
+    for p in net.backbone.parameters():  # as after a frozen-backbone fine-tune
+        p.requires_grad_(False)
+    frozen = Predictor(predictor.meta, net)
+    image = frozen.load(ct_png)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    flags = [p.requires_grad for p in net.parameters()]
+    malignant, benign = gradcam(frozen, image, towards="malignant"), gradcam(frozen, image, towards="benign")
+    assert malignant.layer == "backbone.conv_head" and malignant.target == "malignant"
+    assert max(malignant.heatmap.std(), benign.heatmap.std()) > 0.01  # one side has evidence on a real image
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert all(p.grad is None for p in net.parameters()) and not net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with torch.no_grad():  # new weights (negated logit) must not be explained by the old ones
+        net.head[-1].weight.neg_()
+        net.head[-1].bias.neg_()
+    np.testing.assert_allclose(gradcam(frozen, image, towards="malignant").heatmap, benign.heatmap, atol=1e-4)
+    with pytest.raises(ValueError, match="uint8"):
+        gradcam(frozen, image.astype(np.float32))
+
+
+# -- table, CSV and model card ---------------------------------------------------------------------------
+def test_results_table_and_csv(predictor, ct_png):
+    results = [analyse_upload(predictor, "a.png", ct_png, with_cam=False),
+               analyse_upload(predictor, "=cmd.png", b"", with_cam=False)]
+    table = results_table(results)
+    assert list(table.columns) == ["file", "P(malignant) %", "decision", "threshold %", "calibrated", "error"]
+    assert table.loc[0, "P(malignant) %"] == pytest.approx(100 * results[0].p_malignant, abs=0.05)
+    assert table.loc[0, "decision"] == results[0].prediction.decision and table.loc[0, "error"] == ""
+    assert table.loc[0, "threshold %"] == pytest.approx(50.0) and table.loc[0, "calibrated"] == "no"
+    assert pd.isna(table.loc[1, "P(malignant) %"]) and "empty" in table.loc[1, "error"]
+    back = pd.read_csv(io.BytesIO(results_csv(results)), keep_default_na=False)
+    assert list(back["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
+    assert format_percent(0.0) == "< 0.1%" and format_percent(1.0) == "> 99.9%" and format_percent(0.2111) == "21.1%"
+
+
+def test_model_card_says_what_is_known_and_what_is_not(predictor, calibrated_ckpt):
+    card = model_card(predictor)
+    assert "not a diagnosis" in card["intended_use"] and "clinician" in card["intended_use"]
+    assert card["details"]["Test results"] == "not recorded" and card["metrics"] == {}
+    assert card["details"]["Calibration"].startswith("none")
+    assert card["details"]["Image size the model sees"] == "64 x 64 pixels"
+    cal = Predictor.from_checkpoint(calibrated_ckpt)
+    meta = {**cal.meta, "data_note": "synthetic demo data (drawn phantoms)", "metrics": {"test": {"roc_auc": 0.91234}}}
+    card = model_card(Predictor(meta, cal.net))
+    assert card["synthetic"] and "synthetic" in card["warning"]
+    assert card["details"]["Calibration"].startswith("temperature scaling")
+    assert "at or above" in card["details"]["Decision threshold"]
+    assert card["metrics"] == {"test / ROC AUC": "0.912"}
+
+
+def test_checkpoint_choice_order(tmp_path):
+    demo = tmp_path / "outputs/demo/checkpoints"
+    demo.mkdir(parents=True)
+    (demo / "best.ckpt").write_bytes(b"x")
+    assert choose_checkpoint(["--ckpt", "a.ckpt"], {"LUNGCNN_CKPT": "b.ckpt"}, tmp_path) == Path("a.ckpt")
+    assert choose_checkpoint(["--ckpt=a.ckpt"], {}, tmp_path) == Path("a.ckpt")
+    assert choose_checkpoint([], {"LUNGCNN_CKPT": "b.ckpt"}, tmp_path) == Path("b.ckpt")
+    assert choose_checkpoint([], {}, tmp_path) == demo / "best.ckpt"
+    (demo / "best.calibrated.ckpt").write_bytes(b"x")
+    assert choose_checkpoint([], {}, tmp_path) == demo / "best.calibrated.ckpt"
+
+
+# -- the page through Streamlit's AppTest ---------------------------------------------------------------
+def run_page(monkeypatch, ckpt: Path, files=None, with_cam: bool = True):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LUNGCNN_CKPT", str(ckpt))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception, at.exception
+    if files is not None:
+        if not with_cam:
+            at.toggle[0].set_value(False)
+        at.file_uploader[0].set_value(files)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
+def test_page_renders_with_a_checkpoint(monkeypatch, calibrated_ckpt):
+    at = run_page(monkeypatch, calibrated_ckpt)
+    assert not at.error
+    assert "Decision support, not a diagnosis" in at.info[0].value
+    assert at.file_uploader[0].accept_multiple_files
+    assert set(at.file_uploader[0].allowed_type) >= {".png", ".jpg", ".dcm", ".tiff"}
+    assert at.toggle[0].value is True  # heat map on by default
+    assert any("Calibrated means" in c.value for c in at.sidebar.caption)
+
+
+@pytest.mark.parametrize("problem", ["missing", "broken"])
+def test_a_missing_or_broken_checkpoint_shows_what_to_do(monkeypatch, tmp_path, problem):
+    ckpt = tmp_path / "model.ckpt"
+    if problem == "broken":
+        ckpt.write_bytes(b"not a checkpoint")
+    at = run_page(monkeypatch, ckpt)
+    assert "could not be loaded" in at.error[0].value
+    assert any("make demo" in m.value and "LUNGCNN_CKPT" in m.value for m in at.markdown)
+    assert not at.file_uploader
+
+
+def test_page_upload_shows_results_and_per_file_errors(monkeypatch, calibrated_ckpt, ct_png):
+    files = [("scan.png", ct_png, "image/png"), ("broken.jpg", b"\xff\xd8\xff garbage", "image/jpeg")]
+    at = run_page(monkeypatch, calibrated_ckpt, files)
+    errors = [plain(e.value) for e in at.error]
+    assert any(e.startswith("broken.jpg:") for e in errors), errors
+    assert [m.label for m in at.metric] == ["Probability of malignancy"]
+    assert at.metric[0].value.endswith("%")
+    assert any(m.value.startswith("Result:") and ("MALIGNANT" in m.value or "BENIGN" in m.value) for m in at.markdown)
+    table = at.dataframe[0].value
+    assert list(table["file"]) == ["scan.png", "broken.jpg"] and table.loc[1, "error"]
+    assert len(at.get("download_button")) == 1
+    assert len(at.get("image")) == 2  # the model's view and the heat map, for the one good file
+
+
+def test_page_without_heat_map(monkeypatch, calibrated_ckpt, ct_png):
+    at = run_page(monkeypatch, calibrated_ckpt, [("scan.png", ct_png, "image/png")], with_cam=False)
+    assert len(at.get("image")) == 1 and not at.error
