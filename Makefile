@@ -39,5 +39,10 @@ app: install
 lint: install
 	$(VENV)/bin/ruff check lungcnn tests scripts app
 
+# Environment check (versions, ImageNet weights, devices, demo data, browser): one OK/WARN/FAIL line each.
+# No `install` prerequisite: it is what to run when installing went wrong.
+doctor:
+	$(PY) -m lungcnn.doctor
+
 clean:
 	rm -rf outputs multirun .demo_data .pytest_cache

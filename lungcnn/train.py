@@ -18,6 +18,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lungcnn import config_check
+from lungcnn.callbacks.resume import keep_csv_history, resolve_ckpt_path, resume_callbacks
+from lungcnn.checkpoint_io import AtomicCheckpointIO
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
@@ -40,17 +43,22 @@ def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; return the metrics written to metrics.json."""
+    config_check.validate(cfg)
     run_dir = Path(cfg.run_dir)
-    _refuse_overwrite(run_dir, cfg.ckpt_path)
+    ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or "last" for resume=true
+    _refuse_overwrite(run_dir, ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += resume_callbacks(cfg.seed, callbacks)  # exact resume: per-epoch seeds, last.ckpt every epoch
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    keep_csv_history(loggers, ckpt_path)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()])  # checkpoints written atomically, like every output
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # Validation figures of the checkpoint that was kept, not of the last epoch.
     validated = trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
@@ -71,7 +79,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _refuse_overwrite(run_dir: Path, ckpt_path: str | None) -> None:
     if ckpt_path is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt")):
         raise LungCNNInputError(
-            f"{run_dir} already holds a trained run; pass ckpt_path=last to resume it, or choose another hydra.run.dir"
+            f"{run_dir} already holds a trained run; pass resume=true (or ckpt_path=last) to resume it, or choose another "
+            "hydra.run.dir"
         )
 
 

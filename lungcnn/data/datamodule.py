@@ -9,7 +9,8 @@ training starts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcnn.data.catalog import scan_folder
 from lungcnn.data.io import LungWindow
 from lungcnn.data.splits import assign_splits, load_split, save_split
 from lungcnn.data.transforms import CROPS, MIN_IMAGE_SIZE, build_transform, load_for_model
 from lungcnn.errors import LungCNNInputError
+from lungcnn.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,41 @@ class CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i = item
+        if isinstance(item, tuple):  # (index, augmentation seed) from EpochSampler
+            i, seed = item
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """An epoch's (index, augmentation seed) draws as a function of (seed, epoch) alone.
+
+    Weighted draws with replacement when `weights` is given (the imbalance sampler), else a permutation.
+    Lightning calls `set_epoch` at each epoch start (as for a DistributedSampler), so a run resumed from a
+    checkpoint sees exactly the batches and augmentations of an uninterrupted one, with any number of
+    workers. Without `set_epoch` (a plain loop, Lightning's DDP wrapper) each pass moves to the next epoch.
+    """
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None, epoch: int = 0) -> None:
+        self.n, self.seed, self.weights, self.epoch = n, seed, weights, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        self.epoch += 1
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
 
 
 def seed_worker_augmentation(worker_id: int) -> None:
@@ -173,15 +208,15 @@ class LungCTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         images, labels = self._subset("train")
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler = None
+        weights = None
         if self.imbalance == "sampler":
             counts = np.bincount(labels, minlength=len(self.class_names))
-            weights = (1.0 / np.maximum(counts, 1))[labels]
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
-                                            replacement=True, generator=generator)
-        return self._loader(CachedImages(images, labels, self.train_transform), shuffle=sampler is None,
-                            sampler=sampler, generator=generator, drop_last=len(labels) > self.batch_size)
+            weights = torch.as_tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.double)
+        # The epoch about to start (a resumed run's too): worker processes fetch before `set_epoch` is called.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        sampler = EpochSampler(len(labels), self.seed, weights, epoch)
+        return self._loader(CachedImages(images, labels, self.train_transform), sampler=sampler,
+                            generator=torch.Generator().manual_seed(self.seed), drop_last=len(labels) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(CachedImages(*self._subset("val"), self.eval_transform))

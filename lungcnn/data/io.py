@@ -11,7 +11,9 @@ Output: ``np.float32`` array of shape (H, W), values in [0, 1].
   (level -600 HU, width 1500 HU by default) maps [level - width/2, level + width/2] to [0, 1].
 
 Every failure raises `LungCNNInputError` naming the file; limits on bytes and pixels are checked
-before any pixel buffer is allocated, so a decompression bomb costs nothing.
+before any pixel buffer is allocated, so a decompression bomb costs nothing. The pixel limit applies
+to the square the image is padded to downstream (`to_model_grid`): an 8 x 4,000,000 strip is as
+costly there as a 4,000,000-pixel-wide square.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
 
 MAX_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 40_000_000
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int, extra: int = 1) -> None:
+    """Refuse a declared size whose padded square (times `extra`: frames, samples) exceeds `max_pixels`."""
+    side = max(width, height)
+    if width * height * extra > max_pixels or side * side > max_pixels:
+        raise LungCNNInputError(f"{name}: {width}x{height}" + (f"x{extra}" if extra > 1 else "")
+                                + f" pixels (padded to {side}x{side}) is over the {max_pixels:,} pixel limit")
 
 
 @dataclass(frozen=True)
@@ -98,20 +108,19 @@ def _read_raster(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             width, height = im.size
-            if width * height > max_pixels:
-                raise LungCNNInputError(f"{name}: {width}x{height} pixels is over the {max_pixels:,} pixel limit")
             if width < 1 or height < 1:
                 raise LungCNNInputError(f"{name}: the image has no pixels ({width}x{height})")
+            _check_pixels(name, width, height, max_pixels)
             im.load()
+            return _to_gray_unit(im, name)
     except LungCNNInputError:
         raise
     except UnidentifiedImageError:
         raise LungCNNInputError(f"{name}: not an image lungcnn can read (JPEG, PNG, BMP, TIFF or DICOM)") from None
     except Image.DecompressionBombError:
         raise LungCNNInputError(f"{name}: declared size is too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        raise LungCNNInputError(f"{name}: the image is corrupt or truncated ({e})") from None
-    return _to_gray_unit(im, name)
+    except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, struct.error, IndexError... on bad bytes
+        raise LungCNNInputError(f"{name}: the image is corrupt or truncated ({type(e).__name__}: {e})") from None
 
 
 def _to_gray_unit(im: Image.Image, name: str) -> np.ndarray:
@@ -140,44 +149,65 @@ def _stretch(values: np.ndarray) -> np.ndarray:
 
 def _read_dicom(data: bytes, name: str, window: LungWindow, max_pixels: int) -> np.ndarray:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise LungCNNInputError(f"{name}: not a readable DICOM file ({e})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise LungCNNInputError(f"{name}: the DICOM file has no pixel data (no image to classify)")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        raise LungCNNInputError(f"{name}: the DICOM file lacks valid Rows/Columns tags") from None
+        tags = _dicom_tags(ds, name)
+    except LungCNNInputError:
+        raise
+    except Exception as e:  # pydicom parses lazily and raises many types on a corrupt file (struct.error,
+        # NotImplementedError for an unknown VR, BytesLengthException, ValueError...), at read or at tag access.
+        raise LungCNNInputError(f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from None
+    rows, cols, frames, samples = tags["rows"], tags["cols"], tags["frames"], tags["samples"]
     if rows < 1 or cols < 1:
         raise LungCNNInputError(f"{name}: the DICOM image has no pixels ({cols}x{rows})")
-    if rows * cols * frames > max_pixels:
-        raise LungCNNInputError(f"{name}: {cols}x{rows}x{frames} pixels is over the {max_pixels:,} pixel limit")
+    _check_pixels(name, cols, rows, max_pixels, extra=max(frames, 1) * max(samples, 1))
     try:
         pixels = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # pydicom raises many types: missing decoder, size mismatch, bad tags
         raise LungCNNInputError(f"{name}: cannot decode the DICOM pixel data ({type(e).__name__}: {e})") from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    photometric = tags["photometric"]
     if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and pixels.shape[-1] == 3:
         pixels = pixels.mean(axis=-1)
     elif pixels.ndim == 3:  # multi-frame: the middle slice stands for the series
         pixels = pixels[pixels.shape[0] // 2]
     if pixels.ndim == 4:
         pixels = pixels[pixels.shape[0] // 2].mean(axis=-1)
-    if pixels.ndim != 2:
+    if pixels.ndim != 2 or min(pixels.shape) < 1:
         raise LungCNNInputError(f"{name}: unexpected DICOM pixel array shape {pixels.shape}")
     if not np.isfinite(pixels).all():
         raise LungCNNInputError(f"{name}: the DICOM pixel data contains NaN or infinite values")
-    modality = str(getattr(ds, "Modality", "CT"))
-    if modality != "CT" and "RescaleIntercept" not in ds:
+    if tags["modality"] != "CT" and tags["intercept"] is None:
         # No Hounsfield scale to window: fall back to the image's own range.
         image = _stretch(pixels)
         return 1.0 - image if photometric == "MONOCHROME1" else image
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    image = window.apply(pixels * slope + intercept)
+    image = window.apply(pixels * tags["slope"] + (tags["intercept"] or 0.0))
     return 1.0 - image if photometric == "MONOCHROME1" else image
+
+
+def _dicom_tags(ds, name: str) -> dict:
+    """The tags `_read_dicom` uses, as checked plain values (every access may raise on a corrupt file)."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise LungCNNInputError(f"{name}: the DICOM file has no pixel data (no image to classify)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise LungCNNInputError(f"{name}: the DICOM file lacks valid Rows/Columns tags") from None
+    try:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        raise LungCNNInputError(f"{name}: the DICOM file has invalid NumberOfFrames/SamplesPerPixel tags") from None
+    rescale = {}
+    for key in ("RescaleSlope", "RescaleIntercept"):
+        value = getattr(ds, key, None)
+        try:
+            rescale[key] = None if value is None or value == "" else float(value)
+        except (TypeError, ValueError):
+            raise LungCNNInputError(f"{name}: the DICOM tag {key} is not a number ({value!r})") from None
+        if rescale[key] is not None and not np.isfinite(rescale[key]):
+            raise LungCNNInputError(f"{name}: the DICOM tag {key} is not finite ({value!r})")
+    return {"rows": rows, "cols": cols, "frames": frames, "samples": samples,
+            "photometric": str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")),
+            "modality": str(getattr(ds, "Modality", "CT")),
+            "slope": rescale["RescaleSlope"] or 1.0, "intercept": rescale["RescaleIntercept"]}

@@ -1,0 +1,116 @@
+"""`lungcnn.config_check.validate`: every bad value is refused before any work, in one line naming its key."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from lungcnn.config_check import validate
+from lungcnn.errors import LungCNNInputError
+
+from .conftest import CONF, make_cfg
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def _cfg(root, tmp_path, *overrides: str):
+    return make_cfg(tmp_path / "run", [f"data.root={root}", "data.synthetic=false", *overrides])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_experiment_validates(experiment, root, tmp_path):
+    validate(_cfg(root, tmp_path, f"experiment={experiment}", f"data.root={root}"))
+
+
+def test_the_demo_needs_no_data_folder(tmp_path):
+    validate(make_cfg(tmp_path, ["experiment=demo", f"data.root={tmp_path / 'not-made-yet'}"]))
+
+
+BAD = [
+    ("data.root=/no/such/folder", "data.root"),
+    ("data.image_size=16", "data.image_size"),
+    ("data.image_size=abc", "data.image_size"),
+    ("data.image_size=64.5", "data.image_size"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.val_fraction=0", "data.val_fraction"),
+    ("data.val_fraction=1.5", "data.val_fraction"),
+    ("data.test_fraction=-0.1", "data.test_fraction"),
+    ("data.test_fraction=nan", "data.test_fraction"),
+    ("data.val_fraction=0.5 data.test_fraction=0.5", "data.val_fraction + data.test_fraction"),
+    ("data.n_folds=1 data.fold=0", "data.n_folds"),
+    ("data.n_folds=5 data.fold=5", "data.fold"),
+    ("data.n_folds=5", "data.fold"),
+    ("data.fold=2", "data.fold"),
+    ("data.normal_as=ignore", "data.normal_as"),
+    ("data.normal_as=class", "data.normal_as"),
+    ("data.imbalance=oversample", "data.imbalance"),
+    ("data.crop=brain", "data.crop"),
+    ("data.class_names=[]", "data.class_names"),
+    ("data.class_names=[benign,benign]", "data.class_names"),
+    ("data.class_names=[benign,'']", "data.class_names"),
+    ("data.split_file=/no/split.csv", "data.split_file"),
+    ("data.window.width=-1500", "data.window.width"),
+    ("data.std=[0.2,0,0.2]", "data.std"),
+    ("data.mean=[0.5]", "data.mean"),
+    ("model.task=regression", "model.task"),
+    ("model.task=binary data.class_names=[a,b,c]", "model.task"),
+    ("model.backbone=mobilenet_v9", "model.backbone"),
+    ("model.pretrained=yes", "model.pretrained"),
+    ("model.weights_file=/no/weights.pth", "model.weights_file"),
+    ("model.head_lr=0", "model.head_lr"),
+    ("model.head_lr=-1e-3", "model.head_lr"),
+    ("model.weight_decay=-1", "model.weight_decay"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("model.dropout=-0.1", "model.dropout"),
+    ("model.hidden=0", "model.hidden"),
+    ("callbacks.finetune.stage1_epochs=-1", "callbacks.finetune.stage1_epochs"),
+    ("callbacks.finetune.stage1_epochs=20 trainer.max_epochs=10", "callbacks.finetune.stage1_epochs"),
+    ("callbacks.finetune.unfreeze_top_n=-3", "callbacks.finetune.unfreeze_top_n"),
+    ("callbacks.finetune.finetune_lr=0", "callbacks.finetune.finetune_lr"),
+    ("callbacks.finetune.lr_divisor=0", "callbacks.finetune.lr_divisor"),
+    ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ("seed=1.5", "seed"),
+    ("seed=abc", "seed"),
+    ("test=maybe", "test"),
+    ("resume=1", "resume"),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path"),
+]
+
+
+@pytest.mark.parametrize("overrides, key", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_value_is_refused_naming_its_key(overrides, key, root, tmp_path):
+    cfg = _cfg(root, tmp_path, *overrides.split())
+    with pytest.raises(LungCNNInputError) as caught:
+        validate(cfg)
+    message = str(caught.value)
+    assert message.startswith(key) or f" {key}" in message, message
+    assert "\n" not in message
+
+
+def test_unset_data_root_is_named(tmp_path):
+    cfg = make_cfg(tmp_path, ["experiment=iqothnccd"])  # data.root: ???
+    with pytest.raises(LungCNNInputError, match=r"data\.root is not set"):
+        validate(cfg)
+
+
+def test_stage_two_that_never_starts_is_only_a_warning(root, tmp_path, caplog):
+    cfg = _cfg(root, tmp_path, "trainer.max_epochs=3", "callbacks.finetune.stage1_epochs=3")
+    with caplog.at_level(logging.WARNING, logger="lungcnn.config_check"):
+        validate(cfg)
+    assert "never starts" in caplog.text
+
+
+def test_train_validates_before_any_work(tmp_path):
+    from lungcnn.train import train
+
+    cfg = make_cfg(tmp_path / "run", [f"data.root={tmp_path}", "data.synthetic=false", "model.backbone=nope"])
+    with pytest.raises(LungCNNInputError, match="model.backbone"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written: no split.csv, no checkpoints
