@@ -64,7 +64,8 @@ class _Snapshots(L.Callback):
         self.states.append(_snapshot(pl_module.net))
 
 
-def test_two_stage_freezing_is_exact(tiny_root, tmp_path):
+@pytest.mark.parametrize("train_bn_stats", [False, True])
+def test_two_stage_freezing_is_exact(tiny_root, tmp_path, train_bn_stats):
     L.seed_everything(0)
     dm = LungCTDataModule(root=str(tiny_root), class_folders={"benign": "benign", "malignant": "malignant"},
                           class_names=["benign", "malignant"], image_size=64, batch_size=4)
@@ -73,17 +74,20 @@ def test_two_stage_freezing_is_exact(tiny_root, tmp_path):
     snapshots, top_n = _Snapshots(), 12
     trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[TwoStageFinetune(stage1_epochs=1, unfreeze_top_n=top_n), snapshots])
+                        callbacks=[TwoStageFinetune(stage1_epochs=1, unfreeze_top_n=top_n, train_bn_stats=train_bn_stats),
+                                   snapshots])
     trainer.fit(model, datamodule=dm)
     start, after_stage1, end = snapshots.states
     head = {k for k in start if k.startswith("head.")}
     # Stage 1: the head changes, nothing of the backbone does (weights nor batch-norm statistics).
     assert _changed(start, after_stage1) == head
-    # Stage 2: exactly the top layers (their weights and BN running stats) and the head.
+    # Stage 2: exactly the top layers (their weights, and BN running stats if asked) and the head.
     names = {id(m): n for n, m in model.net.backbone.named_modules()}
     top = [names[id(m)] for m in TwoStageFinetune.top_layers(model.net.backbone, top_n)]
     assert len(top) == top_n and len(conv_and_norm_layers(model.net.backbone)) == 104
     expected = {k for k in start if k.startswith("backbone.") and k.removeprefix("backbone.").rsplit(".", 1)[0] in top}
+    if not train_bn_stats:
+        expected = {k for k in expected if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert _changed(after_stage1, end) == head | expected
     # The optimizer holds the head's group and the unfrozen layers at the fine-tuning rate (head_lr / 10).
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx([1e-3, 1e-3])

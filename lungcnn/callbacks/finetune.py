@@ -8,7 +8,9 @@ Stage 2: the top `unfreeze_top_n` backbone layers are unfrozen and everything tr
 A "layer" here is one Conv2d, BatchNorm2d or Linear module of the backbone, counted back from the
 output (timm's mobilenetv2_100 has 104: the top 30 reach from the end back into blocks.5.0, i.e. the
 last four inverted-residual blocks plus conv_head/bn2). Frozen batch-norm layers stay in eval mode
-in both stages.
+in both stages. Unfrozen ones train their scale and shift but, by default (`train_bn_stats=False`),
+keep their ImageNet running statistics, as Keras' fine-tuning recipe does: on a few hundred images,
+batch statistics of small, class-balanced, augmented batches made validation collapse in stage 2.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class TwoStageFinetune(BaseFinetuning):
     def __init__(self, stage1_epochs: int = 3, unfreeze_top_n: int = 30, finetune_lr: float | None = None,
-                 lr_divisor: float = 10.0) -> None:
+                 lr_divisor: float = 10.0, train_bn_stats: bool = False) -> None:
         super().__init__()
         if stage1_epochs < 0:
             raise LungCNNInputError(f"callbacks.finetune.stage1_epochs must be >= 0, got {stage1_epochs}")
@@ -37,7 +39,7 @@ class TwoStageFinetune(BaseFinetuning):
         if finetune_lr is not None and not finetune_lr > 0:
             raise LungCNNInputError(f"callbacks.finetune.finetune_lr must be > 0, got {finetune_lr}")
         self.stage1_epochs, self.unfreeze_top_n = stage1_epochs, unfreeze_top_n
-        self.finetune_lr, self.lr_divisor = finetune_lr, lr_divisor
+        self.finetune_lr, self.lr_divisor, self.train_bn_stats = finetune_lr, lr_divisor, train_bn_stats
 
     @staticmethod
     def top_layers(backbone: nn.Module, n: int) -> list[nn.Module]:
@@ -51,6 +53,15 @@ class TwoStageFinetune(BaseFinetuning):
         for module in backbone.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.track_running_stats = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)  # on resume: puts stage 2's param groups back into the optimizer
+        # ...but leaves the layers they hold frozen (freeze_before_training just ran): without this, a run
+        # resumed in stage 2 would silently stop training the unfrozen backbone layers.
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.requires_grad_(True)
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         if epoch != self.stage1_epochs:
@@ -67,7 +78,7 @@ class TwoStageFinetune(BaseFinetuning):
         super().on_train_epoch_start(trainer, pl_module)
         for module in pl_module.net.backbone.modules():
             if isinstance(module, nn.BatchNorm2d):
-                module.train(any(p.requires_grad for p in module.parameters()))
+                module.train(self.train_bn_stats and any(p.requires_grad for p in module.parameters()))
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         stage = 1 if trainer.current_epoch < self.stage1_epochs else 2
         pl_module.log_dict({"finetune/stage": float(stage), "finetune/trainable_params": float(trainable)},
