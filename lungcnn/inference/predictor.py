@@ -3,14 +3,18 @@
 It owns the checkpoint's preprocessing (read -> lung window -> pad/resize -> normalise) and its
 calibration (temperature or isotonic) and decision threshold, so those exist in one place only.
 Binary checkpoints give P(malignant) per image; K-class checkpoints give one probability per class.
+Only the logits come from a pluggable backend (`TorchBackend`, or onnxruntime via
+`lungcnn.inference.onnx_export.OnnxBackend`), so every runtime shares the same pixels and calibration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -38,21 +42,84 @@ class Prediction:
         return self.error is None
 
 
+BACKENDS = ("torch", "onnx", "auto")
+
+
+class Backend(Protocol):
+    """Normalised images (N, 3, S, S) float32 -> logits (N,) binary or (N, K): the only part a runtime swaps."""
+
+    name: str
+
+    def logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """The PyTorch network (eval mode); channels_last is faster on CPU for MobileNetV2's depthwise convs."""
+
+    name = "torch"
+
+    def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", channels_last: bool = False) -> None:
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.net = net.eval().to(self.device)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)  # outside inference_mode: parameters stay normal tensors
+
+    @torch.inference_mode()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x).float().cpu().numpy()
+
+
+def normalisation_lut(mean: list[float], std: list[float]) -> np.ndarray:
+    """(3, 256) float32: gray value -> normalised value per channel, bit-identical to albumentations' Normalize."""
+    mean255, std255 = np.asarray(mean, np.float32) * 255, np.asarray(std, np.float32) * 255
+    return (np.arange(256, dtype=np.float32)[None] - mean255[:, None]) * (np.float32(1) / std255)[:, None]
+
+
 class Predictor:
-    def __init__(self, meta: dict[str, Any], net: torch.nn.Module) -> None:
-        self.meta, self.net = meta, net.eval()
+    def __init__(self, meta: dict[str, Any], net: torch.nn.Module | None = None, backend: Backend | None = None) -> None:
+        if backend is None and net is None:
+            raise ValueError("Predictor needs a network or a backend")
+        self.meta = meta
+        self.net = net.eval() if net is not None else None  # the PyTorch network (Grad-CAM); None for onnx
+        self.backend: Backend = backend if backend is not None else TorchBackend(net)
         pre = meta["preprocessing"]
         self.image_size = int(pre["image_size"])
         self.window = LungWindow(**pre["window"])
         self.crop = str(pre.get("crop", "none"))
         self.transform = build_transform(pre["mean"], pre["std"])
+        self.lut = normalisation_lut(pre["mean"], pre["std"])
         self.class_names: list[str] = list(meta["class_names"])
         self.binary = meta["task"] == "binary"
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", *, device: str | None = None,
+                        channels_last: bool = False, threads: int | None = None) -> Predictor:
+        """A checkpoint (or an exported .onnx with its sidecar) with logits from `backend`.
+
+        "onnx" given a checkpoint exports it beside itself on first use (re-exported when the checkpoint
+        changes); "auto" is PyTorch on a CUDA GPU, else onnxruntime when installed, else PyTorch on CPU.
+        """
+        path = Path(path)
+        if backend not in BACKENDS:
+            raise LungCNNInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            gpu = device not in (None, "cpu") or (device is None and torch.cuda.is_available())
+            onnx_file = path.suffix.lower() == ".onnx"
+            backend = "onnx" if onnx_file or (not gpu and find_spec("onnxruntime") is not None) else "torch"
+            device = device or ("cuda" if gpu else "cpu")
+        if path.suffix.lower() == ".onnx" and backend != "onnx":
+            raise LungCNNInputError(f"{path}: an .onnx file runs on the onnx backend only; pass its checkpoint for {backend}")
+        if backend == "onnx":
+            from lungcnn.inference.onnx_export import cached_export, load_onnx
+
+            meta, onnx_backend = load_onnx(path if path.suffix.lower() == ".onnx" else cached_export(path), threads)
+            return cls(meta, backend=onnx_backend)
         meta, state = load_checkpoint(path)
-        return cls(meta, build_network(meta, state))
+        net = build_network(meta, state)
+        return cls(meta, net, TorchBackend(net, device or "cpu", channels_last))
 
     # -- settings from the checkpoint --------------------------------------------------------------
     @property
@@ -82,15 +149,29 @@ class Predictor:
         return load_for_model(source, self.image_size, self.window, name=name, crop=self.crop,
                               max_bytes=max_bytes, max_pixels=max_pixels)
 
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 -> (N, 3, S, S) float32, bit-identical to `self.transform` per image.
+
+        A 256-entry table per channel written straight into the batch (cv2.LUT): several times faster
+        than albumentations per image, which matters at hundreds of images per second.
+        """
+        images = np.ascontiguousarray(images)
+        if images.dtype != np.uint8 or images.ndim != 3:
+            raise ValueError(f"expected (N, S, S) uint8 images from Predictor.load, got {images.shape} {images.dtype}")
+        out = np.empty((len(images), 3, *images.shape[1:]), np.float32)
+        for n, image in enumerate(images):
+            for c in range(3):
+                cv2.LUT(image, self.lut[c], dst=out[n, c])
+        return out
+
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         """(N, S, S) uint8 -> (N, 3, S, S) normalised float tensor."""
-        return torch.stack([self.transform(image=image)["image"] for image in images])
+        return torch.from_numpy(self.normalise(images))
 
-    @torch.inference_mode()
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, S, S) uint8 -> logits (N,) binary or (N, K)."""
-        out = [self.net(self.to_tensor(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-        return torch.cat(out).float().numpy() if out else np.zeros((0,) if self.binary else (0, len(self.class_names)))
+        out = [self.backend.logits(self.normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0,) if self.binary else (0, len(self.class_names)), np.float32)
 
     # -- probabilities --------------------------------------------------------------------------------
     def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
@@ -112,7 +193,10 @@ class Predictor:
         return [self.class_names[i] for i in np.argmax(probs, axis=1)]
 
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
-        logits = self.logits(images)
+        return self.from_logits(self.logits(images), names)
+
+    def from_logits(self, logits: np.ndarray, names: list[str]) -> list[Prediction]:
+        """Logits from any backend (or Lightning's trainer.predict) -> Predictions, calibrated and decided."""
         raw, cal = self.probabilities(logits, calibrated=False), self.probabilities(logits)
         results = []
         for name, z, p, c, d in zip(names, logits, raw, cal, self.decide(cal)):
