@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
+from lungcnn.calibration.prior import prior_shift
 from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
@@ -27,7 +28,8 @@ METHODS = ("temperature", "isotonic")
 
 
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
-              target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+              target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
+              prior_correction: bool = True) -> dict[str, Any]:
     """Fit calibration + threshold on validation outputs; write `out`; return the new metadata."""
     ckpt = Path(ckpt)
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(".ckpt") + ".calibrated.ckpt")
@@ -48,9 +50,10 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     logits = np.array([r.logit for r in results if r.ok], dtype=np.float64)
     info: dict[str, Any] = {"method": method, "fitted_on": f"{len(labels)} validation images", "data_root": data_root}
     if method == "temperature":
-        fit = fit_temperature(logits, labels)
+        shift = _prior_shift(meta) if prior_correction else 0.0
+        fit = fit_temperature(logits + np.asarray(shift), labels)
         temperature = fit.temperature
-        info.update(nll_before=fit.nll_before, nll_after=fit.nll_after, message=fit.message)
+        info.update(logit_shift=shift, nll_before=fit.nll_before, nll_after=fit.nll_after, message=fit.message)
         calibrated_meta = {**meta, "temperature": temperature, "calibration": info}
     else:
         params = fit_isotonic(predictor.probabilities(logits, calibrated=False), labels)
@@ -70,15 +73,27 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     if info.get("message"):
         log.warning("%s", info["message"])
     save_checkpoint(out, calibrated_meta, state)
-    print(f"calibrated ({method}) on {len(labels)} validation images: T = {calibrated_meta['temperature']:.3f}, "
+    shift = info.get("logit_shift", 0.0)
+    shift_text = f"prior shift {np.round(shift, 3).tolist()}, " if np.any(np.asarray(shift) != 0) else ""
+    print(f"calibrated ({method}) on {len(labels)} validation images: {shift_text}T = {calibrated_meta['temperature']:.3f}, "
           f"threshold = {threshold:.4f} (target sensitivity {target_sensitivity})\nwrote {out}", flush=True)
     return calibrated_meta
+
+
+def _prior_shift(meta: dict[str, Any]) -> float | list[float]:
+    data = meta.get("data", {})
+    counts, imbalance = data.get("train_class_counts"), data.get("imbalance")
+    if not counts or imbalance is None:
+        log.warning("the checkpoint does not record its training class counts: no prior correction")
+        return 0.0
+    return prior_shift(counts, imbalance)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite)
+    calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite,
+              cfg.calibration.prior_correction)
 
 
 if __name__ == "__main__":

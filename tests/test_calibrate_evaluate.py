@@ -33,6 +33,13 @@ def test_calibrated_checkpoint_round_trips(trained_ckpt, tmp_path, method):
     assert loaded["calibration"]["val_at_threshold"]["sensitivity"] >= 0.9
     predictor = Predictor.from_checkpoint(out)
     assert predictor.is_calibrated and predictor.threshold == pytest.approx(meta["threshold"])
+    if method == "temperature":
+        # Balanced sampling in training: the prior shift is log(malignant / benign) of the training split.
+        n_benign, n_malignant = loaded["data"]["train_class_counts"]
+        assert loaded["calibration"]["logit_shift"] == pytest.approx(np.log(n_malignant / n_benign))
+        z = np.array([-2.0, 0.0, 3.0])
+        expected = 1 / (1 + np.exp(-(z + loaded["calibration"]["logit_shift"]) / loaded["temperature"]))
+        np.testing.assert_allclose(predictor.probabilities(z), expected, rtol=1e-9)
     with pytest.raises(LungCNNInputError, match="exists"):
         calibrate(trained_ckpt, out)
 

@@ -199,3 +199,27 @@ def test_threshold_rejects_no_positives_and_bad_target() -> None:
 def test_temperature_fit_object_is_plain_data() -> None:
     fit = fit_temperature(*_binary_data(n=200))
     assert all(math.isfinite(v) for v in (fit.temperature, fit.nll_before, fit.nll_after))
+
+
+# --- prior correction ------------------------------------------------------------------------------------
+
+def test_prior_shift_undoes_balanced_training() -> None:
+    from lungcnn.calibration.prior import prior_shift
+    from lungcnn.evaluation import binary_metrics
+
+    # Balanced training sees P(y=1) = 0.5; the data have 80% positives: the shift is log(0.8 / 0.2).
+    assert prior_shift([20, 80], "sampler") == pytest.approx(np.log(4.0))
+    assert prior_shift([20, 80], "loss") == pytest.approx(np.log(4.0))
+    assert prior_shift([20, 80], "none") == 0.0
+    k = prior_shift([10, 30, 60], "sampler")
+    assert np.allclose(np.array(k) - k[0], np.log([1, 3, 6]))  # softmax only sees differences
+    # A balanced-prior logit plus the shift gives the true posterior: Bayes with a changed prior.
+    rng = np.random.default_rng(0)
+    y = (rng.random(40000) < 0.8).astype(int)
+    x = rng.normal(y * 1.0, 1.0)
+    balanced_logit = x - 0.5  # exact log-likelihood ratio of the two unit-variance Gaussians
+    shifted = balanced_logit + prior_shift([int((y == 0).sum()), int(y.sum())], "sampler")
+    ece = binary_metrics(1 / (1 + np.exp(-shifted)), y)["ece"]
+    assert ece < 0.02 and binary_metrics(1 / (1 + np.exp(-balanced_logit)), y)["ece"] > 0.1
+    with pytest.raises(LungCNNInputError, match="positive image count"):
+        prior_shift([0, 5], "sampler")

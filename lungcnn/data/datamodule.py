@@ -244,6 +244,8 @@ class LungCTDataModule(L.LightningDataModule):
             "normal_as": self.normal_as,
             "split_file": str(Path(split_file).resolve()) if split_file else None,
             "note": self.data_note(),
+            "imbalance": self.imbalance,
+            "train_class_counts": self.class_counts("train").tolist() if self.frame is not None else None,
         }
 
     def preprocessing(self) -> dict[str, Any]:

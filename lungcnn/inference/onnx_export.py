@@ -41,16 +41,23 @@ OPSET = 17
 
 
 class CalibratedNet(nn.Module):
-    """net -> (probability, logit), with the checkpoint's temperature folded into the probability."""
+    """net -> (probability, logit), with the checkpoint's prior shift and temperature folded into the probability."""
 
-    def __init__(self, net: nn.Module, temperature: float, binary: bool) -> None:
+    def __init__(self, net: nn.Module, temperature: float, binary: bool, shift: float | list[float] = 0.0) -> None:
         super().__init__()
         self.net, self.temperature, self.binary = net, float(temperature), binary
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logit = self.net(x)
-        z = logit / self.temperature
+        z = (logit + self.shift) / self.temperature
         return (torch.sigmoid(z) if self.binary else torch.softmax(z, dim=1)), logit
+
+
+def graph_shift(meta: dict[str, Any]) -> float | list[float]:
+    """The prior correction folded into the graph (temperature scaling only, as in the Predictor)."""
+    calibration = meta.get("calibration", {})
+    return calibration.get("logit_shift", 0.0) if calibration.get("method") == "temperature" else 0.0
 
 
 def graph_temperature(meta: dict[str, Any]) -> float:
@@ -92,7 +99,7 @@ def onnx_bytes(net: nn.Module, meta: dict[str, Any]) -> bytes:
     """The serialised graph, checked against PyTorch on a sample batch before anything is written."""
     binary = meta["task"] == "binary"
     size = int(meta["preprocessing"]["image_size"])
-    model = CalibratedNet(net.eval(), graph_temperature(meta), binary).eval()
+    model = CalibratedNet(net.eval(), graph_temperature(meta), binary, graph_shift(meta)).eval()
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -135,6 +142,7 @@ def sidecar_record(meta: dict[str, Any], onnx_path: Path, onnx_sha256: str, sour
                                        "(value / 255 - mean) / std per channel"},
             "outputs": {"probability": PROBABILITY, "logit": LOGIT},
             "temperature_in_graph": graph_temperature(meta),
+            "logit_shift_in_graph": graph_shift(meta),
             "probability": ("uncalibrated sigmoid(logit); apply the isotonic map meta.calibration.isotonic (x, y) "
                             "on the host" if isotonic else
                             "calibrated " + ("sigmoid(logit / T)" if meta["task"] == "binary" else "softmax(logits / T)")),

@@ -174,10 +174,21 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0,) if self.binary else (0, len(self.class_names)), np.float32)
 
     # -- probabilities --------------------------------------------------------------------------------
+    @property
+    def logit_shift(self) -> float | list[float]:
+        """The prior correction added to the logits before the temperature (lungcnn.calibration.prior)."""
+        if self.calibration_method != "temperature":
+            return 0.0
+        return self.meta.get("calibration", {}).get("logit_shift", 0.0)
+
     def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
-        """Logits -> P(malignant) (N,) for binary, class probabilities (N, K) otherwise."""
+        """Logits -> P(malignant) (N,) for binary, class probabilities (N, K) otherwise.
+
+        Calibrated with temperature scaling: softmax / sigmoid of (logits + prior shift) / T."""
         logits = np.asarray(logits, np.float64)
         temperature = self.temperature if calibrated and self.calibration_method == "temperature" else 1.0
+        if calibrated:
+            logits = logits + np.asarray(self.logit_shift, np.float64)
         if not self.binary:
             z = logits / temperature
             z = np.exp(z - z.max(axis=1, keepdims=True))
