@@ -25,6 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from lungcnn.data.audit import CLASS_FOLDERS
 from lungcnn.data.catalog import scan_folder
 from lungcnn.data.io import LungWindow
 from lungcnn.data.transforms import build_transform, load_for_model
@@ -32,8 +33,6 @@ from lungcnn.evaluation.bootstrap import bootstrap_ci
 from lungcnn.evaluation.multiclass_report import pairwise_auc
 from lungcnn.models.backbone import create_backbone, normalization_for
 
-FOLDERS = {"Bengin cases": "benign", "Malignant cases": "malignant", "Normal cases": "normal",
-           "benign": "benign", "malignant": "malignant", "normal": "normal"}
 CLASSES = ["normal", "benign", "malignant"]
 TF_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenetv2_100_imagenet_tf.safetensors"
 
@@ -97,7 +96,7 @@ def main() -> None:
     parser.add_argument("--out", default="probe.json")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    frame = scan_folder(args.root, FOLDERS, CLASSES, normal_as="class")
+    frame = scan_folder(args.root, CLASS_FOLDERS, CLASSES, normal_as="class")
     paths = [str(Path(args.root) / f) for f in frame["file"]]
     y, groups = frame["label"].to_numpy(), frame["group"].to_numpy()
     results = {}
