@@ -75,8 +75,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     save_checkpoint(out, calibrated_meta, state)
     shift = info.get("logit_shift", 0.0)
     shift_text = f"prior shift {np.round(shift, 3).tolist()}, " if np.any(np.asarray(shift) != 0) else ""
-    print(f"calibrated ({method}) on {len(labels)} validation images: {shift_text}T = {calibrated_meta['temperature']:.3f}, "
-          f"threshold = {threshold:.4f} (target sensitivity {target_sensitivity})\nwrote {out}", flush=True)
+    operating = f", threshold = {threshold:.4f} (target sensitivity {target_sensitivity})" if meta["task"] == "binary" else ""
+    print(f"calibrated ({method}) on {len(labels)} validation images: {shift_text}T = {calibrated_meta['temperature']:.3f}"
+          f"{operating}\nwrote {out}", flush=True)
     return calibrated_meta
 
 
