@@ -79,12 +79,6 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return iter(zip(order.tolist(), seeds.tolist(), strict=True))
 
 
-def seed_worker_augmentation(worker_id: int) -> None:
-    """DataLoader worker_init_fn: each worker's albumentations generator from its (seeded) torch seed."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
-
-
 class LungCTDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -226,8 +220,7 @@ class LungCTDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, worker_init_fn=seed_worker_augmentation,
-                          **kwargs)
+                          persistent_workers=self.num_workers > 0, **kwargs)
 
     def data_note(self) -> str:
         """What the model was trained on, for checkpoints, reports and the app's model card."""
