@@ -40,8 +40,10 @@ COLOURS = {"malignant": "red", "benign": "green"}
 
 @st.cache_resource(show_spinner="Loading the model…")
 def load_predictor(path: str, stamp: tuple[int, int]) -> Predictor:
-    """Once per checkpoint file version (`stamp` = mtime, size), shared by all sessions."""
-    return Predictor.from_checkpoint(path)
+    """Once per checkpoint file version (`stamp` = mtime, size), shared by all sessions.
+
+    Logits from the fastest backend here (onnxruntime on CPU); the PyTorch network stays for Grad-CAM."""
+    return Predictor.from_checkpoint(path, backend="auto", with_net=True)
 
 
 def md(text: str) -> str:

@@ -231,3 +231,17 @@ def test_lightning_trainer_predict_matches_the_plain_path(folder, warm_ckpt, tmp
     assert [r["decision"] for r in a] == [r["decision"] for r in b]
     np.testing.assert_allclose([float(r["calibrated_probability"] or "nan") for r in a],
                                [float(r["calibrated_probability"] or "nan") for r in b], atol=1e-6)
+
+
+def test_onnx_predictor_can_keep_the_torch_network_for_grad_cam(warm_ckpt, tiny_root):
+    """The app's set-up: logits from onnxruntime, the PyTorch network kept for heat maps."""
+    from lungcnn.inference.gradcam import gradcam
+
+    fast = Predictor.from_checkpoint(warm_ckpt, backend="onnx", with_net=True)
+    plain = Predictor.from_checkpoint(warm_ckpt)
+    assert fast.backend.name == "onnx" and fast.net is not None
+    files = sorted(tiny_root.rglob("*.png"))[:4]
+    np.testing.assert_allclose([p.calibrated for p in fast.predict_files(files)],
+                               [p.calibrated for p in plain.predict_files(files)], atol=1e-4)
+    cam = gradcam(fast, fast.load(files[0]))
+    assert cam.heatmap.shape == (64, 64) and np.isfinite(cam.heatmap).all()

@@ -96,11 +96,12 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", *, device: str | None = None,
-                        channels_last: bool = False, threads: int | None = None) -> Predictor:
+                        channels_last: bool = False, threads: int | None = None, with_net: bool = False) -> Predictor:
         """A checkpoint (or an exported .onnx with its sidecar) with logits from `backend`.
 
         "onnx" given a checkpoint exports it beside itself on first use (re-exported when the checkpoint
         changes); "auto" is PyTorch on a CUDA GPU, else onnxruntime when installed, else PyTorch on CPU.
+        `with_net` keeps the PyTorch network too (the app's Grad-CAM) when the logits come from onnxruntime.
         """
         path = Path(path)
         if backend not in BACKENDS:
@@ -116,7 +117,8 @@ class Predictor:
             from lungcnn.inference.onnx_export import cached_export, load_onnx
 
             meta, onnx_backend = load_onnx(path if path.suffix.lower() == ".onnx" else cached_export(path), threads)
-            return cls(meta, backend=onnx_backend)
+            net = build_network(*load_checkpoint(path)) if with_net and path.suffix.lower() != ".onnx" else None
+            return cls(meta, net, backend=onnx_backend)
         meta, state = load_checkpoint(path)
         net = build_network(meta, state)
         return cls(meta, net, TorchBackend(net, device or "cpu", channels_last))
