@@ -14,6 +14,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from lungcnn.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
@@ -51,14 +52,35 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
         report = build_multiclass_report(records, class_names=predictor.class_names, temperature=predictor.temperature,
                                          **common)
         print(_multiclass_summary(report, out), flush=True)
-        return report
-    report = build_report(
-        records, threshold_calibrated=predictor.threshold,
-        temperature=predictor.temperature if predictor.calibration_method == "temperature" else None,
-        method=predictor.calibration_method, **common,
-    )
-    print(_summary(report, out), flush=True)
+        cells = report["results"]["calibrated"]
+    else:
+        report = build_report(
+            records, threshold_calibrated=predictor.threshold,
+            temperature=predictor.temperature if predictor.calibration_method == "temperature" else None,
+            method=predictor.calibration_method, **common,
+        )
+        print(_summary(report, out), flush=True)
+        at = report["results"]["calibrated"]["threshold_calibrated"]
+        cells = {k: {"value": v, "ci95": at["ci95"].get(k)} for k, v in at["metrics"].items() if k != "confusion"}
+    if data_root is None and predictor.is_calibrated:
+        _record_in_model_card(ckpt, cells, f"{len(kept)} test images ({where})")
     return report
+
+
+def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None:
+    """Write the test figures into the calibrated checkpoint's metadata, so the app's model card shows them.
+
+    Only calibrated checkpoints (slim files written by lungcnn.calibrate) are touched; the weights stay as
+    they are and the file is replaced atomically."""
+    meta, state = load_checkpoint(ckpt)
+    metrics: dict[str, Any] = {"evaluated on": where}
+    for key, cell in cells.items():
+        value, ci = cell.get("value"), cell.get("ci95")
+        if value is None or value != value:
+            continue
+        metrics[key] = f"{value:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci and ci[0] is not None else "")
+    save_checkpoint(ckpt, {**meta, "metrics": metrics}, state)
+    print(f"recorded the test figures in the model card of {ckpt}", flush=True)
 
 
 def _multiclass_summary(report: dict[str, Any], out: Path) -> str:

@@ -60,6 +60,13 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
     assert saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["accuracy"] == pytest.approx(
         again["accuracy"], abs=1e-6)
     assert "paper" in saved and saved["n"] == len(rows)
+    # The calibrated checkpoint's model card now carries the test figures (weights untouched).
+    from lungcnn.inference.uploads import model_card
+
+    card = model_card(Predictor.from_checkpoint(calibrated))
+    assert card["metrics"] and any("ROC" in k for k in card["metrics"])
+    auc = saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["roc_auc"]
+    assert load_checkpoint(calibrated)[0]["metrics"]["roc_auc"].startswith(f"{auc:.3f}")
 
 
 def test_foreign_and_malicious_checkpoints_are_refused(tmp_path):
