@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcnn import config_check
 from lungcnn.callbacks.resume import keep_csv_history, resolve_ckpt_path, resume_callbacks
+from lungcnn.checkpoint import load_checkpoint
 from lungcnn.checkpoint_io import AtomicCheckpointIO
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
@@ -47,6 +48,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or "last" for resume=true
     _refuse_overwrite(run_dir, ckpt_path)
+    if ckpt_path not in (None, "last"):
+        load_checkpoint(ckpt_path)  # a foreign or code-carrying file stops here, in one line, before any work
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -90,10 +93,10 @@ def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
 
 def format_table(result: dict[str, Any]) -> str:
     names = sorted(set(result.get("val", {})) | set(result.get("test", {})))
-    lines = [f"{'metric':<14}{'val':>10}{'test':>10}", "-" * 34]
+    lines = [f"{'metric':<20}{'val':>10}{'test':>10}", "-" * 40]
     for name in names:
         cells = [result.get(split, {}).get(name, math.nan) for split in ("val", "test")]
-        lines.append(f"{name:<14}" + "".join(f"{c:>10.4f}" for c in cells))
+        lines.append(f"{name:<20}" + "".join(f"{c:>10.4f}" for c in cells))
     lines.append(f"data: {result['data']}; split sizes {result['split']}; best checkpoint: {result['best_checkpoint']}")
     return "\n".join(lines)
 

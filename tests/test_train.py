@@ -90,3 +90,21 @@ def test_same_seed_gives_the_same_metrics(tiny_root, tmp_path):
     runs = [train(make_cfg(tmp_path / str(i), [*tiny_overrides(tiny_root), "seed=7"])) for i in range(2)]
     assert runs[0]["test"] == runs[1]["test"] and runs[0]["val"] == runs[1]["val"]
     assert (tmp_path / "0" / "split.csv").read_text() == (tmp_path / "1" / "split.csv").read_text()
+
+
+def test_a_code_carrying_resume_checkpoint_is_refused_before_any_work(tiny_root, tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"lungcnn": Exploit(), "state_dict": {}}, evil, pickle_module=pickle)
+    cfg = make_cfg(tmp_path / "run", [*tiny_overrides(tiny_root), f"ckpt_path={evil}"])
+    with pytest.raises(LungCNNInputError, match="refused"):
+        train(cfg)
+    assert not marker.exists() and not (tmp_path / "run" / "split.csv").exists()
