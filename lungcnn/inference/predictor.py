@@ -21,7 +21,7 @@ import torch
 from lungcnn.calibration import apply_isotonic
 from lungcnn.checkpoint import build_network, load_checkpoint
 from lungcnn.data.io import MAX_BYTES, MAX_PIXELS, LungWindow
-from lungcnn.data.transforms import build_transform, load_for_model
+from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
 
 
@@ -89,7 +89,6 @@ class Predictor:
         self.image_size = int(pre["image_size"])
         self.window = LungWindow(**pre["window"])
         self.crop = str(pre.get("crop", "none"))
-        self.transform = build_transform(pre["mean"], pre["std"])
         self.lut = normalisation_lut(pre["mean"], pre["std"])
         self.class_names: list[str] = list(meta["class_names"])
         self.binary = meta["task"] == "binary"
@@ -152,7 +151,7 @@ class Predictor:
                               max_bytes=max_bytes, max_pixels=max_pixels)
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 -> (N, 3, S, S) float32, bit-identical to `self.transform` per image.
+        """(N, S, S) uint8 -> (N, 3, S, S) float32, bit-identical to `transforms.build_transform` per image.
 
         A 256-entry table per channel written straight into the batch (cv2.LUT): several times faster
         than albumentations per image, which matters at hundreds of images per second.
