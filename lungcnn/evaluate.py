@@ -50,7 +50,7 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
                   + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
     if not predictor.binary:
         report = build_multiclass_report(records, class_names=predictor.class_names, temperature=predictor.temperature,
-                                         **common)
+                                         decision_weights=predictor.decision_weights, tta=predictor.tta, **common)
         print(_multiclass_summary(report, out), flush=True)
         cells = report["results"]["calibrated"]
     else:
@@ -85,7 +85,8 @@ def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None
 
 def _multiclass_summary(report: dict[str, Any], out: Path) -> str:
     cal = report["results"]["calibrated"]
-    lines = [f"{'calibrated, argmax':<34}{'value':>8}   95% CI"]
+    lines = [f"{'calibrated, ' + ('balanced decisions' if len(set(report['decision_weights'] or [1])) > 1 else 'argmax'):<34}"
+             f"{'value':>8}   95% CI"]
     for key, cell in cal.items():
         lo, hi = cell["ci95"]
         ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "n/a"

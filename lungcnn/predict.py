@@ -32,7 +32,7 @@ from lungcnn.data.io import SUPPORTED_SUFFIXES
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import atomic_open
 from lungcnn.inference.onnx_export import cpu_count
-from lungcnn.inference.predictor import BACKENDS, Prediction, Predictor
+from lungcnn.inference.predictor import BACKENDS, Prediction, Predictor, tta_logits
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class PredictionModule(L.LightningModule):
         logits = None
         if len(batch.index):
             x = self.lut[batch.images.long()].permute(0, 3, 1, 2)  # (n, S, S, 3) -> (n, 3, S, S)
-            logits = self.net(x).float().cpu().numpy()
+            logits = tta_logits(self.net, x, self.predictor.tta).float().cpu().numpy()
         self.results.append((batch.index.cpu().tolist(), logits, list(batch.failed)))
 
     def on_predict_epoch_end(self) -> None:

@@ -15,10 +15,13 @@ Then aggregate (prints a table, writes cv_summary.json into the multirun folder,
     python scripts/aggregate_cv.py RUN_DIR [RUN_DIR ...] [--out cv_summary.json]
 
 - Per-fold: mean and sample standard deviation (ddof=1) over folds of every number in metrics.json's "test".
-- Pooled: all folds' predictions together, `binary_metrics` at 0.5 on the uncalibrated and the calibrated
-  probability, with stratified percentile bootstrap 95% intervals (`bootstrap_ci`). Pooling assumes the folds'
-  probabilities are on one scale, and the bootstrap resamples images, not patients, so the interval is
-  optimistic when a series has many slices; the spread over folds is the more honest figure.
+- Pooled: all folds' predictions together, with percentile bootstrap 95% intervals (`bootstrap_ci`) that
+  resample whole series (the `group` column of split.csv, stratified by class), since slices of one scan are
+  not independent. Binary: `binary_metrics` at 0.5 on the uncalibrated and the calibrated probability.
+  K classes: the report's figures (balanced accuracy, macro F1, per-class and pairwise AUCs such as
+  benign vs normal); uncalibrated decisions are the argmax of the class-balanced output, calibrated ones each
+  fold's own recorded decision rule. Pooling assumes the folds' probabilities are on one scale (AUCs); the
+  spread over folds shows how much a single split can move.
 - Checks from each fold's split.csv: no image in two test folds, no group in both train and test.
 """
 
@@ -39,10 +42,12 @@ import yaml
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import binary_metrics, bootstrap_ci
+from lungcnn.evaluation.multiclass_report import flat_metrics
 from lungcnn.fileio import write_json
 
-PREDICTIONS = Path("report") / "predictions.csv"
+PREDICTIONS = "predictions.csv"
 PROBABILITIES = ("probability", "calibrated_probability")
+MULTICLASS = ("uncalibrated", "calibrated")
 SUMMARY_FILE = "cv_summary.json"
 
 
@@ -57,7 +62,7 @@ def find_runs(multirun_dir: str | Path) -> list[Path]:
     return sorted(runs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
-def load_run(run_dir: str | Path) -> dict[str, Any]:
+def load_run(run_dir: str | Path, report_dir: str = "report") -> dict[str, Any]:
     """One fold: its test metrics, fold number (from Hydra's overrides), split and predictions if present."""
     run = Path(run_dir)
     path = run / "metrics.json"
@@ -68,13 +73,15 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(test, dict) or not test:
         raise LungCNNInputError(f"{path}: no test metrics (was it trained with test=false?)")
     split = run / "split.csv"
-    preds = run / PREDICTIONS
+    preds = run / report_dir / PREDICTIONS
+    report = run / report_dir / "report.json"
     return {
         "dir": str(run),
         "fold": _fold_of(run),
         "test": {k: float(v) for k, v in test.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         "split": pd.read_csv(split, dtype={"file": str, "group": str, "split": str}) if split.is_file() else None,
         "predictions": _read_predictions(preds) if preds.is_file() else None,
+        "decision_weights": json.loads(report.read_text(encoding="utf-8")).get("decision_weights") if report.is_file() else None,
     }
 
 
@@ -91,10 +98,18 @@ def _fold_of(run: Path) -> int | None:
 
 def _read_predictions(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
-    needed = {"file", "label", *PROBABILITIES}
-    if not needed <= set(frame.columns):
-        raise LungCNNInputError(f"{path}: expected columns {sorted(needed)} (lungcnn.evaluate's predictions.csv)")
+    binary = {"file", "label", *PROBABILITIES} <= set(frame.columns)
+    multiclass = {"file", "label"} <= set(frame.columns) and bool(class_names(frame))
+    if not (binary or multiclass):
+        raise LungCNNInputError(f"{path}: expected file, label and {list(PROBABILITIES)} or p_<class> / calibrated_p_<class> "
+                                "columns (lungcnn.evaluate's predictions.csv)")
     return frame
+
+
+def class_names(frame: pd.DataFrame) -> list[str]:
+    """K-class predictions.csv: the class names of its p_<class> columns (each with a calibrated_p_<class>)."""
+    names = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
+    return names if names and all(f"calibrated_p_{n}" in frame.columns for n in names) else []
 
 
 def fold_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -127,28 +142,72 @@ def split_checks(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """binary_metrics at 0.5 with bootstrap 95% CIs over all folds' predictions, when every fold has them."""
+    """All folds' predictions together with series-bootstrap 95% CIs, when every fold has predictions."""
     missing = [r["dir"] for r in runs if r["predictions"] is None]
     if missing:
         return {"available": False,
-                "reason": f"{len(missing)} of {len(runs)} run(s) lack {PREDICTIONS.as_posix()} (run lungcnn.evaluate), "
+                "reason": f"{len(missing)} of {len(runs)} run(s) lack predictions.csv (run lungcnn.evaluate), "
                           f"e.g. {missing[0]}"}
-    pooled = pd.concat([r["predictions"] for r in runs], ignore_index=True)
-    out: dict[str, Any] = {"available": True, "n": len(pooled), "n_malignant": int(pooled["label"].sum()),
-                           "threshold": 0.5, "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True}}
+    pooled = pd.concat([_with_groups(r) for r in runs], ignore_index=True)
+    groups = np.array(pooled["group"], dtype=str)
+    unit = "image" if (groups == np.array(pooled["file"], dtype=str)).all() else "series"
+    out: dict[str, Any] = {"available": True, "n": len(pooled), "n_series": int(pd.unique(pooled["group"]).size),
+                           "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True, "unit": unit}}
+    names = class_names(pooled)
+    if names:
+        return {**out, **_pooled_multiclass(pooled, names, groups, n_resamples, seed)}
+    out.update(kind="binary", n_malignant=int(pooled["label"].sum()), threshold=0.5)
     for column in PROBABILITIES:
         p, y = np.array(pooled[column], dtype=np.float64), np.array(pooled["label"])
         metrics = binary_metrics(p, y)
-        ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed)
+        ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed, groups=groups)
         out[column] = {"metrics": metrics, "ci95": {k: list(v) for k, v in ci.items()}}
     return out
 
 
-def aggregate(run_dirs: list[str | Path], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def _with_groups(run: dict[str, Any]) -> pd.DataFrame:
+    """The fold's predictions with each image's series (split.csv's group; the file itself without one)."""
+    frame = run["predictions"].copy()
+    split = run["split"]
+    groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
+    frame["group"] = [groups.get(f, f) for f in frame["file"]]
+    k = len(class_names(frame))
+    if k:  # each fold's calibrated decision rule, one weight row per image
+        weights = np.asarray(run["decision_weights"] or [1.0] * k, dtype=np.float64)
+        for j in range(k):
+            frame[f"decision_weight_{j}"] = weights[j]
+    return frame
+
+
+def _pooled_multiclass(pooled: pd.DataFrame, names: list[str], groups: np.ndarray, n_resamples: int,
+                       seed: int) -> dict[str, Any]:
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(pooled["label"].astype(str)) - set(index))
+    if unknown:
+        raise LungCNNInputError(f"labels {unknown} are not among the predicted classes {names}")
+    y = np.array([index[v] for v in pooled["label"].astype(str)])
+    k = len(names)
+    weights = pooled[[f"decision_weight_{j}" for j in range(k)]].to_numpy(np.float64)
+    out: dict[str, Any] = {"kind": "multiclass", "class_names": names,
+                           "class_counts": {n: int((y == i).sum()) for i, n in enumerate(names)}}
+    for kind, prefix, w in (("uncalibrated", "p_", None), ("calibrated", "calibrated_p_", weights)):
+        probs = pooled[[f"{prefix}{n}" for n in names]].to_numpy(np.float64)
+        packed = probs if w is None else np.hstack([probs, w])  # resampled together with the images
+
+        def metric(pw: np.ndarray, yy: np.ndarray) -> dict[str, float]:
+            return flat_metrics(pw[:, :k], yy, names, None if pw.shape[1] == k else pw[:, k:])
+
+        ci = bootstrap_ci(metric, packed, y, n_resamples=n_resamples, seed=seed, groups=groups)
+        out[kind] = {"metrics": metric(packed, y), "ci95": {key: list(v) for key, v in ci.items()}}
+    return out
+
+
+def aggregate(run_dirs: list[str | Path], n_resamples: int = 1000, seed: int = 0,
+              report_dir: str = "report") -> dict[str, Any]:
     """The whole summary (== cv_summary.json) for these fold runs."""
     if not run_dirs:
         raise LungCNNInputError("no run folders given")
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d, report_dir) for d in run_dirs]
     folds = [r["fold"] for r in runs if r["fold"] is not None]
     if len(folds) != len(set(folds)):
         raise LungCNNInputError(f"the same data.fold appears in more than one run: {sorted(folds)}")
@@ -168,8 +227,15 @@ def format_table(summary: dict[str, Any]) -> str:
         per = " ".join(_num(v) for v in s["values"])
         lines.append(f"{name:<16}{_num(s['mean']):>17} ± {_num(s['std']):<8}   {per}")
     pooled = summary["pooled"]
-    if pooled["available"]:
-        lines += ["", f"pooled predictions of all folds (n={pooled['n']}, threshold 0.5, 95% bootstrap CI)",
+    if pooled["available"] and pooled["kind"] == "multiclass":
+        lines += ["", f"pooled predictions of all folds (n={pooled['n']}, {pooled['n_series']} series, "
+                      f"95% bootstrap CI over {pooled['bootstrap']['unit']}s)",
+                  f"{'metric':<28}" + "".join(f"{c:>30}" for c in MULTICLASS)]
+        for name in pooled["calibrated"]["metrics"]:
+            lines.append(f"{name:<28}" + "".join(f"{_with_ci(pooled[c], name):>30}" for c in MULTICLASS))
+    elif pooled["available"]:
+        lines += ["", f"pooled predictions of all folds (n={pooled['n']}, {pooled['n_series']} series, threshold 0.5, "
+                      f"95% bootstrap CI over {pooled['bootstrap']['unit']}s)",
                   f"{'metric':<16}" + "".join(f"{c:>30}" for c in PROBABILITIES)]
         for name in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "brier", "ece"):
             cells = [_with_ci(pooled[c], name) for c in PROBABILITIES]
@@ -209,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="*", help="fold run folders (each with metrics.json)")
     p.add_argument("--multirun", help="a Hydra multirun folder: every job folder in it is one fold")
     p.add_argument("--out", help=f"summary JSON (default: {SUMMARY_FILE} in the multirun folder or the runs' common parent)")
+    p.add_argument("--report-dir", default="report",
+                   help="each fold's report folder from lungcnn.evaluate (default: %(default)s)")
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for pooled CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -220,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.multirun) == bool(args.run_dirs):
         raise LungCNNInputError("give either RUN_DIRS or --multirun DIR (one of the two)")
     runs = find_runs(args.multirun) if args.multirun else [Path(d) for d in args.run_dirs]
-    summary = aggregate(runs, n_resamples=args.n_resamples, seed=args.seed)
+    summary = aggregate(runs, n_resamples=args.n_resamples, seed=args.seed, report_dir=args.report_dir)
     default_dir = Path(args.multirun) if args.multirun else Path(os.path.commonpath([str(Path(r).resolve()) for r in runs]))
     out = Path(args.out) if args.out else default_dir / SUMMARY_FILE
     write_json(out, _plain(summary))

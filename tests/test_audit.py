@@ -230,3 +230,56 @@ def test_aggregate_cv_without_predictions_and_with_repeated_folds(tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         cv.main([str(a), str(b), str(c)])
     assert exit_info.value.code == 2 and "data.fold" in capsys.readouterr().err
+
+
+def test_aggregate_cv_pools_three_class_folds_with_each_folds_decision_rule(tmp_path, capsys):
+    """K-class folds: pooled balanced accuracy follows each fold's recorded class weights; intervals come
+    from resampling whole series."""
+    cv = _aggregate_cv()
+    names = ["normal", "benign", "malignant"]
+    rng = np.random.default_rng(0)
+    multirun = tmp_path / "multirun"
+    for fold, weights in ((0, [0.1, 1.0, 0.1]), (1, [1.0, 1.0, 1.0])):
+        job = multirun / str(fold)
+        (job / "report").mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"test": {"balanced_accuracy": 0.5 + fold / 10}}))
+        (job / "report" / "report.json").write_text(json.dumps({"decision_weights": weights}))
+        files = [f"f{fold}_{i}.png" for i in range(30)]
+        labels = np.arange(30) % 3
+        cal = rng.dirichlet([1, 1, 1], 30)
+        cal[np.arange(30), labels] += 0.3
+        cal /= cal.sum(1, keepdims=True)
+        frame = pd.DataFrame({"file": files, "label": [names[k] for k in labels]})
+        for j, n in enumerate(names):
+            frame[f"p_{n}"] = cal[:, j]
+            frame[f"calibrated_p_{n}"] = cal[:, j]
+        frame["decision"] = [names[k] for k in (cal * weights).argmax(1)]
+        frame.to_csv(job / "report" / "predictions.csv", index=False)
+        pd.DataFrame({"file": files, "label": labels, "group": [f"s{fold}_{i // 3}" for i in range(30)],
+                      "split": "test"}).to_csv(job / "split.csv", index=False)
+    assert cv.main(["--multirun", str(multirun), "--n-resamples", "100"]) == 0
+    assert "auc/benign_vs_normal" in capsys.readouterr().out
+    pooled = json.loads((multirun / "cv_summary.json").read_text())["pooled"]
+    assert pooled["kind"] == "multiclass" and pooled["bootstrap"]["unit"] == "series" and pooled["n_series"] == 20
+    frames = [pd.read_csv(multirun / str(f) / "report" / "predictions.csv") for f in (0, 1)]
+    both = pd.concat(frames)
+    recall = [(both["decision"][both["label"] == n] == n).mean() for n in names]
+    cal = pooled["calibrated"]
+    assert cal["metrics"]["balanced_accuracy"] == pytest.approx(np.mean(recall))
+    lo, hi = cal["ci95"]["auc/benign_vs_normal"]
+    assert lo < cal["metrics"]["auc/benign_vs_normal"] < hi
+    assert pooled["uncalibrated"]["metrics"]["balanced_accuracy"] != cal["metrics"]["balanced_accuracy"]
+
+
+def test_series_bootstrap_keeps_every_class_and_widens_intervals_for_clustered_slices():
+    from lungcnn.evaluation.bootstrap import bootstrap_ci, group_resample_indices
+
+    y = np.repeat([0, 1], 40)
+    groups = np.repeat(np.arange(8), 10)  # 4 series per class, 10 near-identical slices each
+    for idx in group_resample_indices(y, groups, 20, seed=0):
+        assert set(np.unique(groups[idx])) <= set(range(8)) and len(np.unique(y[idx])) == 2
+        assert len(np.unique(groups[idx][y[idx] == 0])) <= 4
+    p = np.repeat(np.random.default_rng(1).uniform(0.2, 0.8, 8), 10)
+    image_lo, image_hi = bootstrap_ci(binary_metrics, p, y, n_resamples=300, seed=0)["roc_auc"]
+    series_lo, series_hi = bootstrap_ci(binary_metrics, p, y, n_resamples=300, seed=0, groups=groups)["roc_auc"]
+    assert series_hi - series_lo > image_hi - image_lo

@@ -28,6 +28,22 @@ def test_offline_imagenet_weights_match_torchvision():
         torch.testing.assert_close(ours(x), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_offline_efficientnet_lite0_weights_recognise_a_photo():
+    """The second backbone's mapped weights are real ImageNet weights: scikit-learn's photo of a Chinese
+    palace gets an architecture class (palace / monastery / bell cote ...) as its top-1 ImageNet label."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    backbone = create_backbone("tf_efficientnet_lite0", "imagenet").eval()
+    source = torch.load(LOCAL_IMAGENET_WEIGHTS["tf_efficientnet_lite0"](), weights_only=True)
+    classifier = nn.Linear(backbone.num_features, 1000)
+    classifier.load_state_dict({"weight": source["_fc.weight"], "bias": source["_fc.bias"]})
+    photo = torch.from_numpy(sklearn_datasets.load_sample_image("china.jpg")).permute(2, 0, 1).float()[None] / 255
+    x = (nn.functional.interpolate(photo, size=(224, 224), mode="bilinear", antialias=True) - 0.5) / 0.5
+    with torch.no_grad():
+        top = classifier(backbone(x)).argmax().item()
+    palace, monastery, bell_cote, church, castle = 698, 663, 442, 497, 483
+    assert top in {palace, monastery, bell_cote, church, castle}
+
+
 def test_missing_weights_stop_with_a_message(tmp_path):
     with pytest.raises(LungCNNInputError, match="weights file not found"):
         create_backbone("mobilenetv2_100", "imagenet", weights_file=str(tmp_path / "none.pth"))

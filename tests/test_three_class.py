@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lungcnn.calibrate import calibrate
+from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluate import evaluate
 from lungcnn.evaluation.multiclass_report import pairwise_auc
 from lungcnn.inference.predictor import Predictor
@@ -21,12 +22,18 @@ def three_class_root(tmp_path_factory):
     from lungcnn.data.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("three") / "data", slices_per_patient=3, image_size=64,
-                                  n_patients={"normal": 5, "benign": 5, "malignant": 5})
+                                  n_patients={"normal": 6, "benign": 3, "malignant": 5})
 
 
-def test_three_class_train_calibrate_evaluate_predict(three_class_root, tmp_path):
-    cfg = make_cfg(tmp_path / "run", ["experiment=iqothnccd_3class", *tiny_overrides(three_class_root)])
-    result = train(cfg)
+@pytest.fixture(scope="module")
+def three_class_run(three_class_root, tmp_path_factory):
+    """One tiny 3-class training run (imbalanced classes, like the real data) shared by this module."""
+    run_dir = tmp_path_factory.mktemp("three_run")
+    return train(make_cfg(run_dir, ["experiment=iqothnccd_3class", *tiny_overrides(three_class_root)]))
+
+
+def test_three_class_train_calibrate_evaluate_predict(three_class_root, three_class_run, tmp_path):
+    result = three_class_run
     assert {"balanced_accuracy", "f1", "roc_auc"} <= set(result["test"])
     calibrated = tmp_path / "cal.ckpt"
     meta = calibrate(result["best_checkpoint"], calibrated)
@@ -43,7 +50,41 @@ def test_three_class_train_calibrate_evaluate_predict(three_class_root, tmp_path
     [prediction] = predictor.predict_files([image])
     assert set(prediction.class_probabilities) == {"normal", "benign", "malignant"}
     assert sum(prediction.class_probabilities.values()) == pytest.approx(1.0)
-    assert prediction.decision == max(prediction.class_probabilities, key=prediction.class_probabilities.get)
+    weights = np.array(meta["decision_weights"])
+    p = np.array([prediction.class_probabilities[c] for c in predictor.class_names])
+    assert prediction.decision == predictor.class_names[int(np.argmax(p * weights))]
+
+
+def test_balanced_decisions_divide_by_the_training_prior(three_class_run, tmp_path):
+    """decision=balanced: weights = 1 / prior after the prior shift (so a rare class can be named);
+    decision=argmax or no prior shift: all weights 1."""
+    ckpt = three_class_run["best_checkpoint"]
+    meta = calibrate(ckpt, tmp_path / "balanced.ckpt", decision="balanced")
+    counts = np.array(meta["data"]["train_class_counts"], dtype=float)
+    expected = (1 / counts) / (1 / counts).max()
+    assert len(set(counts)) > 1 and len(set(np.round(expected, 6))) > 1  # imbalanced: the weights differ
+    np.testing.assert_allclose(meta["decision_weights"], expected, rtol=1e-6)
+    assert calibrate(ckpt, tmp_path / "argmax.ckpt", decision="argmax")["decision_weights"] == [1.0, 1.0, 1.0]
+    assert calibrate(ckpt, tmp_path / "raw.ckpt", prior_correction=False)["decision_weights"] == [1.0, 1.0, 1.0]
+    with pytest.raises(LungCNNInputError, match="calibration.decision"):
+        calibrate(ckpt, tmp_path / "bad.ckpt", decision="vote")
+
+
+def test_flip_tta_is_recorded_and_served_by_torch_and_onnx(three_class_root, three_class_run, tmp_path):
+    """tta=flip: the checkpoint's logits are the mean of the image's and its mirror's, with either backend."""
+    ckpt = three_class_run["best_checkpoint"]
+    meta = calibrate(ckpt, tmp_path / "tta.ckpt", tta="flip")
+    assert meta["tta"] == "flip"
+    plain = Predictor.from_checkpoint(ckpt)
+    flipped = Predictor.from_checkpoint(tmp_path / "tta.ckpt")
+    images = np.stack([plain.load(p) for p in sorted((three_class_root / "benign").glob("*.png"))[:4]])
+    expected = (plain.logits(images) + plain.logits(np.ascontiguousarray(images[:, :, ::-1]))) / 2
+    np.testing.assert_allclose(flipped.logits(images), expected, atol=1e-5)
+    assert np.abs(plain.logits(images) - expected).max() > 1e-3  # the mirror view changes the logits
+    onnx = Predictor.from_checkpoint(tmp_path / "tta.ckpt", backend="onnx")
+    np.testing.assert_allclose(onnx.logits(images), expected, atol=1e-4)
+    with pytest.raises(LungCNNInputError, match="calibration.tta"):
+        calibrate(ckpt, tmp_path / "bad.ckpt", tta="rotate")
 
 
 def test_pairwise_auc_scores_one_class_against_another():

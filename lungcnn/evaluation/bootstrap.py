@@ -3,6 +3,9 @@
 With ~160 test images a point estimate alone overstates certainty; the interval says how much the number
 would move on another test set of the same size. Resampling is stratified by class by default so every
 resample keeps the test set's class balance (and sensitivity/specificity stay defined).
+
+With `groups` (the series each image belongs to) whole series are resampled instead of images: slices of
+one scan are not independent, so an image-level interval is too narrow when a series has many slices.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ def bootstrap_ci(
     alpha: float = 0.05,
     stratified: bool = True,
     fast: bool = True,
+    groups: Any = None,
 ) -> dict[str, tuple[float, float]]:
     """(low, high) percentile interval for every real-valued top-level entry of `metric_fn(probs, labels)`.
 
     Resamples where a metric is NaN (e.g. AUC of a one-class resample) are ignored for that metric; an
     all-NaN metric gets (nan, nan). The same seed gives the same intervals. `binary_metrics` itself, or
     `functools.partial(binary_metrics, threshold=t)`, or any metric_fn with a `batched(P, Y)` attribute,
-    takes a vectorised numpy path (set `fast=False` to force one call per resample).
+    takes a vectorised numpy path (set `fast=False` to force one call per resample). `groups` (N,):
+    resample series (stratified by class) rather than images; always one call per resample.
     """
     p = np.asarray(probs)
     y = np.asarray(labels)
@@ -46,6 +51,10 @@ def bootstrap_ci(
         raise LungCNNInputError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < alpha < 1.0:
         raise LungCNNInputError(f"alpha must be in (0, 1), got {alpha}")
+    if groups is not None:
+        rows = [metric_fn(p[i], y[i]) for i in group_resample_indices(y, groups, int(n_resamples), seed)]
+        keys = [k for k, v in rows[0].items() if _is_real(v)]
+        return {k: _percentile_interval(np.array([float(r[k]) for r in rows]), alpha) for k in keys}
     idx = resample_indices(y, int(n_resamples), seed, stratified)
 
     batched = _batched_version(metric_fn) if fast else None
@@ -72,6 +81,27 @@ def resample_indices(labels: np.ndarray, n_resamples: int, seed: int, stratified
         draws = rng.integers(0, members.size, size=(n_resamples, members.size))
         out[:, col:col + members.size] = members[draws]
         col += members.size
+    return out
+
+
+def group_resample_indices(labels: Any, groups: Any, n_resamples: int, seed: int) -> list[np.ndarray]:
+    """Cluster bootstrap: per class, draw as many series as it has, with replacement; take all their images.
+
+    A "series" is the images sharing a group id and a label, so each class keeps its number of series
+    (and stays present); the number of images varies from resample to resample.
+    """
+    y, g = np.asarray(labels), np.asarray(groups).astype(str)
+    if g.shape != y.shape:
+        raise LungCNNInputError(f"groups {g.shape} and labels {y.shape} must have the same length")
+    rng = np.random.default_rng(seed)
+    strata = []
+    for cls in np.unique(y):
+        in_class = np.flatnonzero(y == cls)
+        _, series = np.unique(g[in_class], return_inverse=True)
+        strata.append([in_class[series == s] for s in range(series.max() + 1)])
+    out = []
+    for _ in range(n_resamples):
+        out.append(np.concatenate([members[j] for members in strata for j in rng.integers(0, len(members), len(members))]))
     return out
 
 

@@ -152,16 +152,17 @@ def binary_metrics_batched(
     return out
 
 
-def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str]) -> dict[str, Any]:
-    """K-class metrics from argmax decisions: balanced accuracy and macro F1 (robust to class imbalance),
-    per-class sensitivity/specificity and one-vs-rest AUC, top-label ECE and the confusion matrix
-    (rows = true class, columns = predicted)."""
+def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
+                       decision_weights: Sequence[float] | None = None) -> dict[str, Any]:
+    """K-class metrics from the decisions argmax(P * decision_weights) (plain argmax without weights):
+    balanced accuracy and macro F1 (robust to class imbalance), per-class sensitivity/specificity and
+    one-vs-rest AUC, top-label ECE and the confusion matrix (rows = true class, columns = predicted)."""
     p, y = check_multiclass(probs, labels)
     k = p.shape[1]
     names = [str(c) for c in class_names]
     if len(names) != k:
         raise LungCNNInputError(f"got {len(names)} class names for {k} probability columns")
-    pred = p.argmax(axis=1)
+    pred = decide_multiclass(p, decision_weights)
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1).astype(np.float64)
@@ -196,6 +197,22 @@ def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str]) -> d
         "class_names": names,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def decide_multiclass(probs: np.ndarray, decision_weights: Sequence[float] | None = None) -> np.ndarray:
+    """(N, K) probabilities -> (N,) class indices: argmax of P(k) * w_k (w = 1: the most probable class).
+
+    w_k = 1 / prior_k gives the decision that maximises expected balanced accuracy (every class's
+    sensitivity counts the same), which is what lungcnn.calibrate records for K-class models.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if decision_weights is None:
+        return p.argmax(axis=1)
+    w = np.asarray(decision_weights, dtype=np.float64)  # (K,), or (N, K): one rule per image (pooled CV folds)
+    if w.shape not in ((p.shape[1],), p.shape) or not np.all(np.isfinite(w)) or (w <= 0).any():
+        raise LungCNNInputError(f"decision weights must be {p.shape[1]} positive numbers (per image or for all), "
+                                f"got shape {w.shape}")
+    return (p * w).argmax(axis=1)
 
 
 def bin_indices(probs: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import multiclass_metrics
+from lungcnn.evaluation.metrics import decide_multiclass, multiclass_metrics
 from lungcnn.evaluation.plots import plot_confusion, plot_reliability
 from lungcnn.fileio import atomic_open, write_json, write_text
 
@@ -35,9 +35,10 @@ def pairwise_auc(probs: np.ndarray, labels: np.ndarray, a: int, b: int) -> float
     return float(roc_auc_score(labels[mask] == b, pb / np.maximum(pa + pb, 1e-12)))
 
 
-def flat_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+def flat_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                 decision_weights: Sequence[float] | None = None) -> dict[str, float]:
     """Every figure as one flat float, so each gets a bootstrap interval."""
-    m = multiclass_metrics(probs, labels, class_names)
+    m = multiclass_metrics(probs, labels, class_names, decision_weights)
     flat = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")}
     for name, per in m["per_class"].items():
         for key in ("sensitivity", "specificity", "roc_auc"):
@@ -48,29 +49,37 @@ def flat_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[st
 
 
 def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[str], temperature: float, out_dir: str | Path,
-                            title: str, data_note: str, seed: int = 0, n_resamples: int = 1000) -> dict[str, Any]:
-    """`records`: file, label (N,), prob (N, K) uncalibrated, prob_cal (N, K) calibrated."""
+                            title: str, data_note: str, seed: int = 0, n_resamples: int = 1000,
+                            decision_weights: Sequence[float] | None = None, tta: str = "none") -> dict[str, Any]:
+    """`records`: file, label (N,), prob (N, K) uncalibrated, prob_cal (N, K) calibrated.
+
+    Decisions on calibrated probabilities use `decision_weights` (the checkpoint's decision rule);
+    uncalibrated ones are the plain argmax of the class-balanced network's output.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y = np.asarray(records["label"], dtype=np.int64)
     names = list(class_names)
+    weights = None if decision_weights is None else [float(w) for w in decision_weights]
     results = {}
-    for kind, key in (("uncalibrated", "prob"), ("calibrated", "prob_cal")):
+    for kind, key, w in (("uncalibrated", "prob", None), ("calibrated", "prob_cal", weights)):
         p = np.asarray(records[key], dtype=np.float64)
-        point = flat_metrics(p, y, names)
-        ci = bootstrap_ci(lambda pp, yy: flat_metrics(pp, yy, names), p, y, n_resamples=n_resamples, seed=seed, alpha=ALPHA)
+        point = flat_metrics(p, y, names, w)
+        ci = bootstrap_ci(lambda pp, yy, w=w: flat_metrics(pp, yy, names, w), p, y, n_resamples=n_resamples, seed=seed,
+                          alpha=ALPHA)
         results[kind] = {k: {"value": v, "ci95": list(ci.get(k, (math.nan, math.nan)))} for k, v in point.items()}
     cal = np.asarray(records["prob_cal"], dtype=np.float64)
-    confusion = multiclass_metrics(cal, y, names)["confusion_matrix"]
-    plot_confusion(confusion, names, out / "confusion.png", title="Confusion matrix (argmax of calibrated probabilities)")
+    confusion = multiclass_metrics(cal, y, names, weights)["confusion_matrix"]
+    rule = decision_rule_text(weights)
+    plot_confusion(confusion, names, out / "confusion.png", title=f"Confusion matrix ({rule})")
     for k, name in enumerate(names):
         plot_reliability(np.asarray(records["prob"])[:, k], cal[:, k], (y == k).astype(int), out / f"reliability_{name}.png")
-    _write_predictions(out / "predictions.csv", records, names)
+    _write_predictions(out / "predictions.csv", records, names, weights)
     report = {
         "title": title, "data_note": data_note, "n": int(y.size),
         "class_counts": {name: int((y == k).sum()) for k, name in enumerate(names)},
         "class_names": names, "calibration": {"method": "temperature", "temperature": temperature},
-        "decision_rule": "the class with the highest calibrated probability",
+        "decision_rule": rule, "decision_weights": weights, "tta": tta,
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "alpha": ALPHA, "stratified": True},
         "confusion_matrix": confusion, "results": _nan_to_none(results),
     }
@@ -79,14 +88,22 @@ def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[st
     return report
 
 
-def _write_predictions(path: Path, records: dict[str, Any], names: list[str]) -> None:
+def decision_rule_text(weights: Sequence[float] | None) -> str:
+    if weights is None or len(set(weights)) == 1:
+        return "the class with the highest calibrated probability"
+    shown = ", ".join(f"{w:.2f}" for w in weights)
+    return f"the highest calibrated probability times the class weight ({shown}; 1 / training prior: balanced decisions)"
+
+
+def _write_predictions(path: Path, records: dict[str, Any], names: list[str], weights: Sequence[float] | None) -> None:
     cal = np.asarray(records["prob_cal"])
+    decisions = decide_multiclass(cal, weights)
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "label", *[f"p_{n}" for n in names], *[f"calibrated_p_{n}" for n in names], "decision"])
         for i, file in enumerate(records["file"]):
             writer.writerow([file, names[int(records["label"][i])], *[f"{v:.6f}" for v in records["prob"][i]],
-                             *[f"{v:.6f}" for v in cal[i]], names[int(cal[i].argmax())]])
+                             *[f"{v:.6f}" for v in cal[i]], names[int(decisions[i])]])
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -109,8 +126,9 @@ def _markdown(r: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {c}" for n, c in r["class_counts"].items())
     lines = [
         f"# {r['title']}", "",
-        f"Evaluated on **{r['n']} images** ({counts}). Decision: the class with the highest calibrated "
-        f"probability (temperature T = {r['calibration']['temperature']:.3f}). Intervals: 95% stratified "
+        f"Evaluated on **{r['n']} images** ({counts}). Decision: {r['decision_rule']}; temperature "
+        f"T = {r['calibration']['temperature']:.3f}"
+        + (f"; test-time augmentation: {r['tta']}" if r.get("tta", "none") != "none" else "") + ". Intervals: 95% stratified "
         f"bootstrap, {r['bootstrap']['n_resamples']} resamples, seed {r['bootstrap']['seed']}.", "",
         "> This model is **decision support, not a diagnosis**: a clinician must review every result.", "",
         f"Data: {r['data_note']}", "",

@@ -147,6 +147,8 @@ def sidecar_record(meta: dict[str, Any], onnx_path: Path, onnx_sha256: str, sour
                             "on the host" if isotonic else
                             "calibrated " + ("sigmoid(logit / T)" if meta["task"] == "binary" else "softmax(logits / T)")),
             "host_calibration": "isotonic" if isotonic else None,
+            "host_test_time_augmentation": ("average the logits of the image and of its left-right mirror (two runs), "
+                                            "then calibrate" if meta.get("tta", "none") == "flip" else None),
         },
         "torch": torch.__version__,
     }

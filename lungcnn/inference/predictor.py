@@ -23,6 +23,7 @@ from lungcnn.checkpoint import build_network, load_checkpoint
 from lungcnn.data.io import MAX_BYTES, MAX_PIXELS, LungWindow
 from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation.metrics import decide_multiclass
 
 
 @dataclass
@@ -72,6 +73,24 @@ class TorchBackend:
         return self.net(x).float().cpu().numpy()
 
 
+TTA_MODES = ("none", "flip")
+
+
+def tta_logits(logits_fn: Any, x: Any, tta: str = "none") -> Any:
+    """Logits of a normalised batch (N, 3, S, S), numpy or torch, averaged over its test-time views.
+
+    `none`: the image only. `flip`: the mean of the image's and its left-right mirror's logits (lungs are
+    roughly mirror-symmetric and training flips them too). Set at calibration time, so the temperature is
+    fitted on the same averaged logits that are later served.
+    """
+    if tta == "none":
+        return logits_fn(x)
+    if tta == "flip":
+        mirrored = torch.flip(x, dims=[-1]) if isinstance(x, torch.Tensor) else np.ascontiguousarray(x[..., ::-1])
+        return (logits_fn(x) + logits_fn(mirrored)) / 2
+    raise LungCNNInputError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")
+
+
 def normalisation_lut(mean: list[float], std: list[float]) -> np.ndarray:
     """(3, 256) float32: gray value -> normalised value per channel, bit-identical to albumentations' Normalize."""
     mean255, std255 = np.asarray(mean, np.float32) * 255, np.asarray(std, np.float32) * 255
@@ -92,6 +111,9 @@ class Predictor:
         self.lut = normalisation_lut(pre["mean"], pre["std"])
         self.class_names: list[str] = list(meta["class_names"])
         self.binary = meta["task"] == "binary"
+        self.tta = str(meta.get("tta", "none"))
+        if self.tta not in TTA_MODES:
+            raise LungCNNInputError(f"checkpoint's test-time augmentation {self.tta!r} is not one of {TTA_MODES}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", *, device: str | None = None,
@@ -171,7 +193,8 @@ class Predictor:
 
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, S, S) uint8 -> logits (N,) binary or (N, K)."""
-        out = [self.backend.logits(self.normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        out = [tta_logits(self.backend.logits, self.normalise(images[i : i + batch_size]), self.tta)
+               for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,) if self.binary else (0, len(self.class_names)), np.float32)
 
     # -- probabilities --------------------------------------------------------------------------------
@@ -199,10 +222,16 @@ class Predictor:
             probs = apply_isotonic(self.meta["calibration"]["isotonic"], probs)
         return probs
 
+    @property
+    def decision_weights(self) -> list[float] | None:
+        """K classes: the decision is argmax of calibrated P(k) * w_k (lungcnn.calibrate's decision rule)."""
+        weights = self.meta.get("decision_weights")
+        return None if self.binary or weights is None else [float(w) for w in weights]
+
     def decide(self, probs: np.ndarray) -> list[str]:
         if self.binary:
             return [self.class_names[1] if p >= self.threshold else self.class_names[0] for p in probs]
-        return [self.class_names[i] for i in np.argmax(probs, axis=1)]
+        return [self.class_names[i] for i in decide_multiclass(probs, self.decision_weights)]
 
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
         return self.from_logits(self.logits(images), names)

