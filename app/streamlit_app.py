@@ -25,6 +25,7 @@ from lungcnn.inference.uploads import (
     UploadResult,
     analyse_upload,
     choose_checkpoint,
+    decision_explanation,
     display_table,
     format_percent,
     model_card,
@@ -126,11 +127,9 @@ def show_result(predictor: Predictor, r: UploadResult, with_cam: bool) -> None:
             if predictor.binary:
                 p = r.p_malignant if math.isfinite(r.p_malignant) else pred.calibrated
                 st.metric("Probability of malignancy", format_percent(p))
-                side = "at or above" if p >= r.threshold else "below"
-                st.markdown(f"Reported as **{pred.decision}** because {format_percent(p)} is {side} the threshold of "
-                            f"**{format_percent(r.threshold)}**.")
             else:
                 st.metric(f"Probability of {pred.decision}", format_percent(pred.calibrated))
+            st.markdown(decision_explanation(predictor, r))
             st.caption(("Calibrated: yes. " + CALIBRATED_MEANS) if r.calibrated else ("Calibrated: no. " + UNCALIBRATED_MEANS))
 
 

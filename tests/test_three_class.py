@@ -92,3 +92,19 @@ def test_pairwise_auc_scores_one_class_against_another():
     labels = np.array([0, 1, 0, 2])
     assert pairwise_auc(probs, labels, 0, 1) == 1.0
     assert pairwise_auc(probs[[0, 2]], labels[[0, 2]], 0, 1) != pairwise_auc(probs[[0, 2]], labels[[0, 2]], 0, 1)  # NaN
+
+
+def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root, three_class_run, tmp_path):
+    from lungcnn.inference.predictor import Prediction
+    from lungcnn.inference.uploads import UploadResult, analyse_upload, decision_explanation, model_card
+
+    calibrate(three_class_run["best_checkpoint"], tmp_path / "cal.ckpt")
+    predictor = Predictor.from_checkpoint(tmp_path / "cal.ckpt")
+    image = next((three_class_root / "benign").glob("*.png"))
+    result = analyse_upload(predictor, image.name, image.read_bytes(), with_cam=False)
+    text = decision_explanation(predictor, result)
+    assert all(name in text for name in predictor.class_names) and result.prediction.decision in text
+    probs = {"normal": 0.6, "benign": 0.3, "malignant": 0.1}
+    rare = UploadResult("x.png", True, prediction=Prediction("x.png", decision="benign", class_probabilities=probs))
+    assert "although normal is more probable" in decision_explanation(predictor, rare)
+    assert "balanced decisions" in model_card(predictor)["details"]["Decision threshold"]

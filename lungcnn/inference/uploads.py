@@ -133,6 +133,24 @@ def format_percent(p: float) -> str:
     return f"{100 * p:.1f}%"
 
 
+def decision_explanation(predictor: Predictor, result: UploadResult) -> str:
+    """One or two sentences (Markdown) saying why the result card shows the class it shows."""
+    pred = result.prediction
+    if predictor.binary:
+        p = result.p_malignant if np.isfinite(result.p_malignant) else pred.calibrated
+        side = "at or above" if p >= result.threshold else "below"
+        return (f"Reported as **{pred.decision}** because {format_percent(p)} is {side} the threshold of "
+                f"**{format_percent(result.threshold)}**.")
+    probs = pred.class_probabilities
+    listed = ", ".join(f"{name} {format_percent(probs[name])}" for name in predictor.class_names)
+    likeliest = max(probs, key=probs.get)
+    if likeliest == pred.decision:
+        return f"Probabilities: {listed}. Reported as **{pred.decision}**, the most probable class."
+    return (f"Probabilities: {listed}. Reported as **{pred.decision}** although {likeliest} is more probable: "
+            f"the rule weighs each class against how common it is, so that rarer findings such as "
+            f"{pred.decision} are not overlooked. Please look at this image closely.")
+
+
 def results_table(results: Sequence[UploadResult]) -> pd.DataFrame:
     """One row per file: file, P(malignant) %, decision, threshold %, calibrated, error."""
     rows = [{
@@ -223,7 +241,12 @@ def _calibration_text(predictor: Predictor, calibration: Mapping[str, Any]) -> s
 
 def _threshold_text(predictor: Predictor, calibration: Mapping[str, Any]) -> str:
     if not predictor.binary:
-        return "the most probable class is reported"
+        weights = predictor.decision_weights
+        if weights is None or len(set(weights)) == 1:
+            return "the most probable class is reported"
+        return ("each class's probability is weighed against how common that class was in training, so that "
+                "every class is found equally often (balanced decisions); a rarer class can be reported "
+                "although a common one is more probable")
     text = f"{format_percent(predictor.threshold)}: at or above it an image is reported as {predictor.class_names[1]}"
     if calibration.get("target_sensitivity"):
         text += f" (chosen to find {100 * float(calibration['target_sensitivity']):.0f}% of malignant validation cases)"
