@@ -150,7 +150,7 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
                           f"e.g. {missing[0]}"}
     pooled = pd.concat([_with_groups(r) for r in runs], ignore_index=True)
     groups = np.array(pooled["group"], dtype=str)
-    unit = "image" if (groups == np.array(pooled["file"], dtype=str)).all() else "series"
+    unit = "images" if (groups == np.array(pooled["file"], dtype=str)).all() else "series"
     out: dict[str, Any] = {"available": True, "n": len(pooled), "n_series": int(pd.unique(pooled["group"]).size),
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True, "unit": unit}}
     names = class_names(pooled)
@@ -229,13 +229,13 @@ def format_table(summary: dict[str, Any]) -> str:
     pooled = summary["pooled"]
     if pooled["available"] and pooled["kind"] == "multiclass":
         lines += ["", f"pooled predictions of all folds (n={pooled['n']}, {pooled['n_series']} series, "
-                      f"95% bootstrap CI over {pooled['bootstrap']['unit']}s)",
+                      f"95% bootstrap CI, resampling {pooled['bootstrap']['unit']})",
                   f"{'metric':<28}" + "".join(f"{c:>30}" for c in MULTICLASS)]
         for name in pooled["calibrated"]["metrics"]:
             lines.append(f"{name:<28}" + "".join(f"{_with_ci(pooled[c], name):>30}" for c in MULTICLASS))
     elif pooled["available"]:
         lines += ["", f"pooled predictions of all folds (n={pooled['n']}, {pooled['n_series']} series, threshold 0.5, "
-                      f"95% bootstrap CI over {pooled['bootstrap']['unit']}s)",
+                      f"95% bootstrap CI, resampling {pooled['bootstrap']['unit']})",
                   f"{'metric':<16}" + "".join(f"{c:>30}" for c in PROBABILITIES)]
         for name in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "brier", "ece"):
             cells = [_with_ci(pooled[c], name) for c in PROBABILITIES]

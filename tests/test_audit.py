@@ -232,14 +232,13 @@ def test_aggregate_cv_without_predictions_and_with_repeated_folds(tmp_path, caps
     assert exit_info.value.code == 2 and "data.fold" in capsys.readouterr().err
 
 
-def test_aggregate_cv_pools_three_class_folds_with_each_folds_decision_rule(tmp_path, capsys):
-    """K-class folds: pooled balanced accuracy follows each fold's recorded class weights; intervals come
-    from resampling whole series."""
-    cv = _aggregate_cv()
-    names = ["normal", "benign", "malignant"]
-    rng = np.random.default_rng(0)
-    multirun = tmp_path / "multirun"
-    for fold, weights in ((0, [0.1, 1.0, 0.1]), (1, [1.0, 1.0, 1.0])):
+NAMES = ["normal", "benign", "malignant"]
+
+
+def _fake_three_class_multirun(multirun: Path, weights_per_fold, boost: float = 0.3, seed: int = 0) -> Path:
+    """Two K-class fold jobs as lungcnn.evaluate leaves them; `boost` moves probability to the true class."""
+    rng = np.random.default_rng(seed)
+    for fold, weights in enumerate(weights_per_fold):
         job = multirun / str(fold)
         (job / "report").mkdir(parents=True)
         (job / "metrics.json").write_text(json.dumps({"test": {"balanced_accuracy": 0.5 + fold / 10}}))
@@ -247,28 +246,57 @@ def test_aggregate_cv_pools_three_class_folds_with_each_folds_decision_rule(tmp_
         files = [f"f{fold}_{i}.png" for i in range(30)]
         labels = np.arange(30) % 3
         cal = rng.dirichlet([1, 1, 1], 30)
-        cal[np.arange(30), labels] += 0.3
+        cal[np.arange(30), labels] += boost
         cal /= cal.sum(1, keepdims=True)
-        frame = pd.DataFrame({"file": files, "label": [names[k] for k in labels]})
-        for j, n in enumerate(names):
+        frame = pd.DataFrame({"file": files, "label": [NAMES[k] for k in labels]})
+        for j, n in enumerate(NAMES):
             frame[f"p_{n}"] = cal[:, j]
             frame[f"calibrated_p_{n}"] = cal[:, j]
-        frame["decision"] = [names[k] for k in (cal * weights).argmax(1)]
+        frame["decision"] = [NAMES[k] for k in (cal * weights).argmax(1)]
         frame.to_csv(job / "report" / "predictions.csv", index=False)
         pd.DataFrame({"file": files, "label": labels, "group": [f"s{fold}_{i // 3}" for i in range(30)],
                       "split": "test"}).to_csv(job / "split.csv", index=False)
+    return multirun
+
+
+def test_aggregate_cv_pools_three_class_folds_with_each_folds_decision_rule(tmp_path, capsys):
+    """K-class folds: pooled balanced accuracy follows each fold's recorded class weights; intervals come
+    from resampling whole series."""
+    cv = _aggregate_cv()
+    multirun = _fake_three_class_multirun(tmp_path / "multirun", ([0.1, 1.0, 0.1], [1.0, 1.0, 1.0]))
     assert cv.main(["--multirun", str(multirun), "--n-resamples", "100"]) == 0
     assert "auc/benign_vs_normal" in capsys.readouterr().out
     pooled = json.loads((multirun / "cv_summary.json").read_text())["pooled"]
     assert pooled["kind"] == "multiclass" and pooled["bootstrap"]["unit"] == "series" and pooled["n_series"] == 20
-    frames = [pd.read_csv(multirun / str(f) / "report" / "predictions.csv") for f in (0, 1)]
-    both = pd.concat(frames)
-    recall = [(both["decision"][both["label"] == n] == n).mean() for n in names]
+    both = pd.concat([pd.read_csv(multirun / str(f) / "report" / "predictions.csv") for f in (0, 1)])
+    recall = [(both["decision"][both["label"] == n] == n).mean() for n in NAMES]
     cal = pooled["calibrated"]
     assert cal["metrics"]["balanced_accuracy"] == pytest.approx(np.mean(recall))
     lo, hi = cal["ci95"]["auc/benign_vs_normal"]
     assert lo < cal["metrics"]["auc/benign_vs_normal"] < hi
     assert pooled["uncalibrated"]["metrics"]["balanced_accuracy"] != cal["metrics"]["balanced_accuracy"]
+
+
+def test_compare_cv_pairs_variants_on_the_same_series(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("compare_cv", ROOT / "scripts" / "compare_cv.py")
+    compare_cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_cv)
+    weights = ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    base = _fake_three_class_multirun(tmp_path / "base", weights, boost=0.1)
+    better = _fake_three_class_multirun(tmp_path / "better", weights, boost=0.6)
+    out = tmp_path / "cmp.json"
+    assert compare_cv.main([f"base={base}", f"better={better}", "--n-resamples", "200", "--out", str(out)]) == 0
+    assert "Δ +" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    gain = result["variants"]["better"]["balanced_accuracy"]
+    assert gain["difference"] > 0 and gain["difference_ci95"][0] > 0  # paired: the whole interval is above 0
+    assert result["variants"]["base"]["balanced_accuracy"]["difference"] == 0
+    other = tmp_path / "other"
+    _fake_three_class_multirun(other, weights)
+    (other / "1" / "report" / "predictions.csv").write_text((other / "0" / "report" / "predictions.csv").read_text())
+    with pytest.raises(SystemExit):
+        compare_cv.main([f"base={base}", f"other={other}"])
+    assert "several test folds" in capsys.readouterr().err
 
 
 def test_series_bootstrap_keeps_every_class_and_widens_intervals_for_clustered_slices():
