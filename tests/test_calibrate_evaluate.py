@@ -29,6 +29,7 @@ def test_calibrated_checkpoint_round_trips(trained_ckpt, tmp_path, method):
     assert loaded["temperature"] == pytest.approx(meta["temperature"]) and loaded["temperature"] > 0
     assert loaded["threshold"] == pytest.approx(meta["threshold"])
     assert loaded["calibration"]["method"] == method
+    assert loaded["tta"] == "none"  # tta=auto: no test-time augmentation for the binary task
     # The threshold reaches the target sensitivity on the validation split it was chosen on.
     assert loaded["calibration"]["val_at_threshold"]["sensitivity"] >= 0.9
     predictor = Predictor.from_checkpoint(out)

@@ -38,6 +38,7 @@ def test_three_class_train_calibrate_evaluate_predict(three_class_root, three_cl
     calibrated = tmp_path / "cal.ckpt"
     meta = calibrate(result["best_checkpoint"], calibrated)
     assert meta["task"] == "multiclass" and meta["temperature"] > 0
+    assert meta["tta"] == "flip"  # tta=auto: flip test-time augmentation for K classes
     report = evaluate(calibrated, out_dir=str(tmp_path / "report"), n_resamples=50)
     cells = report["results"]["calibrated"]
     assert {"balanced_accuracy", "auc/benign_vs_normal", "sensitivity/normal", "roc_auc/malignant"} <= set(cells)
