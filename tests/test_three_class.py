@@ -109,3 +109,9 @@ def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root
     rare = UploadResult("x.png", True, prediction=Prediction("x.png", decision="benign", class_probabilities=probs))
     assert "although normal is more probable" in decision_explanation(predictor, rare)
     assert "balanced decisions" in model_card(predictor)["details"]["Decision threshold"]
+    assert "poorly" not in decision_explanation(predictor, rare)  # no test figures recorded yet
+    predictor.meta["metrics"] = {"auc/benign_vs_normal": "0.570 (95% CI 0.403–0.730)", "auc/malignant_vs_normal": "0.998"}
+    assert "tells benign from normal poorly (ROC-AUC 0.57" in decision_explanation(predictor, rare)
+    sure = UploadResult("y.png", True, prediction=Prediction("y.png", decision="malignant",
+                                                             class_probabilities={**probs, "malignant": 0.9}))
+    assert "poorly" not in decision_explanation(predictor, sure)

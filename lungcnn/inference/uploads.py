@@ -145,10 +145,36 @@ def decision_explanation(predictor: Predictor, result: UploadResult) -> str:
     listed = ", ".join(f"{name} {format_percent(probs[name])}" for name in predictor.class_names)
     likeliest = max(probs, key=probs.get)
     if likeliest == pred.decision:
-        return f"Probabilities: {listed}. Reported as **{pred.decision}**, the most probable class."
-    return (f"Probabilities: {listed}. Reported as **{pred.decision}** although {likeliest} is more probable: "
-            f"the rule weighs each class against how common it is, so that rarer findings such as "
-            f"{pred.decision} are not overlooked. Please look at this image closely.")
+        text = f"Probabilities: {listed}. Reported as **{pred.decision}**, the most probable class."
+    else:
+        text = (f"Probabilities: {listed}. Reported as **{pred.decision}** although {likeliest} is more probable: "
+                f"the rule weighs each class against how common it is, so that rarer findings such as "
+                f"{pred.decision} are not overlooked. Please look at this image closely.")
+    for a, b, auc in weakly_separated(predictor):
+        if pred.decision in (a, b):
+            other = b if pred.decision == a else a
+            text += (f" This model tells {a} from {b} poorly (ROC-AUC {auc:.2f} on its test images): treat "
+                     f"{pred.decision} versus {other} as uncertain.")
+    return text
+
+
+WEAK_AUC = 0.8
+
+
+def weakly_separated(predictor: Predictor) -> list[tuple[str, str, float]]:
+    """Class pairs whose recorded test AUC (model card, `auc/b_vs_a`) is below WEAK_AUC: (b, a, auc)."""
+    out = []
+    for key, text in (predictor.meta.get("metrics") or {}).items():
+        b, sep, a = str(key).removeprefix("auc/").partition("_vs_")
+        if not str(key).startswith("auc/") or not sep:
+            continue
+        try:
+            auc = float(str(text).split()[0])
+        except (ValueError, IndexError):
+            continue
+        if auc < WEAK_AUC:
+            out.append((b, a, auc))
+    return out
 
 
 def results_table(results: Sequence[UploadResult]) -> pd.DataFrame:
