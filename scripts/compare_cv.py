@@ -62,7 +62,7 @@ def load_variant(spec: str) -> tuple[str, pd.DataFrame]:
 
 
 def scorer(frame: pd.DataFrame) -> tuple[np.ndarray, Any]:
-    names = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
+    names = _aggregate_cv().class_names(frame)
     k = len(names)
     probs = frame[[f"calibrated_p_{n}" for n in names]].to_numpy(np.float64)
     weights = frame[[f"decision_weight_{j}" for j in range(k)]].to_numpy(np.float64)
@@ -91,14 +91,14 @@ def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0) -> dict[st
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "unit": "series", "paired": True},
                            "variants": {}}
     samples = [[score(idx) for idx in resamples] for _, score in scorers]
-    for (name, _), (_, score), rows in zip(aligned, scorers, samples):
-        point = score(everything)
+    points = [score(everything) for _, score in scorers]
+    for (name, _), point, rows in zip(aligned, points, samples):
         entry = {}
         for key in METRICS:
             values = np.array([r[key] for r in rows])
             diffs = values - np.array([r[key] for r in samples[0]])
             entry[key] = {"value": point[key], "ci95": _interval(values),
-                          "difference": point[key] - scorers[0][1](everything)[key], "difference_ci95": _interval(diffs)}
+                          "difference": point[key] - points[0][key], "difference_ci95": _interval(diffs)}
         out["variants"][name] = entry
     return out
 

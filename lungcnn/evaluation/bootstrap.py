@@ -51,13 +51,12 @@ def bootstrap_ci(
         raise LungCNNInputError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < alpha < 1.0:
         raise LungCNNInputError(f"alpha must be in (0, 1), got {alpha}")
-    if groups is not None:
-        rows = [metric_fn(p[i], y[i]) for i in group_resample_indices(y, groups, int(n_resamples), seed)]
-        keys = [k for k, v in rows[0].items() if _is_real(v)]
-        return {k: _percentile_interval(np.array([float(r[k]) for r in rows]), alpha) for k in keys}
-    idx = resample_indices(y, int(n_resamples), seed, stratified)
+    if groups is not None:  # resamples of varying length: no rectangular index array, so no batched path
+        idx = group_resample_indices(y, groups, int(n_resamples), seed)
+    else:
+        idx = resample_indices(y, int(n_resamples), seed, stratified)
 
-    batched = _batched_version(metric_fn) if fast else None
+    batched = _batched_version(metric_fn) if fast and groups is None else None
     if batched is not None:
         samples = {k: np.asarray(v, dtype=np.float64) for k, v in batched(p[idx], y[idx]).items()}
     else:
