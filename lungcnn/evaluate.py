@@ -19,6 +19,7 @@ from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import build_report
+from lungcnn.evaluation.metrics import is_weighted_rule
 from lungcnn.evaluation.multiclass_report import build_multiclass_report
 from lungcnn.inference.predictor import Predictor
 
@@ -74,18 +75,20 @@ def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None
     they are and the file is replaced atomically."""
     meta, state = load_checkpoint(ckpt)
     metrics: dict[str, Any] = {"evaluated on": where}
+    values: dict[str, float] = {}  # the same figures as numbers, for code that acts on them (the app's warnings)
     for key, cell in cells.items():
         value, ci = cell.get("value"), cell.get("ci95")
         if value is None or value != value:
             continue
+        values[key] = float(value)
         metrics[key] = f"{value:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci and ci[0] is not None else "")
-    save_checkpoint(ckpt, {**meta, "metrics": metrics}, state)
+    save_checkpoint(ckpt, {**meta, "metrics": metrics, "metric_values": values}, state)
     print(f"recorded the test figures in the model card of {ckpt}", flush=True)
 
 
 def _multiclass_summary(report: dict[str, Any], out: Path) -> str:
     cal = report["results"]["calibrated"]
-    lines = [f"{'calibrated, ' + ('balanced decisions' if len(set(report['decision_weights'] or [1])) > 1 else 'argmax'):<34}"
+    lines = [f"{'calibrated, ' + ('balanced decisions' if is_weighted_rule(report['decision_weights']) else 'argmax'):<34}"
              f"{'value':>8}   95% CI"]
     for key, cell in cal.items():
         lo, hi = cell["ci95"]

@@ -67,7 +67,8 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
     card = model_card(Predictor.from_checkpoint(calibrated))
     assert card["metrics"] and any("ROC" in k for k in card["metrics"])
     auc = saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["roc_auc"]
-    assert load_checkpoint(calibrated)[0]["metrics"]["roc_auc"].startswith(f"{auc:.3f}")
+    meta = load_checkpoint(calibrated)[0]
+    assert meta["metrics"]["roc_auc"].startswith(f"{auc:.3f}") and meta["metric_values"]["roc_auc"] == pytest.approx(auc)
 
 
 def test_foreign_and_malicious_checkpoints_are_refused(tmp_path):

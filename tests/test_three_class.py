@@ -10,6 +10,7 @@ import pytest
 from lungcnn.calibrate import calibrate
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluate import evaluate
+from lungcnn.evaluation.metrics import is_weighted_rule
 from lungcnn.evaluation.multiclass_report import pairwise_auc
 from lungcnn.inference.predictor import Predictor
 from lungcnn.train import train
@@ -65,7 +66,9 @@ def test_balanced_decisions_divide_by_the_training_prior(three_class_run, tmp_pa
     expected = (1 / counts) / (1 / counts).max()
     assert len(set(counts)) > 1 and len(set(np.round(expected, 6))) > 1  # imbalanced: the weights differ
     np.testing.assert_allclose(meta["decision_weights"], expected, rtol=1e-6)
+    assert is_weighted_rule(meta["decision_weights"]) and not is_weighted_rule(None)
     assert calibrate(ckpt, tmp_path / "argmax.ckpt", decision="argmax")["decision_weights"] == [1.0, 1.0, 1.0]
+    assert not is_weighted_rule([1.0, 1.0, 1.0])
     assert calibrate(ckpt, tmp_path / "raw.ckpt", prior_correction=False)["decision_weights"] == [1.0, 1.0, 1.0]
     with pytest.raises(LungCNNInputError, match="calibration.decision"):
         calibrate(ckpt, tmp_path / "bad.ckpt", decision="vote")
@@ -110,7 +113,7 @@ def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root
     assert "although normal is more probable" in decision_explanation(predictor, rare)
     assert "balanced decisions" in model_card(predictor)["details"]["Decision threshold"]
     assert "poorly" not in decision_explanation(predictor, rare)  # no test figures recorded yet
-    predictor.meta["metrics"] = {"auc/benign_vs_normal": "0.570 (95% CI 0.403–0.730)", "auc/malignant_vs_normal": "0.998"}
+    predictor.meta["metric_values"] = {"auc/benign_vs_normal": 0.57, "auc/malignant_vs_normal": 0.998}
     assert "tells benign from normal poorly (ROC-AUC 0.57" in decision_explanation(predictor, rare)
     sure = UploadResult("y.png", True, prediction=Prediction("y.png", decision="malignant",
                                                              class_probabilities={**probs, "malignant": 0.9}))

@@ -199,6 +199,11 @@ def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
     }
 
 
+def is_weighted_rule(decision_weights: Sequence[float] | None) -> bool:
+    """True when the weights can change a decision, i.e. argmax(P * w) is not simply argmax(P)."""
+    return decision_weights is not None and len(set(float(w) for w in decision_weights)) > 1
+
+
 def decide_multiclass(probs: np.ndarray, decision_weights: Sequence[float] | None = None) -> np.ndarray:
     """(N, K) probabilities -> (N,) class indices: argmax of P(k) * w_k (w = 1: the most probable class).
 

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import decide_multiclass, multiclass_metrics
+from lungcnn.evaluation.metrics import decide_multiclass, is_weighted_rule, multiclass_metrics
 from lungcnn.evaluation.plots import plot_confusion, plot_reliability
 from lungcnn.fileio import atomic_open, write_json, write_text
 
@@ -89,7 +89,7 @@ def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[st
 
 
 def decision_rule_text(weights: Sequence[float] | None) -> str:
-    if weights is None or len(set(weights)) == 1:
+    if not is_weighted_rule(weights):
         return "the class with the highest calibrated probability"
     shown = ", ".join(f"{w:.2f}" for w in weights)
     return f"the highest calibrated probability times the class weight ({shown}; 1 / training prior: balanced decisions)"

@@ -21,6 +21,7 @@ import pandas as pd
 
 from lungcnn.data.io import MAX_PIXELS
 from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation.metrics import is_weighted_rule
 from lungcnn.inference.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -162,18 +163,16 @@ WEAK_AUC = 0.8
 
 
 def weakly_separated(predictor: Predictor) -> list[tuple[str, str, float]]:
-    """Class pairs whose recorded test AUC (model card, `auc/b_vs_a`) is below WEAK_AUC: (b, a, auc)."""
+    """Class pairs whose recorded test AUC (`metric_values["auc/b_vs_a"]`, written by lungcnn.evaluate) is
+    below WEAK_AUC: (b, a, auc)."""
     out = []
-    for key, text in (predictor.meta.get("metrics") or {}).items():
+    values = predictor.meta.get("metric_values")
+    for key, auc in (values.items() if isinstance(values, Mapping) else ()):
         b, sep, a = str(key).removeprefix("auc/").partition("_vs_")
-        if not str(key).startswith("auc/") or not sep:
-            continue
-        try:
-            auc = float(str(text).split()[0])
-        except (ValueError, IndexError):
+        if not str(key).startswith("auc/") or not sep or isinstance(auc, bool) or not isinstance(auc, (int, float)):
             continue
         if auc < WEAK_AUC:
-            out.append((b, a, auc))
+            out.append((b, a, float(auc)))
     return out
 
 
@@ -267,8 +266,7 @@ def _calibration_text(predictor: Predictor, calibration: Mapping[str, Any]) -> s
 
 def _threshold_text(predictor: Predictor, calibration: Mapping[str, Any]) -> str:
     if not predictor.binary:
-        weights = predictor.decision_weights
-        if weights is None or len(set(weights)) == 1:
+        if not is_weighted_rule(predictor.decision_weights):
             return "the most probable class is reported"
         return ("each class's probability is weighed against how common that class was in training, so that "
                 "every class is found equally often (balanced decisions); a rarer class can be reported "
