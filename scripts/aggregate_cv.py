@@ -33,7 +33,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -148,14 +148,13 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
         return {"available": False,
                 "reason": f"{len(missing)} of {len(runs)} run(s) lack predictions.csv (run lungcnn.evaluate), "
                           f"e.g. {missing[0]}"}
-    pooled = pd.concat([_with_groups(r) for r in runs], ignore_index=True)
+    pooled = pool_predictions(runs)
     groups = np.array(pooled["group"], dtype=str)
     unit = "images" if (groups == np.array(pooled["file"], dtype=str)).all() else "series"
     out: dict[str, Any] = {"available": True, "n": len(pooled), "n_series": int(pd.unique(pooled["group"]).size),
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True, "unit": unit}}
-    names = class_names(pooled)
-    if names:
-        return {**out, **_pooled_multiclass(pooled, names, groups, n_resamples, seed)}
+    if class_names(pooled):
+        return {**out, **_pooled_multiclass(multiclass_arrays(pooled), groups, n_resamples, seed)}
     out.update(kind="binary", n_malignant=int(pooled["label"].sum()), threshold=0.5)
     for column in PROBABILITIES:
         p, y = np.array(pooled[column], dtype=np.float64), np.array(pooled["label"])
@@ -165,6 +164,12 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
     return out
 
 
+def pool_predictions(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """All folds' predictions in one frame; each row also carries its series (`group`) and, for K classes,
+    its own fold's decision weights (`decision_weight_<j>`), so a bootstrap can resample rows freely."""
+    return pd.concat([_with_groups(r) for r in runs], ignore_index=True)
+
+
 def _with_groups(run: dict[str, Any]) -> pd.DataFrame:
     """The fold's predictions with each image's series (split.csv's group; the file itself without one)."""
     frame = run["predictions"].copy()
@@ -172,33 +177,59 @@ def _with_groups(run: dict[str, Any]) -> pd.DataFrame:
     groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
     frame["group"] = [groups.get(f, f) for f in frame["file"]]
     k = len(class_names(frame))
-    if k:  # each fold's calibrated decision rule, one weight row per image
+    if k:
         weights = np.asarray(run["decision_weights"] or [1.0] * k, dtype=np.float64)
         for j in range(k):
             frame[f"decision_weight_{j}"] = weights[j]
     return frame
 
 
-def _pooled_multiclass(pooled: pd.DataFrame, names: list[str], groups: np.ndarray, n_resamples: int,
-                       seed: int) -> dict[str, Any]:
+class MulticlassPool(NamedTuple):
+    """Pooled K-class predictions as arrays: probabilities (N, K) uncalibrated and calibrated, the
+    per-image decision weights (N, K) of each image's fold, and labels (N,) as class indices."""
+
+    names: list[str]
+    labels: np.ndarray
+    uncalibrated: np.ndarray
+    calibrated: np.ndarray
+    weights: np.ndarray
+
+    def score(self, idx: np.ndarray, calibrated: bool = True) -> dict[str, float]:
+        """flat_metrics of the rows `idx`: calibrated with the folds' decision rules, or uncalibrated argmax."""
+        probs, weights = (self.calibrated, self.weights[idx]) if calibrated else (self.uncalibrated, None)
+        return flat_metrics(probs[idx], self.labels[idx], self.names, weights)
+
+
+def multiclass_arrays(pooled: pd.DataFrame) -> MulticlassPool:
+    """`pool_predictions`' frame (K-class) -> MulticlassPool; labels must be among the predicted classes."""
+    names = class_names(pooled)
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(pooled["label"].astype(str)) - set(index))
     if unknown:
         raise LungCNNInputError(f"labels {unknown} are not among the predicted classes {names}")
-    y = np.array([index[v] for v in pooled["label"].astype(str)])
-    k = len(names)
-    weights = pooled[[f"decision_weight_{j}" for j in range(k)]].to_numpy(np.float64)
-    out: dict[str, Any] = {"kind": "multiclass", "class_names": names,
-                           "class_counts": {n: int((y == i).sum()) for i, n in enumerate(names)}}
-    for kind, prefix, w in (("uncalibrated", "p_", None), ("calibrated", "calibrated_p_", weights)):
-        probs = pooled[[f"{prefix}{n}" for n in names]].to_numpy(np.float64)
-        packed = probs if w is None else np.hstack([probs, w])  # resampled together with the images
+    return MulticlassPool(
+        names=names,
+        labels=np.array([index[v] for v in pooled["label"].astype(str)]),
+        uncalibrated=pooled[[f"p_{n}" for n in names]].to_numpy(np.float64),
+        calibrated=pooled[[f"calibrated_p_{n}" for n in names]].to_numpy(np.float64),
+        weights=pooled[[f"decision_weight_{j}" for j in range(len(names))]].to_numpy(np.float64),
+    )
 
-        def metric(pw: np.ndarray, yy: np.ndarray) -> dict[str, float]:
-            return flat_metrics(pw[:, :k], yy, names, None if pw.shape[1] == k else pw[:, k:])
 
-        ci = bootstrap_ci(metric, packed, y, n_resamples=n_resamples, seed=seed, groups=groups)
-        out[kind] = {"metrics": metric(packed, y), "ci95": {key: list(v) for key, v in ci.items()}}
+def _pooled_multiclass(pool: MulticlassPool, groups: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
+    y = pool.labels
+    out: dict[str, Any] = {"kind": "multiclass", "class_names": pool.names,
+                           "class_counts": {n: int((y == i).sum()) for i, n in enumerate(pool.names)}}
+    everything = np.arange(y.size)
+    for kind in MULTICLASS:
+        calibrated = kind == "calibrated"
+
+        def metric(idx: np.ndarray, _y: np.ndarray, calibrated: bool = calibrated) -> dict[str, float]:
+            return pool.score(idx.astype(np.int64), calibrated)
+
+        # bootstrap_ci resamples its first argument: row indices, so each image keeps its fold's decision rule
+        ci = bootstrap_ci(metric, everything, y, n_resamples=n_resamples, seed=seed, groups=groups)
+        out[kind] = {"metrics": metric(everything, y), "ci95": {key: list(v) for key, v in ci.items()}}
     return out
 
 

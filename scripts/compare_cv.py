@@ -29,7 +29,6 @@ import pandas as pd
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.bootstrap import group_resample_indices
-from lungcnn.evaluation.multiclass_report import flat_metrics
 from lungcnn.fileio import write_json
 
 METRICS = ("balanced_accuracy", "auc/benign_vs_normal", "sensitivity/benign", "auc/malignant_vs_benign")
@@ -53,26 +52,12 @@ def load_variant(spec: str) -> tuple[str, pd.DataFrame]:
     missing = [r["dir"] for r in runs if r["predictions"] is None]
     if missing:
         raise LungCNNInputError(f"{name}: {len(missing)} fold(s) lack {report or 'report'}/predictions.csv, e.g. {missing[0]}")
-    frame = pd.concat([cv._with_groups(r) for r in runs], ignore_index=True)
+    frame = cv.pool_predictions(runs)
     if not cv.class_names(frame):
         raise LungCNNInputError(f"{name}: not K-class predictions (p_<class> columns expected)")
     if frame["file"].duplicated().any():
         raise LungCNNInputError(f"{name}: an image is in several test folds; not one cross-validation")
     return name, frame.set_index("file")
-
-
-def scorer(frame: pd.DataFrame) -> tuple[np.ndarray, Any]:
-    names = _aggregate_cv().class_names(frame)
-    k = len(names)
-    probs = frame[[f"calibrated_p_{n}" for n in names]].to_numpy(np.float64)
-    weights = frame[[f"decision_weight_{j}" for j in range(k)]].to_numpy(np.float64)
-    labels = np.array([names.index(v) for v in frame["label"].astype(str)])
-
-    def score(idx: np.ndarray) -> dict[str, float]:
-        m = flat_metrics(probs[idx], labels[idx], names, weights[idx])
-        return {key: m[key] for key in METRICS}
-
-    return labels, score
 
 
 def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -82,17 +67,16 @@ def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0) -> dict[st
     for name, frame in variants[1:]:
         if set(frame.index) != set(files):
             raise LungCNNInputError(f"{name} and {base_name} tested different images: not the same folds")
-    aligned = [(name, frame.loc[files]) for name, frame in variants]
-    scorers = [scorer(frame) for _, frame in aligned]
-    labels = scorers[0][0]
-    resamples = group_resample_indices(labels, base["group"].to_numpy(str), n_resamples, seed)
+    cv = _aggregate_cv()
+    pools = [cv.multiclass_arrays(frame.loc[files].reset_index()) for _, frame in variants]
+    resamples = group_resample_indices(pools[0].labels, base["group"].to_numpy(str), n_resamples, seed)
     everything = np.arange(len(files))
     out: dict[str, Any] = {"baseline": base_name, "n": len(files), "n_series": int(base["group"].nunique()),
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "unit": "series", "paired": True},
                            "variants": {}}
-    samples = [[score(idx) for idx in resamples] for _, score in scorers]
-    points = [score(everything) for _, score in scorers]
-    for (name, _), point, rows in zip(aligned, points, samples):
+    samples = [[pool.score(idx) for idx in resamples] for pool in pools]
+    points = [pool.score(everything) for pool in pools]
+    for (name, _), point, rows in zip(variants, points, samples):
         entry = {}
         for key in METRICS:
             values = np.array([r[key] for r in rows])
