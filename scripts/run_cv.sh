@@ -6,9 +6,11 @@
 #   scripts/run_cv.sh outputs/cv/base experiment=iqothnccd_3class data.root=../shared/data/iqothnccd-dev
 #
 # Environment: FOLDS (default 5), PY (default .venv/bin/python), CALIBRATE (extra lungcnn.calibrate
-# overrides) and REPORT (report folder name, default "report"): e.g. evaluate the same folds again
-# with flip test-time augmentation, without retraining:
+# overrides), REPORT (report folder name, default "report") and CKPT (which checkpoint of each fold:
+# best = highest validation AUC, the default, or last): e.g. evaluate the same folds again, without
+# retraining, with flip test-time augmentation, or from the last epoch's weights:
 #   REPORT=report_tta CALIBRATE="calibration.tta=flip" scripts/run_cv.sh outputs/cv/base
+#   REPORT=report_last CKPT=last scripts/run_cv.sh outputs/cv/base
 # Finished steps are skipped, so an interrupted run resumes when rerun with the same arguments.
 set -euo pipefail
 if [ $# -lt 1 ]; then
@@ -20,22 +22,23 @@ shift
 py=${PY:-.venv/bin/python}
 folds=${FOLDS:-5}
 report=${REPORT:-report}
+ckpt=${CKPT:-best}
 read -r -a calibrate_args <<< "${CALIBRATE:-}"
 
 if [ ! -f "$out/$((folds - 1))/metrics.json" ]; then
   "$py" -m lungcnn.train -m "$@" data.n_folds="$folds" data.fold="$(seq -s, 0 $((folds - 1)))" \
     trainer.enable_progress_bar=false hydra.sweep.dir="$out"
 fi
-calibrated=best.calibrated.ckpt
+calibrated=$ckpt.calibrated.ckpt
 summary=cv_summary.json
 if [ "$report" != report ]; then
-  calibrated=best.$report.ckpt
+  calibrated=$ckpt.$report.ckpt
   summary=cv_summary_$report.json
 fi
 for ((k = 0; k < folds; k++)); do
   job=$out/$k
   [ -f "$job/$report/predictions.csv" ] && continue
-  "$py" -m lungcnn.calibrate ckpt="$job/checkpoints/best.ckpt" out="$job/checkpoints/$calibrated" overwrite=true \
+  "$py" -m lungcnn.calibrate ckpt="$job/checkpoints/$ckpt.ckpt" out="$job/checkpoints/$calibrated" overwrite=true \
     "${calibrate_args[@]}"
   "$py" -m lungcnn.evaluate ckpt="$job/checkpoints/$calibrated" out_dir="$job/$report"
 done
