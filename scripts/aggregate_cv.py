@@ -225,7 +225,7 @@ def _pooled_multiclass(pool: MulticlassPool, groups: np.ndarray, n_resamples: in
         calibrated = kind == "calibrated"
 
         def metric(idx: np.ndarray, _y: np.ndarray, calibrated: bool = calibrated) -> dict[str, float]:
-            return pool.score(idx.astype(np.int64), calibrated)
+            return pool.score(idx, calibrated)
 
         # bootstrap_ci resamples its first argument: row indices, so each image keeps its fold's decision rule
         ci = bootstrap_ci(metric, everything, y, n_resamples=n_resamples, seed=seed, groups=groups)
