@@ -26,6 +26,7 @@ from lungcnn.inference.predictor import TTA_MODES, Predictor
 log = logging.getLogger(__name__)
 METHODS = ("temperature", "isotonic")
 DECISIONS = ("balanced", "argmax")
+TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the checkpoint's task
 
 
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
@@ -48,8 +49,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         raise LungCNNInputError(f"calibration.target_sensitivity must be in (0, 1], got {target_sensitivity}")
     if decision not in DECISIONS:
         raise LungCNNInputError(f"calibration.decision must be one of {DECISIONS}, got {decision!r}")
-    if tta not in (*TTA_MODES, "auto"):
-        raise LungCNNInputError(f"calibration.tta must be one of {(*TTA_MODES, 'auto')}, got {tta!r}")
+    if tta not in TTA_CHOICES:
+        raise LungCNNInputError(f"calibration.tta must be one of {TTA_CHOICES}, got {tta!r}")
     if out.resolve() == ckpt.resolve() or (out.exists() and not overwrite):
         raise LungCNNInputError(f"{out} exists; pass overwrite=true or another out=PATH (the input checkpoint is never replaced)")
     meta, state = load_checkpoint(ckpt)

@@ -17,6 +17,7 @@ with each fold's recorded decision rule, as `scripts/aggregate_cv.py` pools them
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import sys
@@ -34,7 +35,9 @@ from lungcnn.fileio import write_json
 METRICS = ("balanced_accuracy", "auc/benign_vs_normal", "sensitivity/benign", "auc/malignant_vs_benign")
 
 
+@functools.cache
 def _aggregate_cv():
+    """scripts/aggregate_cv.py as a module (scripts/ is no package), loaded once per process."""
     spec = importlib.util.spec_from_file_location("aggregate_cv", Path(__file__).with_name("aggregate_cv.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
