@@ -7,7 +7,6 @@ demo checkpoint). Only layout and wording live here; the logic is in `lungcnn.in
 from __future__ import annotations
 
 import logging
-import math
 import re
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from lungcnn.inference.uploads import (
     choose_checkpoint,
     decision_explanation,
     display_table,
-    format_percent,
+    headline,
     model_card,
     results_csv,
 )
@@ -74,7 +73,7 @@ def sidebar(predictor: Predictor, ckpt: Path) -> bool:
             "- **Threshold**: at or above it, the image is reported as malignant.\n"
             "- **Heat map**: red areas influenced the result most; blue areas little.\n"
         )
-        st.caption(CALIBRATED_MEANS if predictor.is_calibrated else UNCALIBRATED_MEANS)
+        st.caption(CALIBRATED_MEANS if predictor.spec.is_calibrated else UNCALIBRATED_MEANS)
         st.caption(f"Model file: `{ckpt.name}`")
     return with_cam
 
@@ -124,11 +123,7 @@ def show_result(predictor: Predictor, r: UploadResult, with_cam: bool) -> None:
         with right:
             colour = COLOURS.get(pred.decision, "blue")
             st.markdown(f"Result: :{colour}-badge[**{pred.decision.upper()}**]")
-            if predictor.binary:
-                p = r.p_malignant if math.isfinite(r.p_malignant) else pred.calibrated
-                st.metric("Probability of malignancy", format_percent(p))
-            else:
-                st.metric(f"Probability of {pred.decision}", format_percent(pred.calibrated))
+            st.metric(*headline(predictor, r))
             st.markdown(decision_explanation(predictor, r))
             st.caption(("Calibrated: yes. " + CALIBRATED_MEANS) if r.calibrated else ("Calibrated: no. " + UNCALIBRATED_MEANS))
 
@@ -161,7 +156,7 @@ def main() -> None:
     if bad:
         st.warning(f"{bad} of {len(results)} files could not be analysed; the reason is given below each one.")
     st.dataframe(display_table(results), hide_index=True, width="stretch")
-    st.download_button("Download results (CSV)", results_csv(results), file_name="lungcnn_results.csv",
+    st.download_button("Download results (CSV)", results_csv(predictor, results), file_name="lungcnn_results.csv",
                        mime="text/csv", on_click="ignore")
     for r in results:
         show_result(predictor, r, with_cam)

@@ -21,7 +21,8 @@ from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.metrics import binary_metrics
-from lungcnn.inference.predictor import TTA_MODES, Predictor
+from lungcnn.inference.predictor import Predictor
+from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec
 
 log = logging.getLogger(__name__)
 METHODS = ("temperature", "isotonic")
@@ -31,9 +32,10 @@ TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the check
 
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
-              prior_correction: bool = True, decision: str = "balanced", tta: str = "auto") -> dict[str, Any]:
-    """Fit calibration + threshold on validation outputs; write `out`; return the new metadata.
+              prior_correction: bool = True, decision: str = "balanced", tta: str = "auto") -> ModelSpec:
+    """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
+    One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
     K classes: `decision` "balanced" decides argmax P(k) / prior(k) (the rule that maximises expected
     balanced accuracy; without it a rare class such as benign is almost never chosen once the prior
     shift has made the probabilities honest), "argmax" the most probable class (maximises accuracy).
@@ -53,63 +55,69 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         raise LungCNNInputError(f"calibration.tta must be one of {TTA_CHOICES}, got {tta!r}")
     if out.resolve() == ckpt.resolve() or (out.exists() and not overwrite):
         raise LungCNNInputError(f"{out} exists; pass overwrite=true or another out=PATH (the input checkpoint is never replaced)")
-    meta, state = load_checkpoint(ckpt)
-    if meta["task"] != "binary" and method == "isotonic":
+    spec, state = load_checkpoint(ckpt)
+    one_output = spec.task.outputs == 1
+    if not one_output and method == "isotonic":
         raise LungCNNInputError("isotonic calibration is for the binary task; use calibration.method=temperature")
-    if tta == "auto":
-        tta = "none" if meta["task"] == "binary" else "flip"
-    meta = {**meta, "tta": tta}
-    meta.pop("decision_weights", None)
-    predictor = Predictor({**meta, "calibration": {"method": "none"}, "temperature": 1.0}, build_network(meta, state))
-    frame = labelled_files(meta["data"], meta["class_names"], "val", data_root)
-    results = predictor.predict_files(list(frame["path"]))
-    ok = [r.ok for r in results]
-    labels = frame["label"].to_numpy()[ok]
-    logits = np.array([r.logit for r in results if r.ok], dtype=np.float64)
-    info: dict[str, Any] = {"method": method, "fitted_on": f"{len(labels)} validation images", "data_root": data_root}
+    tta = ("none" if one_output else "flip") if tta == "auto" else tta
+    uncalibrated = spec.replace(calibration=Calibration(tta=tta), decision=DecisionRule())
+    predictor = Predictor(uncalibrated, build_network(spec, state))
+    frame = labelled_files(spec.data, spec.class_names, "val", data_root)
+    images, errors = predictor.read(list(frame["path"]))
+    labels = frame["label"].to_numpy()[[e is None for e in errors]]
+    logits = predictor.logits(images).astype(np.float64)
+    details: dict[str, Any] = {"fitted_on": f"{len(labels)} validation images", "data_root": data_root}
     if method == "temperature":
-        shift = _prior_shift(meta) if prior_correction else 0.0
+        shift = _prior_shift(spec) if prior_correction else 0.0
         fit = fit_temperature(logits + np.asarray(shift), labels)
-        temperature = fit.temperature
-        info.update(logit_shift=shift, nll_before=fit.nll_before, nll_after=fit.nll_after, message=fit.message)
-        calibrated_meta = {**meta, "temperature": temperature, "calibration": info}
+        details.update(nll_before=fit.nll_before, nll_after=fit.nll_after, message=fit.message)
+        calibration = Calibration("temperature", fit.temperature, shift, tta=tta, details=details)
     else:
-        params = fit_isotonic(predictor.probabilities(logits, calibrated=False), labels)
-        info.update(isotonic={"x": params["x"], "y": params["y"]}, message=params.get("message"))
-        calibrated_meta = {**meta, "temperature": 1.0, "calibration": info}
-    calibrated = Predictor(calibrated_meta, predictor.net)
-    threshold = 0.5
-    if meta["task"] == "binary":
-        probs = calibrated.probabilities(logits)
-        if labels.sum() > 0:
-            threshold = threshold_for_sensitivity(probs, labels, target_sensitivity)
-        else:
-            info["message"] = "no malignant image in the validation split: threshold kept at 0.5"
-        info.update(target_sensitivity=target_sensitivity,
-                    val_at_threshold={k: v for k, v in binary_metrics(probs, labels, threshold).items() if k != "confusion"})
-    calibrated_meta["threshold"] = float(threshold)
-    if meta["task"] != "binary":
+        params = fit_isotonic(uncalibrated.probabilities(logits), labels)
+        details.update(message=params.get("message"))
+        calibration = Calibration("isotonic", isotonic_x=params["x"], isotonic_y=params["y"], tta=tta, details=details)
+    calibrated = uncalibrated.replace(calibration=calibration)
+    if one_output:
+        rule = _operating_threshold(calibrated, logits, labels, target_sensitivity, details)
+    else:
         # p(k) / prior(k) with the prior the shift put in: weights exp(-shift) (all 1 without a shift).
-        shift = np.broadcast_to(np.asarray(info.get("logit_shift", 0.0), np.float64), (len(meta["class_names"]),))
+        shift = np.broadcast_to(np.asarray(calibration.graph_shift, np.float64), (spec.task.num_classes,))
         weights = np.exp(-shift) if decision == "balanced" else np.ones_like(shift)
-        calibrated_meta["decision_weights"] = [float(w) for w in weights / weights.max()]
-        info["decision"] = decision
-    if info.get("message"):
-        log.warning("%s", info["message"])
-    save_checkpoint(out, calibrated_meta, state)
-    shift = info.get("logit_shift", 0.0)
-    shift_text = f"prior shift {np.round(shift, 3).tolist()}, " if np.any(np.asarray(shift) != 0) else ""
-    operating = (f", threshold = {threshold:.4f} (target sensitivity {target_sensitivity})" if meta["task"] == "binary"
-                 else f", decision {decision} (class weights {np.round(calibrated_meta['decision_weights'], 3).tolist()})")
-    operating += f", test-time augmentation {tta}" if tta != "none" else ""
-    print(f"calibrated ({method}) on {len(labels)} validation images: {shift_text}T = {calibrated_meta['temperature']:.3f}"
-          f"{operating}\nwrote {out}", flush=True)
-    return calibrated_meta
+        rule = DecisionRule(weights=tuple(weights / weights.max()))
+        details["decision"] = decision
+    calibrated = calibrated.replace(decision=rule)
+    if details.get("message"):
+        log.warning("%s", details["message"])
+    save_checkpoint(out, calibrated, state)
+    print(_summary(calibrated, len(labels), decision, target_sensitivity) + f"\nwrote {out}", flush=True)
+    return calibrated
 
 
-def _prior_shift(meta: dict[str, Any]) -> float | list[float]:
-    data = meta.get("data", {})
-    counts, imbalance = data.get("train_class_counts"), data.get("imbalance")
+def _operating_threshold(spec: ModelSpec, logits: np.ndarray, labels: np.ndarray, target: float,
+                         details: dict[str, Any]) -> DecisionRule:
+    """The strictest threshold that still reaches the target sensitivity on validation (0.5 without positives)."""
+    probs = spec.probabilities(logits)
+    threshold = 0.5
+    if labels.sum() > 0:
+        threshold = threshold_for_sensitivity(probs, labels, target)
+    else:
+        details["message"] = "no malignant image in the validation split: threshold kept at 0.5"
+    details.update(target_sensitivity=target,
+                   val_at_threshold={k: v for k, v in binary_metrics(probs, labels, threshold).items() if k != "confusion"})
+    return DecisionRule(threshold=float(threshold))
+
+
+def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
+    c, rule = spec.calibration, spec.decision
+    shift_text = f"prior shift {np.round(c.graph_shift, 3).tolist()}, " if np.any(np.asarray(c.graph_shift) != 0) else ""
+    operating = (f", threshold = {rule.threshold:.4f} (target sensitivity {target})" if rule.weights is None
+                 else f", decision {decision} (class weights {np.round(rule.weights, 3).tolist()})")
+    operating += f", test-time augmentation {c.tta}" if c.tta != "none" else ""
+    return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}"
+
+
+def _prior_shift(spec: ModelSpec) -> float | list[float]:
+    counts, imbalance = spec.data.get("train_class_counts"), spec.data.get("imbalance")
     if not counts or imbalance is None:
         log.warning("the checkpoint does not record its training class counts: no prior correction")
         return 0.0

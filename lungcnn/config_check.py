@@ -156,7 +156,7 @@ def _check_model(cfg: DictConfig) -> None:
     import timm
 
     from lungcnn.models.backbone import PRETRAINED
-    from lungcnn.models.tasks import TASKS
+    from lungcnn.task import TASKS
 
     task = _choice(cfg, "model.task", sorted(TASKS))
     n_classes = len(_get(cfg, "data.class_names"))

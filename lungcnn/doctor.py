@@ -100,8 +100,8 @@ def check_demo() -> Iterator[Check]:
             continue
         from lungcnn.checkpoint import load_checkpoint
 
-        meta, _ = load_checkpoint(path)
-        yield "OK", f"demo {name}", f"{path} loads ({meta['backbone']}, classes {meta['class_names']})"
+        spec, _ = load_checkpoint(path)
+        yield "OK", f"demo {name}", f"{path} loads ({spec.network.backbone}, classes {list(spec.class_names)})"
 
 
 def check_shared() -> Iterator[Check]:

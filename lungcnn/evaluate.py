@@ -19,53 +19,56 @@ from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import build_report
-from lungcnn.evaluation.metrics import is_weighted_rule
 from lungcnn.evaluation.multiclass_report import build_multiclass_report
+from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
+from lungcnn.spec import ModelSpec
 
 
 def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test", out_dir: str | None = None,
              n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     ckpt = Path(ckpt)
     predictor = Predictor.from_checkpoint(ckpt)
-    frame = labelled_files(predictor.meta["data"], predictor.class_names, split, data_root)
-    results = predictor.predict_files(list(frame["path"]))
-    skipped = [r.error for r in results if not r.ok]
-    ok = np.array([r.ok for r in results])
+    spec = predictor.spec
+    frame = labelled_files(spec.data, spec.class_names, split, data_root)
+    predictions, logits = predictor.classify(list(frame["path"]), [str(f) for f in frame["file"]])
+    ok = np.array([p.ok for p in predictions])
     if not ok.any():
-        raise LungCNNInputError(f"none of the {len(results)} images could be read")
-    kept = [r for r in results if r.ok]
-    logits = np.array([r.logit for r in kept])
-    records = {
-        "file": list(frame["file"][ok]),
-        "label": frame["label"].to_numpy()[ok],
-        "logit": logits,
-        "prob": predictor.probabilities(logits, calibrated=False),
-        "prob_cal": predictor.probabilities(logits),
-    }
+        raise LungCNNInputError(f"none of the {len(predictions)} images could be read")
     run_dir = ckpt.resolve().parent.parent
     out = Path(out_dir) if out_dir else run_dir / ("report" if data_root is None else f"report_{Path(data_root).name}")
+    labels = frame["label"].to_numpy()
+    schema.write_csv(out / "predictions.csv", spec.task, predictions, [spec.class_names[y] for y in labels])
+    records = {"file": list(frame["file"][ok]), "label": labels[ok], "logit": logits,
+               "prob": spec.probabilities(logits, calibrated=False), "prob_cal": spec.probabilities(logits)}
     where = f"the {split} split" if data_root is None else f"all images of {data_root}"
+    skipped = int((~ok).sum())
     common = dict(out_dir=out, seed=seed, n_resamples=n_resamples, title=f"lungcnn evaluation: {ckpt.name} on {where}",
-                  data_note=f"{predictor.meta.get('data_note', '')}; {len(kept)} images"
-                  + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
-    if not predictor.binary:
-        report = build_multiclass_report(records, class_names=predictor.class_names, temperature=predictor.temperature,
-                                         decision_weights=predictor.decision_weights, tta=predictor.tta, **common)
-        print(_multiclass_summary(report, out), flush=True)
-        cells = report["results"]["calibrated"]
-    else:
-        report = build_report(
-            records, threshold_calibrated=predictor.threshold,
-            temperature=predictor.temperature if predictor.calibration_method == "temperature" else None,
-            method=predictor.calibration_method, **common,
-        )
-        print(_summary(report, out), flush=True)
-        at = report["results"]["calibrated"]["threshold_calibrated"]
-        cells = {k: {"value": v, "ci95": at["ci95"].get(k)} for k, v in at["metrics"].items() if k != "confusion"}
-    if data_root is None and predictor.is_calibrated:
-        _record_in_model_card(ckpt, cells, f"{len(kept)} test images ({where})")
+                  data_note=f"{spec.data_note}; {int(ok.sum())} images"
+                  + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
+    report, cells, summary = REPORTS[spec.task.name](records, spec, common)
+    print(summary + f"\nreport: {out / 'report.md'}", flush=True)
+    if data_root is None and spec.is_calibrated:
+        _record_in_model_card(ckpt, cells, f"{int(ok.sum())} test images ({where})")
     return report
+
+
+def _binary_report(records: dict[str, Any], spec: ModelSpec, common: dict[str, Any]) -> tuple[dict, dict, str]:
+    c = spec.calibration
+    report = build_report(records, threshold_calibrated=spec.decision.threshold,
+                          temperature=c.temperature if c.method == "temperature" else None, method=c.method, **common)
+    at = report["results"]["calibrated"]["threshold_calibrated"]
+    cells = {k: {"value": v, "ci95": at["ci95"].get(k)} for k, v in at["metrics"].items() if k != "confusion"}
+    return report, cells, _summary(report)
+
+
+def _multiclass_report(records: dict[str, Any], spec: ModelSpec, common: dict[str, Any]) -> tuple[dict, dict, str]:
+    report = build_multiclass_report(records, class_names=spec.class_names, temperature=spec.calibration.temperature,
+                                     decision_weights=spec.decision.weights, tta=spec.calibration.tta, **common)
+    return report, report["results"]["calibrated"], _multiclass_summary(report, spec.decision.weighted)
+
+
+REPORTS = {"binary": _binary_report, "multiclass": _multiclass_report}
 
 
 def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None:
@@ -73,7 +76,7 @@ def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None
 
     Only calibrated checkpoints (slim files written by lungcnn.calibrate) are touched; the weights stay as
     they are and the file is replaced atomically."""
-    meta, state = load_checkpoint(ckpt)
+    spec, state = load_checkpoint(ckpt)
     metrics: dict[str, Any] = {"evaluated on": where}
     values: dict[str, float] = {}  # the same figures as numbers, for code that acts on them (the app's warnings)
     for key, cell in cells.items():
@@ -82,29 +85,27 @@ def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None
             continue
         values[key] = float(value)
         metrics[key] = f"{value:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci and ci[0] is not None else "")
-    save_checkpoint(ckpt, {**meta, "metrics": metrics, "metric_values": values}, state)
+    save_checkpoint(ckpt, spec.replace(metrics=metrics, metric_values=values), state)
     print(f"recorded the test figures in the model card of {ckpt}", flush=True)
 
 
-def _multiclass_summary(report: dict[str, Any], out: Path) -> str:
+def _multiclass_summary(report: dict[str, Any], weighted: bool) -> str:
     cal = report["results"]["calibrated"]
-    lines = [f"{'calibrated, ' + ('balanced decisions' if is_weighted_rule(report['decision_weights']) else 'argmax'):<34}"
+    lines = [f"{'calibrated, ' + ('balanced decisions' if weighted else 'argmax'):<34}"
              f"{'value':>8}   95% CI"]
     for key, cell in cal.items():
         lo, hi = cell["ci95"]
         ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "n/a"
         lines.append(f"{key:<34}{_fmt(cell['value']):>8}   {ci}")
-    lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)
 
 
-def _summary(report: dict[str, Any], out: Path) -> str:
+def _summary(report: dict[str, Any]) -> str:
     lines = [f"{'calibrated probabilities':<26}{'@0.5':>9}{'@threshold':>12}"]
     cal = report["results"]["calibrated"]
     for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "ece"):
         a, b = cal["threshold_0.5"]["metrics"][key], cal["threshold_calibrated"]["metrics"][key]
         lines.append(f"{key:<26}{_fmt(a):>9}{_fmt(b):>12}")
-    lines.append(f"report: {out / 'report.md'}")
     return "\n".join(lines)
 
 

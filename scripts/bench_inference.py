@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
 import signal
@@ -104,17 +105,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     threads = args.threads or cpu_count()
     torch.set_num_threads(threads)
-    meta, state = load_checkpoint(args.ckpt)
-    size = args.image_size or int(meta["preprocessing"]["image_size"])
-    meta = {**meta, "preprocessing": {**meta["preprocessing"], "image_size": size}}
-    net = build_network(meta, state)
-    predictor = Predictor(meta, net)
+    spec, state = load_checkpoint(args.ckpt)
+    size = args.image_size or spec.preprocessing.image_size
+    spec = spec.replace(preprocessing=dataclasses.replace(spec.preprocessing, image_size=size))
+    net = build_network(spec, state)
+    predictor = Predictor(spec, net)
     x = images(predictor, args.batch_size, size)
     load_before = os.getloadavg()
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = onnx_bytes(net, meta)
+        model = onnx_bytes(net, spec)
         session, spinning = make_session(model, threads), make_session(model, threads, spin=True)
     runners: dict[str, Runner] = {
         "pytorch eager": torch_runner(net, channels_last=False),

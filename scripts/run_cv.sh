@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Grouped k-fold cross-validation of one configuration, end to end: train every fold (one Hydra
-# multirun), calibrate and evaluate each fold, then pool the folds with scripts/aggregate_cv.py.
+# multirun), calibrate and evaluate each fold, then pool the folds with `python -m lungcnn.cv summary`.
 #
 #   scripts/run_cv.sh OUT_DIR [HYDRA_OVERRIDES...]
 #   scripts/run_cv.sh outputs/cv/base experiment=iqothnccd_3class data.root=../shared/data/iqothnccd-dev
@@ -42,4 +42,4 @@ for ((k = 0; k < folds; k++)); do
     "${calibrate_args[@]}"
   "$py" -m lungcnn.evaluate ckpt="$job/checkpoints/$calibrated" out_dir="$job/$report"
 done
-"$py" scripts/aggregate_cv.py --multirun "$out" --report-dir "$report" --out "$out/$summary"
+"$py" -m lungcnn.cv summary --multirun "$out" --report-dir "$report" --out "$out/$summary"

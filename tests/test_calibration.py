@@ -12,12 +12,14 @@ from sklearn.isotonic import IsotonicRegression
 from lungcnn.calibration import (
     TemperatureFit,
     apply_isotonic,
-    apply_temperature,
     fit_isotonic,
     fit_temperature,
     threshold_for_sensitivity,
 )
 from lungcnn.errors import LungCNNInputError
+from lungcnn.task import make_task
+
+BINARY = make_task("binary", ["benign", "malignant"])
 
 
 def _binary_data(n: int = 20000, seed: int = 0, scale: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +61,7 @@ def test_temperature_never_makes_nll_worse(scale: float) -> None:
     fit = fit_temperature(scale * z, y)
     assert fit.nll_after <= fit.nll_before
     # The reported NLL is the real NLL of the returned temperature on the fit data.
-    p = np.clip(apply_temperature(scale * z, fit.temperature), 1e-15, 1 - 1e-15)
+    p = np.clip(BINARY.probabilities(scale * z, temperature=fit.temperature), 1e-15, 1 - 1e-15)
     assert fit.nll_after == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rel=1e-9)
 
 
@@ -80,17 +82,6 @@ def test_temperature_separable_data_keeps_one_not_collapsed() -> None:
     assert fit.message and "perfectly separated" in fit.message
     k_class = fit_temperature(np.eye(3)[[0, 1, 2, 0]] * 4, np.array([0, 1, 2, 0]))
     assert k_class.temperature == 1.0 and "separated" in k_class.message
-
-
-def test_apply_temperature_binary_and_multiclass() -> None:
-    z = np.array([-2.0, 0.0, 3.0])
-    np.testing.assert_allclose(apply_temperature(z, 2.0), 1 / (1 + np.exp(-z / 2)))
-    zk = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
-    pk = apply_temperature(zk, 0.5)
-    np.testing.assert_allclose(pk.sum(axis=1), 1.0)
-    np.testing.assert_allclose(pk[0], np.exp(zk[0] / 0.5) / np.exp(zk[0] / 0.5).sum())
-    with pytest.raises(LungCNNInputError):
-        apply_temperature(z, 0.0)
 
 
 @pytest.mark.parametrize(

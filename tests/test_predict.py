@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungcnn import predict as predict_mod
+from lungcnn import predict as predict_cli
+from lungcnn.inference import batch as predict_mod
 from lungcnn.calibrate import calibrate
 from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.data.transforms import build_transform
@@ -20,6 +21,8 @@ from lungcnn.export import main as export_main
 from lungcnn.inference.onnx_export import export_onnx, load_onnx, read_sidecar, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.models.net import LungNet
+from lungcnn.spec import Calibration, DecisionRule
+from lungcnn.task import make_task
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -38,9 +41,9 @@ def _images(predictor: Predictor, root: Path, n: int = 32) -> np.ndarray:
 @pytest.fixture(scope="module")
 def warm_ckpt(trained_ckpt, tmp_path_factory) -> Path:
     """The tiny checkpoint with T = 2.5 and threshold 0.4, so folding the temperature into ONNX is really tested."""
-    meta, state = load_checkpoint(trained_ckpt)
+    spec, state = load_checkpoint(trained_ckpt)
     out = tmp_path_factory.mktemp("warm") / "warm.ckpt"
-    save_checkpoint(out, {**meta, "temperature": 2.5, "threshold": 0.4, "calibration": {"method": "temperature"}}, state)
+    save_checkpoint(out, spec.replace(calibration=Calibration("temperature", 2.5), decision=DecisionRule(0.4)), state)
     return out
 
 
@@ -58,22 +61,23 @@ def test_onnx_matches_pytorch_on_32_images_and_any_batch_size(warm_ckpt, exporte
     torch_pred = Predictor.from_checkpoint(warm_ckpt, "torch")
     onnx_pred = Predictor.from_checkpoint(onnx_path, "onnx")
     assert onnx_pred.backend.name == "onnx" and onnx_pred.net is None and torch_pred.net is not None
-    assert onnx_pred.meta["preprocessing"] == torch_pred.meta["preprocessing"] and onnx_pred.temperature == 2.5
+    assert onnx_pred.spec == torch_pred.spec and onnx_pred.spec.calibration.temperature == 2.5
     images = _images(torch_pred, tiny_root)
     expected = torch_pred.predict_images(images, [str(i) for i in range(32)])
     got = onnx_pred.predict_images(images, [str(i) for i in range(32)])
-    np.testing.assert_allclose([p.calibrated for p in got], [p.calibrated for p in expected], atol=1e-4)
-    np.testing.assert_allclose([p.logit for p in got], [p.logit for p in expected], atol=1e-3)
+    np.testing.assert_allclose([p.probabilities["malignant"] for p in got], [p.probabilities["malignant"] for p in expected],
+                               atol=1e-4)
+    np.testing.assert_allclose([p.logits for p in got], [p.logits for p in expected], atol=1e-3)
     assert [p.decision for p in got] == [p.decision for p in expected]
     # The graph's own probability output has the temperature folded in: equal to the Predictor's calibration.
     probability, logit = onnx_pred.backend.outputs(onnx_pred.normalise(images))
-    np.testing.assert_allclose(probability, [p.calibrated for p in expected], atol=1e-4)
+    np.testing.assert_allclose(probability, [p.probabilities["malignant"] for p in expected], atol=1e-4)
     # Dynamic batch axis: other batch sizes (not the export's 2) give the same logits.
     for batch_size in (1, 5, 32):
         np.testing.assert_allclose(onnx_pred.logits(images, batch_size=batch_size), logit, atol=1e-5)
     record = json.loads(sidecar.read_text())
-    assert record["format"] == "lungcnn-onnx/1" and record["onnx"]["input"]["name"] == "image"
-    assert record["onnx"]["temperature_in_graph"] == 2.5 and record["meta"]["threshold"] == 0.4
+    assert record["format"] == "lungcnn-onnx/2" and record["onnx"]["input"]["name"] == "image"
+    assert record["onnx"]["temperature_in_graph"] == 2.5 and record["meta"]["decision"]["threshold"] == 0.4
 
 
 def test_auto_picks_onnx_caches_the_export_and_applies_isotonic_on_the_host(trained_ckpt, tiny_root, tmp_path,
@@ -87,29 +91,30 @@ def test_auto_picks_onnx_caches_the_export_and_applies_isotonic_on_the_host(trai
     assert json.loads(sidecar_path(cache).read_text())["onnx"]["host_calibration"] == "isotonic"
     torch_pred = Predictor.from_checkpoint(ckpt)
     images, names = _images(torch_pred, tiny_root, 8), list("abcdefgh")
-    np.testing.assert_allclose([p.calibrated for p in onnx_pred.predict_images(images, names)],
-                               [p.calibrated for p in torch_pred.predict_images(images, names)], atol=1e-4)
+    np.testing.assert_allclose([p.confidence for p in onnx_pred.predict_images(images, names)],
+                               [p.confidence for p in torch_pred.predict_images(images, names)], atol=1e-4)
     stamp = cache.stat().st_mtime_ns
     Predictor.from_checkpoint(ckpt, "onnx")
     assert cache.stat().st_mtime_ns == stamp  # reused, not re-exported
-    meta, state = load_checkpoint(ckpt)
-    save_checkpoint(ckpt, {**meta, "threshold": 0.9}, state)  # a re-calibrated checkpoint: the cache is stale
-    assert Predictor.from_checkpoint(ckpt, "onnx").threshold == 0.9
+    spec, state = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, spec.replace(decision=DecisionRule(0.9)), state)  # a re-calibrated checkpoint: the cache is stale
+    assert Predictor.from_checkpoint(ckpt, "onnx").spec.decision.threshold == 0.9
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
 def test_multiclass_export_folds_softmax_temperature(trained_ckpt, tmp_path):
-    meta, _ = load_checkpoint(trained_ckpt)
-    meta = {**meta, "task": "multiclass", "class_names": ["benign", "malignant", "normal"], "temperature": 1.7,
-            "calibration": {"method": "temperature"}}
+    spec, _ = load_checkpoint(trained_ckpt)
+    spec = spec.replace(task=make_task("multiclass", ["benign", "malignant", "normal"]),
+                        calibration=Calibration("temperature", 1.7))
     torch.manual_seed(0)
-    state = LungNet(meta["backbone"], 3, meta["head"]["hidden"], meta["head"]["dropout"], pretrained="none").state_dict()
-    save_checkpoint(tmp_path / "k3.ckpt", meta, state)
+    net = spec.network
+    state = LungNet(net.backbone, 3, net.hidden, net.dropout, pretrained="none").state_dict()
+    save_checkpoint(tmp_path / "k3.ckpt", spec, state)
     onnx_path, _ = export_onnx(tmp_path / "k3.ckpt")
     _, backend = load_onnx(onnx_path)
     x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     with torch.no_grad():
-        logits = build_network(meta, state)(torch.from_numpy(x)).numpy()
+        logits = build_network(spec, state)(torch.from_numpy(x)).numpy()
     probability, logit = backend.outputs(x)
     np.testing.assert_allclose(logit, logits, atol=1e-4)
     np.testing.assert_allclose(probability, torch.softmax(torch.from_numpy(logits) / 1.7, 1).numpy(), atol=1e-5)
@@ -138,8 +143,8 @@ def test_vectorised_normalisation_equals_albumentations(warm_ckpt, tiny_root):
     predictor = Predictor.from_checkpoint(warm_ckpt)
     images = _images(predictor, tiny_root, 4)
     images[0, :16, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every grey level
-    pre = predictor.meta["preprocessing"]
-    expected = np.stack([build_transform(pre["mean"], pre["std"])(image=im)["image"].numpy() for im in images])
+    pre = predictor.spec.preprocessing
+    expected = np.stack([build_transform(pre.mean, pre.std)(image=im)["image"].numpy() for im in images])
     np.testing.assert_allclose(predictor.normalise(images), expected, atol=1e-6, rtol=0)
 
 
@@ -162,18 +167,19 @@ def folder(tiny_root, tmp_path_factory) -> Path:
 
 def test_predict_cli_writes_a_row_per_file(folder, exported, tmp_path, capsys):
     out = tmp_path / "pred.csv"  # --ckpt an exported .onnx: its sidecar brings preprocessing and threshold 0.4
-    assert predict_mod.main([str(folder), "--ckpt", str(exported[0]), "--out", str(out), "--workers", "1",
+    assert predict_cli.main([str(folder), "--ckpt", str(exported[0]), "--out", str(out), "--workers", "1",
                              "--batch-size", "4", "--no-progress"]) == 0
     rows = _rows(out)
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.name != ".DS_Store")
     assert sorted(r["file"] for r in rows) == files and len(rows) == 12
     by_name = {Path(r["file"]).name: r for r in rows}
     assert by_name["broken.jpg"]["error"].endswith("broken.jpg: the image is corrupt or truncated (OSError: Truncated File Read)")
-    assert by_name["broken.jpg"]["calibrated_probability"] == ""
+    assert by_name["broken.jpg"]["probability_malignant"] == "" and by_name["broken.jpg"]["decision"] == ""
     assert by_name["IM0001"]["error"] == ""  # found in a folder by its DICM marker, read as DICOM
     for r in rows:
         if not r["error"]:
-            p = float(r["calibrated_probability"])
+            p = float(r["probability_malignant"])
+            assert float(r["probability_benign"]) == pytest.approx(1 - p)
             assert 0 <= p <= 1 and r["decision"] == ("malignant" if p >= 0.4 else "benign")
     assert "11 classified, 1 unreadable" in capsys.readouterr().out
     assert not list(tmp_path.glob(".*"))  # no temp file left beside the CSV
@@ -202,10 +208,10 @@ def test_a_checkpoint_without_preprocessing_is_refused(folder, trained_ckpt, tmp
     del raw["lungcnn"]["preprocessing"]["mean"]
     torch.save(raw, tmp_path / "old.ckpt")
     with pytest.raises(SystemExit) as exit_info:
-        predict_mod.main([str(folder), "--ckpt", str(tmp_path / "old.ckpt"), "--out", str(tmp_path / "p.csv")])
+        predict_cli.main([str(folder), "--ckpt", str(tmp_path / "old.ckpt"), "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert "lacks preprocessing settings ['mean']" in err and not (tmp_path / "p.csv").exists()
+    assert "incomplete or malformed lungcnn metadata" in err and "'mean'" in err and not (tmp_path / "p.csv").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -216,7 +222,7 @@ def test_a_checkpoint_without_preprocessing_is_refused(folder, trained_ckpt, tmp
 def test_bad_input_is_one_line_and_exit_code_2(folder, warm_ckpt, tmp_path, capsys, argv, message):
     argv = [a.format(folder=folder) for a in argv] + ["--ckpt", str(warm_ckpt), "--out", str(tmp_path / "p.csv")]
     with pytest.raises(SystemExit) as exit_info:
-        predict_mod.main(argv)
+        predict_cli.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -229,8 +235,8 @@ def test_lightning_trainer_predict_matches_the_plain_path(folder, warm_ckpt, tmp
     a, b = _rows(tmp_path / "plain.csv"), _rows(tmp_path / "lit.csv")
     assert [r["file"] for r in a] == [r["file"] for r in b] and [r["error"] for r in a] == [r["error"] for r in b]
     assert [r["decision"] for r in a] == [r["decision"] for r in b]
-    np.testing.assert_allclose([float(r["calibrated_probability"] or "nan") for r in a],
-                               [float(r["calibrated_probability"] or "nan") for r in b], atol=1e-6)
+    np.testing.assert_allclose([float(r["probability_malignant"] or "nan") for r in a],
+                               [float(r["probability_malignant"] or "nan") for r in b], atol=1e-6)
 
 
 def test_onnx_predictor_can_keep_the_torch_network_for_grad_cam(warm_ckpt, tiny_root):
@@ -241,7 +247,7 @@ def test_onnx_predictor_can_keep_the_torch_network_for_grad_cam(warm_ckpt, tiny_
     plain = Predictor.from_checkpoint(warm_ckpt)
     assert fast.backend.name == "onnx" and fast.net is not None
     files = sorted(tiny_root.rglob("*.png"))[:4]
-    np.testing.assert_allclose([p.calibrated for p in fast.predict_files(files)],
-                               [p.calibrated for p in plain.predict_files(files)], atol=1e-4)
+    np.testing.assert_allclose([p.confidence for p in fast.predict_files(files)],
+                               [p.confidence for p in plain.predict_files(files)], atol=1e-4)
     cam = gradcam(fast, fast.load(files[0]))
     assert cam.heatmap.shape == (64, 64) and np.isfinite(cam.heatmap).all()

@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from lungcnn.checkpoint import build_network, load_checkpoint
 from lungcnn.errors import LungCNNInputError
-from lungcnn.models.tasks import get_task
+from lungcnn.task import make_task
 from lungcnn.train import train
 
 from .conftest import SHARED_DATA, make_cfg, tiny_overrides
@@ -47,7 +47,7 @@ def test_torchmetrics_collection_equals_scikit_learn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
     probs = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1)
-    collection = get_task("binary", 2).make_metrics(2)
+    collection = make_task("binary", ["benign", "malignant"]).make_metrics()
     collection.update(torch.tensor(probs, dtype=torch.float32), torch.tensor(labels))
     got = {k: float(v) for k, v in collection.compute().items()}
     pred = (probs >= 0.5).astype(int)

@@ -1,13 +1,12 @@
 """Post-hoc calibration (temperature scaling, isotonic) and threshold choice from a sensitivity target."""
 
 from lungcnn.calibration.isotonic import apply_isotonic, fit_isotonic
-from lungcnn.calibration.temperature import TemperatureFit, apply_temperature, fit_temperature
+from lungcnn.calibration.temperature import TemperatureFit, fit_temperature
 from lungcnn.calibration.threshold import threshold_for_sensitivity
 
 __all__ = [
     "TemperatureFit",
     "apply_isotonic",
-    "apply_temperature",
     "fit_isotonic",
     "fit_temperature",
     "threshold_for_sensitivity",

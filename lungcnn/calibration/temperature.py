@@ -81,15 +81,6 @@ def _separable(z: np.ndarray, y: np.ndarray) -> bool:
     return bool((z.argmax(axis=1) == y).all())
 
 
-def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
-    """Probabilities from logits at temperature T: sigmoid(z/T) for (N,), softmax(z/T) over K for (N, K)."""
-    t = float(temperature)
-    if not (math.isfinite(t) and t > 0):
-        raise LungCNNInputError(f"temperature must be a finite number > 0, got {temperature}")
-    z = torch.from_numpy(_check_logits(logits)) / t
-    return (torch.sigmoid(z) if z.ndim == 1 else torch.softmax(z, dim=1)).numpy()
-
-
 def _nll_tensor(z: torch.Tensor, y: torch.Tensor, log_t: torch.Tensor) -> torch.Tensor:
     scaled = z / torch.exp(log_t)
     if z.ndim == 1:

@@ -3,12 +3,11 @@
 Balanced accuracy, macro F1, per-class sensitivity / specificity / one-vs-rest ROC-AUC, top-label ECE,
 and the pairwise AUC of every two classes (benign vs normal is the clinically hard one), each with a
 stratified-bootstrap 95% interval; confusion matrix and per-class reliability diagrams as PNG;
-report.json, report.md and predictions.csv.
+report.json and report.md (lungcnn.evaluate writes predictions.csv beside them).
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from collections.abc import Sequence
@@ -19,9 +18,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import decide_multiclass, is_weighted_rule, multiclass_metrics
+from lungcnn.evaluation.metrics import is_weighted_rule, multiclass_metrics
 from lungcnn.evaluation.plots import plot_confusion, plot_reliability
-from lungcnn.fileio import atomic_open, write_json, write_text
+from lungcnn.fileio import write_json, write_text
 
 ALPHA = 0.05
 
@@ -74,7 +73,6 @@ def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[st
     plot_confusion(confusion, names, out / "confusion.png", title=f"Confusion matrix ({rule})")
     for k, name in enumerate(names):
         plot_reliability(np.asarray(records["prob"])[:, k], cal[:, k], (y == k).astype(int), out / f"reliability_{name}.png")
-    _write_predictions(out / "predictions.csv", records, names, weights)
     report = {
         "title": title, "data_note": data_note, "n": int(y.size),
         "class_counts": {name: int((y == k).sum()) for k, name in enumerate(names)},
@@ -93,17 +91,6 @@ def decision_rule_text(weights: Sequence[float] | None) -> str:
         return "the class with the highest calibrated probability"
     shown = ", ".join(f"{w:.2f}" for w in weights)
     return f"the highest calibrated probability times the class weight ({shown}; 1 / training prior: balanced decisions)"
-
-
-def _write_predictions(path: Path, records: dict[str, Any], names: list[str], weights: Sequence[float] | None) -> None:
-    cal = np.asarray(records["prob_cal"])
-    decisions = decide_multiclass(cal, weights)
-    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "label", *[f"p_{n}" for n in names], *[f"calibrated_p_{n}" for n in names], "decision"])
-        for i, file in enumerate(records["file"]):
-            writer.writerow([file, names[int(records["label"][i])], *[f"{v:.6f}" for v in records["prob"][i]],
-                             *[f"{v:.6f}" for v in cal[i]], names[int(decisions[i])]])
 
 
 def _nan_to_none(x: Any) -> Any:

@@ -6,7 +6,6 @@ dict equals what is on disk); report.md is for people; predictions.csv lets anyo
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -27,7 +26,7 @@ from lungcnn.evaluation.plots import (
     plot_reliability,
     plot_roc,
 )
-from lungcnn.fileio import atomic_open, write_json, write_text
+from lungcnn.fileio import write_json, write_text
 
 # Test-set figures reported by the paper we reproduce (its own split, n = 162 images).
 PAPER = {
@@ -60,7 +59,8 @@ def build_report(
     n_resamples: int = 1000,
 ) -> dict[str, Any]:
     """Evaluate {uncalibrated, calibrated} probabilities x {0.5, threshold_calibrated}, write report.json,
-    report.md, predictions.csv and four PNGs into out_dir, and return the report dict (== report.json).
+    report.md and four PNGs into out_dir (lungcnn.evaluate writes
+    predictions.csv beside them), and return the report dict (== report.json).
 
     `records` maps file, label, logit, prob (uncalibrated) and prob_cal (calibrated) to equal-length arrays.
     """
@@ -89,7 +89,6 @@ def build_report(
                    title=f"Calibrated probability >= {t_cal:.3f}")
     plot_histogram(prob_cal, y, out / PLOTS["histogram"], DEFAULT_CLASS_NAMES,
                    thresholds=sorted({0.5, t_cal}))
-    _write_predictions(out / "predictions.csv", files, y, logit, prob, prob_cal, t_cal)
 
     report = _plain({
         "title": title,
@@ -182,8 +181,7 @@ def _markdown(r: dict[str, Any]) -> str:
             "Lower is better for Brier, log loss, ECE and MCE. Binned ECE/MCE are biased upwards on "
             "resamples, so their intervals tend to sit above the point estimate. All four combinations "
             "(uncalibrated / calibrated probabilities x threshold 0.5 / calibrated threshold), with "
-            "intervals, are in `report.json`; per-image predictions are in `predictions.csv` "
-            "(decision 1 = malignant)."
+            "intervals, are in `report.json`; per-image predictions are in `predictions.csv`."
         ),
         "",
         "## Figures",
@@ -229,16 +227,6 @@ def _cell(entry: dict[str, Any], key: str) -> str:
     if lo is None or hi is None:
         return f"{v:.3f}"
     return f"{v:.3f} ({lo:.3f}–{hi:.3f})"
-
-
-def _write_predictions(path: Path, files: list[str], y: np.ndarray, logit: np.ndarray, prob: np.ndarray,
-                       prob_cal: np.ndarray, threshold: float) -> None:
-    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "logit", "probability", "calibrated_probability", "decision"])
-        for name, label, z, p, pc in zip(files, y, logit, prob, prob_cal, strict=True):
-            decision = int(pc >= threshold)
-            w.writerow([name, int(label), repr(float(z)), repr(float(p)), repr(float(pc)), decision])
 
 
 def _check_records(

@@ -118,20 +118,19 @@ def _twin(net: nn.Module, image_size: int) -> tuple[nn.Module, str]:
 def gradcam(predictor: Predictor, image: np.ndarray, towards: str | None = None, image_weight: float = 0.55) -> CamResult:
     """Grad-CAM for one (S, S) uint8 image from `Predictor.load`.
 
-    `towards` is a class name; by default the positive class (malignant) for the binary task and
-    the decided class otherwise, so for a binary checkpoint hot areas are evidence for malignancy.
+    `towards` is a class name (default: the decided class); for a binary checkpoint hot areas are evidence
+    for `towards` (the negated logit for the negative class).
     """
     size = predictor.image_size
     if image.shape != (size, size) or image.dtype != np.uint8:
         raise ValueError(f"expected a ({size}, {size}) uint8 image from Predictor.load, got {image.shape} {image.dtype}")
     tensor = predictor.to_tensor(image[None])
     names = predictor.class_names
-    if towards is None and not predictor.binary:
-        towards = names[int(np.argmax(predictor.logits(image[None])[0]))]
-    towards = towards or names[1]
+    if towards is None:
+        towards = predictor.predict_images(image[None], ["image"])[0].decision
     if towards not in names:
         raise ValueError(f"unknown class {towards!r}; the checkpoint's classes are {names}")
-    target = _Logit(0, 1.0 if towards == names[1] else -1.0) if predictor.binary else _Logit(names.index(towards))
+    target = _Logit(*predictor.task.logit_target(towards))
     with _LOCK:
         net, layer_name = _twin(predictor.net, size)
         layer = dict(net.named_modules())[layer_name]

@@ -1,16 +1,16 @@
 """ONNX export and the onnxruntime backend.
 
-`export_onnx` writes `<name>.onnx` plus a sidecar `<name>.onnx.json` holding the checkpoint's full
+`export_onnx` writes `<name>.onnx` plus a sidecar `<name>.onnx.json` holding the checkpoint's `ModelSpec`
 metadata, so the pair is self-contained: the Predictor rebuilds its preprocessing, calibration and
-threshold from the sidecar and never needs the checkpoint again. The graph takes normalised images
+decision rule from the sidecar and never needs the checkpoint again. The graph takes normalised images
 (N, 3, S, S) with a dynamic batch axis and returns two outputs:
 
-- ``probability``: calibrated for temperature scaling (binary sigmoid(logit / T), K-class
-  softmax(logits / T)), so a consumer outside lungcnn can use the file alone. Isotonic calibration is a
-  lookup, not a graph op: there the output is the uncalibrated sigmoid(logit) and the sidecar says the
-  host must apply the map in ``meta.calibration.isotonic`` (the Predictor does).
-- ``logit``: the raw logit(s). The Predictor calibrates from these itself, so calibration has one
-  definition (Predictor.probabilities); the folded-in copy is checked against it in the tests.
+- ``probability``: the task's own probability rule (`Task.probabilities`, traced) with the spec's prior
+  shift and temperature folded in, so a consumer outside lungcnn can use the file alone. Isotonic
+  calibration is a lookup, not a graph op: there the output is uncalibrated and the sidecar says the host
+  must apply the map in ``meta.calibration`` (the Predictor does).
+- ``logit``: the raw logit(s). The Predictor calibrates from these through the same spec, so both outputs
+  come from one definition; the tests check that they agree.
 
 Both files are written atomically; the sidecar, written last, records the .onnx file's SHA-256, so a
 half-replaced pair is detected on load instead of silently mixing an old graph with new metadata.
@@ -30,40 +30,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungcnn.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from lungcnn.checkpoint import PREPROCESSING_KEYS, REQUIRED, build_network, load_checkpoint
+from lungcnn.checkpoint import build_network, load_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_bytes, write_json
+from lungcnn.spec import ModelSpec
+from lungcnn.task import Task
 
-FORMAT = "lungcnn-onnx/1"
+FORMAT = "lungcnn-onnx/2"
 INPUT, PROBABILITY, LOGIT = "image", "probability", "logit"
 OPSET = 17
 
 
 class CalibratedNet(nn.Module):
-    """net -> (probability, logit), with the checkpoint's prior shift and temperature folded into the probability."""
+    """net -> (probability, logit): the task's probabilities with the spec's prior shift and temperature."""
 
-    def __init__(self, net: nn.Module, temperature: float, binary: bool, shift: float | list[float] = 0.0) -> None:
+    def __init__(self, net: nn.Module, task: Task, shift: float | tuple[float, ...] = 0.0, temperature: float = 1.0) -> None:
         super().__init__()
-        self.net, self.temperature, self.binary = net, float(temperature), binary
+        self.net, self.task, self.temperature = net, task, float(temperature)
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logit = self.net(x)
-        z = (logit + self.shift) / self.temperature
-        return (torch.sigmoid(z) if self.binary else torch.softmax(z, dim=1)), logit
-
-
-def graph_shift(meta: dict[str, Any]) -> float | list[float]:
-    """The prior correction folded into the graph (temperature scaling only, as in the Predictor)."""
-    calibration = meta.get("calibration", {})
-    return calibration.get("logit_shift", 0.0) if calibration.get("method") == "temperature" else 0.0
-
-
-def graph_temperature(meta: dict[str, Any]) -> float:
-    """The T folded into the graph: the fitted one for temperature scaling, else 1 (isotonic runs on the host)."""
-    method = meta.get("calibration", {}).get("method", "none")
-    return float(meta.get("temperature", 1.0)) if method == "temperature" else 1.0
+        return self.task.probabilities(logit, self.shift, self.temperature), logit
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -87,19 +75,18 @@ def export_onnx(ckpt: str | Path, out_path: str | Path | None = None) -> tuple[P
         raise LungCNNInputError(f"{out}: the ONNX output path must end in .onnx")
     if out.resolve() == ckpt.resolve():
         raise LungCNNInputError(f"{out}: refusing to overwrite the checkpoint with its export")
-    meta, state = load_checkpoint(ckpt)
-    data = onnx_bytes(build_network(meta, state), meta)
+    spec, state = load_checkpoint(ckpt)
+    data = onnx_bytes(build_network(spec, state), spec)
     write_bytes(out, data)
     sidecar = sidecar_path(out)
-    write_json(sidecar, sidecar_record(meta, out, hashlib.sha256(data).hexdigest(), source=ckpt))
+    write_json(sidecar, sidecar_record(spec, out, hashlib.sha256(data).hexdigest(), source=ckpt))
     return out, sidecar
 
 
-def onnx_bytes(net: nn.Module, meta: dict[str, Any]) -> bytes:
+def onnx_bytes(net: nn.Module, spec: ModelSpec) -> bytes:
     """The serialised graph, checked against PyTorch on a sample batch before anything is written."""
-    binary = meta["task"] == "binary"
-    size = int(meta["preprocessing"]["image_size"])
-    model = CalibratedNet(net.eval(), graph_temperature(meta), binary, graph_shift(meta)).eval()
+    size = spec.preprocessing.image_size
+    model = CalibratedNet(net.eval(), spec.task, spec.calibration.graph_shift, spec.calibration.graph_temperature).eval()
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -127,12 +114,13 @@ def _check_export(data: bytes, model: nn.Module, sample: torch.Tensor) -> None:
                                f"(max |diff| {np.abs(a - b).max() if a.shape == b.shape else 'shape'})")
 
 
-def sidecar_record(meta: dict[str, Any], onnx_path: Path, onnx_sha256: str, source: Path | None = None) -> dict[str, Any]:
-    size = int(meta["preprocessing"]["image_size"])
-    isotonic = meta.get("calibration", {}).get("method") == "isotonic"
+def sidecar_record(spec: ModelSpec, onnx_path: Path, onnx_sha256: str, source: Path | None = None) -> dict[str, Any]:
+    size = spec.preprocessing.image_size
+    calibration = spec.calibration
+    host_isotonic = calibration.method == "isotonic"
     record: dict[str, Any] = {
         "format": FORMAT,
-        "meta": meta,
+        "meta": spec.to_metadata(),
         "onnx": {
             "file": onnx_path.name,
             "sha256": onnx_sha256,
@@ -141,14 +129,15 @@ def sidecar_record(meta: dict[str, Any], onnx_path: Path, onnx_sha256: str, sour
                       "preprocessing": "gray uint8 image from meta.preprocessing, replicated to 3 channels, "
                                        "(value / 255 - mean) / std per channel"},
             "outputs": {"probability": PROBABILITY, "logit": LOGIT},
-            "temperature_in_graph": graph_temperature(meta),
-            "logit_shift_in_graph": graph_shift(meta),
-            "probability": ("uncalibrated sigmoid(logit); apply the isotonic map meta.calibration.isotonic (x, y) "
-                            "on the host" if isotonic else
-                            "calibrated " + ("sigmoid(logit / T)" if meta["task"] == "binary" else "softmax(logits / T)")),
-            "host_calibration": "isotonic" if isotonic else None,
+            "temperature_in_graph": calibration.graph_temperature,
+            "logit_shift_in_graph": calibration.graph_shift,
+            "probability": (f"the {spec.task.name} task's probabilities of the logits; apply the isotonic map "
+                            "meta.calibration.isotonic_x/_y on the host" if host_isotonic else
+                            f"calibrated: the {spec.task.name} task's probabilities of (logit + logit_shift_in_graph) "
+                            "/ temperature_in_graph"),
+            "host_calibration": "isotonic" if host_isotonic else None,
             "host_test_time_augmentation": ("average the logits of the image and of its left-right mirror (two runs), "
-                                            "then calibrate" if meta.get("tta", "none") == "flip" else None),
+                                            "then calibrate" if calibration.tta == "flip" else None),
         },
         "torch": torch.__version__,
     }
@@ -157,8 +146,8 @@ def sidecar_record(meta: dict[str, Any], onnx_path: Path, onnx_sha256: str, sour
     return record
 
 
-def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
-    """The sidecar of an .onnx file, checked: right format, full metadata, and it belongs to this graph."""
+def read_sidecar(onnx_path: str | Path) -> tuple[dict[str, Any], ModelSpec]:
+    """The sidecar of an .onnx file and its spec, checked: right format, valid spec, and it belongs to this graph."""
     import json
 
     onnx_path = Path(onnx_path)
@@ -171,15 +160,12 @@ def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
         record = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise LungCNNInputError(f"{side}: not a readable sidecar ({e})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("meta"), dict):
-        raise LungCNNInputError(f"{side}: not a lungcnn ONNX sidecar (format {FORMAT} expected)")
-    meta = record["meta"]
-    missing = [k for k in REQUIRED if k not in meta] + [k for k in PREPROCESSING_KEYS if k not in meta.get("preprocessing", {})]
-    if missing or meta.get("format") != CHECKPOINT_FORMAT:
-        raise LungCNNInputError(f"{side}: the metadata lacks {missing or 'the checkpoint format'}; refusing to guess")
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("onnx"), dict):
+        raise LungCNNInputError(f"{side}: not a lungcnn ONNX sidecar of format {FORMAT}; re-export with `lungcnn-export`")
+    spec = ModelSpec.from_metadata(record.get("meta"), source=str(side))
     if record["onnx"].get("sha256") != sha256(onnx_path):
         raise LungCNNInputError(f"{onnx_path}: does not match its sidecar (SHA-256 differs); re-export with `lungcnn-export`")
-    return record
+    return record, spec
 
 
 def cached_export(ckpt: str | Path) -> Path:
@@ -207,7 +193,7 @@ def cached_export(ckpt: str | Path) -> Path:
 
 def _fresh(path: Path, ckpt_sha256: str) -> bool:
     try:
-        return read_sidecar(path).get("source", {}).get("sha256") == ckpt_sha256
+        return read_sidecar(path)[0].get("source", {}).get("sha256") == ckpt_sha256
     except LungCNNInputError:
         return False
 
@@ -265,9 +251,9 @@ class OnnxBackend:
         return {**self.__dict__, "_session": None}
 
 
-def load_onnx(path: str | Path, threads: int | None = None, spin: bool = False) -> tuple[dict[str, Any], OnnxBackend]:
-    """(checkpoint metadata, backend) from an .onnx file and its sidecar."""
-    record = read_sidecar(path)
+def load_onnx(path: str | Path, threads: int | None = None, spin: bool = False) -> tuple[ModelSpec, OnnxBackend]:
+    """(model spec, backend) from an .onnx file and its sidecar."""
+    _, spec = read_sidecar(path)
     backend = OnnxBackend(path, threads, spin)
     backend.session  # noqa: B018 - open now, so a broken file fails here rather than mid-run
-    return record["meta"], backend
+    return spec, backend

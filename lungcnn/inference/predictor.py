@@ -1,10 +1,10 @@
 """One Predictor for every consumer: evaluate, `lungcnn-predict` and the Streamlit app.
 
-It owns the checkpoint's preprocessing (read -> lung window -> pad/resize -> normalise) and its
-calibration (temperature or isotonic) and decision threshold, so those exist in one place only.
-Binary checkpoints give P(malignant) per image; K-class checkpoints give one probability per class.
-Only the logits come from a pluggable backend (`TorchBackend`, or onnxruntime via
-`lungcnn.inference.onnx_export.OnnxBackend`), so every runtime shares the same pixels and calibration.
+It applies the checkpoint's `ModelSpec`: preprocessing (read -> window -> pad/resize -> normalise), then
+the spec's calibration and decision rule on the task's probabilities, so those exist in one place only.
+Every image gets a calibrated probability per class and a decision. Only the logits come from a
+pluggable backend (`TorchBackend`, or onnxruntime via `lungcnn.inference.onnx_export.OnnxBackend`), so every
+runtime shares the same pixels and calibration.
 """
 
 from __future__ import annotations
@@ -18,29 +18,35 @@ import cv2
 import numpy as np
 import torch
 
-from lungcnn.calibration import apply_isotonic
 from lungcnn.checkpoint import build_network, load_checkpoint
-from lungcnn.data.io import MAX_BYTES, MAX_PIXELS, LungWindow
+from lungcnn.data.io import MAX_BYTES, MAX_PIXELS
 from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.metrics import decide_multiclass
+from lungcnn.spec import TTA_MODES, ModelSpec
 
 
 @dataclass
 class Prediction:
-    """One image's result: probabilities and decision, or the reason it could not be read."""
+    """One image's result (`lungcnn.inference.schema` writes it as a table row), or why it could not be read.
+
+    `probabilities` are calibrated by the checkpoint, `uncalibrated` the network's own; both per class name.
+    """
 
     file: str
-    logit: float | list[float] = float("nan")
-    probability: float = float("nan")  # uncalibrated P(malignant), or max class probability
-    calibrated: float = float("nan")  # calibrated P(malignant), or the decided class's probability
+    logits: tuple[float, ...] = ()
+    probabilities: dict[str, float] = field(default_factory=dict)
+    uncalibrated: dict[str, float] = field(default_factory=dict)
     decision: str = ""
-    class_probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def confidence(self) -> float:
+        """Calibrated probability of the decided class."""
+        return self.probabilities.get(self.decision, float("nan"))
 
 
 BACKENDS = ("torch", "onnx", "auto")
@@ -73,9 +79,6 @@ class TorchBackend:
         return self.net(x).float().cpu().numpy()
 
 
-TTA_MODES = ("none", "flip")
-
-
 def tta_logits(logits_fn: Any, x: Any, tta: str = "none") -> Any:
     """Logits of a normalised batch (N, 3, S, S), numpy or torch, averaged over its test-time views.
 
@@ -88,7 +91,7 @@ def tta_logits(logits_fn: Any, x: Any, tta: str = "none") -> Any:
     if tta == "flip":
         mirrored = torch.flip(x, dims=[-1]) if isinstance(x, torch.Tensor) else np.ascontiguousarray(x[..., ::-1])
         return (logits_fn(x) + logits_fn(mirrored)) / 2
-    raise LungCNNInputError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")
+    raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")  # ModelSpec checked it
 
 
 def normalisation_lut(mean: list[float], std: list[float]) -> np.ndarray:
@@ -98,22 +101,26 @@ def normalisation_lut(mean: list[float], std: list[float]) -> np.ndarray:
 
 
 class Predictor:
-    def __init__(self, meta: dict[str, Any], net: torch.nn.Module | None = None, backend: Backend | None = None) -> None:
+    """A checkpoint's spec + a backend: files -> Predictions (see the module docstring).
+
+    Args:
+        spec: the model spec (preprocessing, task, calibration, decision rule).
+        net: the PyTorch network (needed for Grad-CAM; None when the logits come from onnxruntime only).
+        backend: where logits come from; default: the network under PyTorch.
+    """
+
+    def __init__(self, spec: ModelSpec, net: torch.nn.Module | None = None, backend: Backend | None = None) -> None:
         if backend is None and net is None:
             raise ValueError("Predictor needs a network or a backend")
-        self.meta = meta
+        self.spec = spec
+        self.task = spec.task
         self.net = net.eval() if net is not None else None  # the PyTorch network (Grad-CAM); None for onnx
         self.backend: Backend = backend if backend is not None else TorchBackend(net)
-        pre = meta["preprocessing"]
-        self.image_size = int(pre["image_size"])
-        self.window = LungWindow(**pre["window"])
-        self.crop = str(pre.get("crop", "none"))
-        self.lut = normalisation_lut(pre["mean"], pre["std"])
-        self.class_names: list[str] = list(meta["class_names"])
-        self.binary = meta["task"] == "binary"
-        self.tta = str(meta.get("tta", "none"))
-        if self.tta not in TTA_MODES:
-            raise LungCNNInputError(f"checkpoint's test-time augmentation {self.tta!r} is not one of {TTA_MODES}")
+        pre = spec.preprocessing
+        self.image_size, self.window, self.crop = pre.image_size, pre.window, pre.crop
+        self.lut = normalisation_lut(pre.mean, pre.std)
+        self.class_names: list[str] = list(spec.class_names)
+        self.tta = spec.calibration.tta
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", *, device: str | None = None,
@@ -137,29 +144,12 @@ class Predictor:
         if backend == "onnx":
             from lungcnn.inference.onnx_export import cached_export, load_onnx
 
-            meta, onnx_backend = load_onnx(path if path.suffix.lower() == ".onnx" else cached_export(path), threads)
+            spec, onnx_backend = load_onnx(path if path.suffix.lower() == ".onnx" else cached_export(path), threads)
             net = build_network(*load_checkpoint(path)) if with_net and path.suffix.lower() != ".onnx" else None
-            return cls(meta, net, backend=onnx_backend)
-        meta, state = load_checkpoint(path)
-        net = build_network(meta, state)
-        return cls(meta, net, TorchBackend(net, device or "cpu", channels_last))
-
-    # -- settings from the checkpoint --------------------------------------------------------------
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("temperature", 1.0))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
-
-    @property
-    def calibration_method(self) -> str:
-        return str(self.meta.get("calibration", {}).get("method", "none"))
-
-    @property
-    def is_calibrated(self) -> bool:
-        return self.calibration_method != "none"
+            return cls(spec, net, backend=onnx_backend)
+        spec, state = load_checkpoint(path)
+        net = build_network(spec, state)
+        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last))
 
     # -- pixels --------------------------------------------------------------------------------------
     def load(self, source: str | Path | bytes, name: str | None = None, *,
@@ -192,74 +182,48 @@ class Predictor:
         return torch.from_numpy(self.normalise(images))
 
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(N, S, S) uint8 -> logits (N,) binary or (N, K)."""
+        """(N, S, S) uint8 -> logits (N,) for one output or (N, K), with the checkpoint's test-time augmentation."""
         out = [tta_logits(self.backend.logits, self.normalise(images[i : i + batch_size]), self.tta)
                for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0,) if self.binary else (0, len(self.class_names)), np.float32)
+        return np.concatenate(out) if out else self.task.empty_logits()
 
-    # -- probabilities --------------------------------------------------------------------------------
-    @property
-    def logit_shift(self) -> float | list[float]:
-        """The prior correction added to the logits before the temperature (lungcnn.calibration.prior)."""
-        if self.calibration_method != "temperature":
-            return 0.0
-        return self.meta.get("calibration", {}).get("logit_shift", 0.0)
-
-    def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
-        """Logits -> P(malignant) (N,) for binary, class probabilities (N, K) otherwise.
-
-        Calibrated with temperature scaling: softmax / sigmoid of (logits + prior shift) / T."""
-        logits = np.asarray(logits, np.float64)
-        temperature = self.temperature if calibrated and self.calibration_method == "temperature" else 1.0
-        if calibrated:
-            logits = logits + np.asarray(self.logit_shift, np.float64)
-        if not self.binary:
-            z = logits / temperature
-            z = np.exp(z - z.max(axis=1, keepdims=True))
-            return z / z.sum(axis=1, keepdims=True)
-        probs = 1.0 / (1.0 + np.exp(-logits / temperature))
-        if calibrated and self.calibration_method == "isotonic":
-            probs = apply_isotonic(self.meta["calibration"]["isotonic"], probs)
-        return probs
-
-    @property
-    def decision_weights(self) -> list[float] | None:
-        """K classes: the decision is argmax of calibrated P(k) * w_k (lungcnn.calibrate's decision rule)."""
-        weights = self.meta.get("decision_weights")
-        return None if self.binary or weights is None else [float(w) for w in weights]
-
-    def decide(self, probs: np.ndarray) -> list[str]:
-        if self.binary:
-            return [self.class_names[1] if p >= self.threshold else self.class_names[0] for p in probs]
-        return [self.class_names[i] for i in decide_multiclass(probs, self.decision_weights)]
+    # -- results --------------------------------------------------------------------------------------
+    def from_logits(self, logits: np.ndarray, names: list[str]) -> list[Prediction]:
+        """Logits from any backend (or Lightning's trainer.predict) -> Predictions, calibrated and decided."""
+        task, spec = self.task, self.spec
+        calibrated = spec.probabilities(logits)
+        per_class = task.class_probabilities(calibrated)
+        raw = task.class_probabilities(spec.probabilities(logits, calibrated=False))
+        decisions = spec.decide(calibrated)
+        rows = np.asarray(logits, np.float64).reshape(len(names), -1)
+        return [Prediction(name, tuple(map(float, z)), dict(zip(self.class_names, map(float, c))),
+                           dict(zip(self.class_names, map(float, r))), self.class_names[d])
+                for name, z, c, r, d in zip(names, rows, per_class, raw, decisions)]
 
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
         return self.from_logits(self.logits(images), names)
 
-    def from_logits(self, logits: np.ndarray, names: list[str]) -> list[Prediction]:
-        """Logits from any backend (or Lightning's trainer.predict) -> Predictions, calibrated and decided."""
-        raw, cal = self.probabilities(logits, calibrated=False), self.probabilities(logits)
-        results = []
-        for name, z, p, c, d in zip(names, logits, raw, cal, self.decide(cal)):
-            if self.binary:
-                results.append(Prediction(name, float(z), float(p), float(c), d,
-                                          {self.class_names[0]: 1 - float(c), self.class_names[1]: float(c)}))
-            else:
-                k = self.class_names.index(d)
-                results.append(Prediction(name, [float(v) for v in z], float(p[k]), float(c[k]), d,
-                                          dict(zip(self.class_names, map(float, c)))))
-        return results
-
-    def predict_files(self, sources: list[str | Path]) -> list[Prediction]:
-        """Read, preprocess and classify files; an unreadable file becomes a Prediction with `error`."""
-        images, names, results = [], [], {}
+    def read(self, sources: list[str | Path]) -> tuple[np.ndarray, list[str | None]]:
+        """Read and preprocess files: the readable images stacked (n, S, S) uint8, and per source its error or None."""
+        images, errors = [], []
         for source in sources:
             try:
                 images.append(self.load(source))
-                names.append(str(source))
+                errors.append(None)
             except LungCNNInputError as e:
-                results[str(source)] = Prediction(str(source), error=str(e))
-        if images:
-            for prediction in self.predict_images(np.stack(images), names):
-                results[prediction.file] = prediction
-        return [results[str(s)] for s in sources]
+                errors.append(str(e))
+        stacked = np.stack(images) if images else np.zeros((0, self.image_size, self.image_size), np.uint8)
+        return stacked, errors
+
+    def classify(self, sources: list[str | Path], names: list[str] | None = None) -> tuple[list[Prediction], np.ndarray]:
+        """Read, preprocess and classify files: a Prediction per source (an unreadable one with `error`), named
+        `names` (default: the sources), and the readable images' logits in order."""
+        names = [str(s) for s in sources] if names is None else names
+        images, errors = self.read(sources)
+        logits = self.logits(images)
+        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None]))
+        return [next(done) if e is None else Prediction(n, error=e) for n, e in zip(names, errors)], logits
+
+    def predict_files(self, sources: list[str | Path]) -> list[Prediction]:
+        """Read, preprocess and classify files; an unreadable file becomes a Prediction with `error`."""
+        return self.classify(sources)[0]

@@ -21,8 +21,9 @@ import pandas as pd
 
 from lungcnn.data.io import MAX_PIXELS
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.metrics import is_weighted_rule
+from lungcnn.inference import schema
 from lungcnn.inference.predictor import Prediction, Predictor
+from lungcnn.spec import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,15 @@ class UploadResult:
         """Calibrated P(malignant), or NaN for a failed file or a checkpoint without that class."""
         if self.prediction is None:
             return float("nan")
-        return float(self.prediction.class_probabilities.get("malignant", float("nan")))
+        return float(self.prediction.probabilities.get("malignant", float("nan")))
 
 
 def analyse_upload(predictor: Predictor, name: str, data: bytes, *, with_cam: bool = True,
                    limits: UploadLimits = UploadLimits()) -> UploadResult:
     """Read, classify and (optionally) explain one uploaded file; never raises for a bad file."""
     name = Path(name or "upload").name or "upload"  # a browser sends a bare name; never trust a path in it
-    base = {"threshold": predictor.threshold if predictor.binary else float("nan"), "calibrated": predictor.is_calibrated}
+    spec = predictor.spec
+    base = {"threshold": spec.decision.threshold if spec.task.thresholded else float("nan"), "calibrated": spec.is_calibrated}
     try:
         image = predictor.load(data, name=name, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
         prediction = predictor.predict_images(image[None], [name])[0]
@@ -134,15 +136,35 @@ def format_percent(p: float) -> str:
     return f"{100 * p:.1f}%"
 
 
+def headline(predictor: Predictor, result: UploadResult) -> tuple[str, str]:
+    """(label, percentage) for the result card's big number: P(malignant) when the decision is a threshold on
+    it, else the probability of the reported class."""
+    pred = result.prediction
+    if predictor.task.thresholded:
+        return "Probability of malignancy", format_percent(_thresholded_probability(predictor, pred))
+    return f"Probability of {pred.decision}", format_percent(pred.confidence)
+
+
+def _thresholded_probability(predictor: Predictor, pred: Prediction) -> float:
+    return pred.probabilities[predictor.class_names[-1]]
+
+
 def decision_explanation(predictor: Predictor, result: UploadResult) -> str:
     """One or two sentences (Markdown) saying why the result card shows the class it shows."""
+    return EXPLANATIONS[predictor.task.name](predictor, result)
+
+
+def _threshold_explanation(predictor: Predictor, result: UploadResult) -> str:
     pred = result.prediction
-    if predictor.binary:
-        p = result.p_malignant if np.isfinite(result.p_malignant) else pred.calibrated
-        side = "at or above" if p >= result.threshold else "below"
-        return (f"Reported as **{pred.decision}** because {format_percent(p)} is {side} the threshold of "
-                f"**{format_percent(result.threshold)}**.")
-    probs = pred.class_probabilities
+    p = _thresholded_probability(predictor, pred)
+    side = "at or above" if p >= result.threshold else "below"
+    return (f"Reported as **{pred.decision}** because {format_percent(p)} is {side} the threshold of "
+            f"**{format_percent(result.threshold)}**.")
+
+
+def _weighted_explanation(predictor: Predictor, result: UploadResult) -> str:
+    pred = result.prediction
+    probs = pred.probabilities
     listed = ", ".join(f"{name} {format_percent(probs[name])}" for name in predictor.class_names)
     likeliest = max(probs, key=probs.get)
     if likeliest == pred.decision:
@@ -159,6 +181,9 @@ def decision_explanation(predictor: Predictor, result: UploadResult) -> str:
     return text
 
 
+EXPLANATIONS = {"binary": _threshold_explanation, "multiclass": _weighted_explanation}
+
+
 WEAK_AUC = 0.8
 
 
@@ -166,28 +191,13 @@ def weakly_separated(predictor: Predictor) -> list[tuple[str, str, float]]:
     """Class pairs whose recorded test AUC (`metric_values["auc/b_vs_a"]`, written by lungcnn.evaluate) is
     below WEAK_AUC: (b, a, auc)."""
     out = []
-    values = predictor.meta.get("metric_values")
-    for key, auc in (values.items() if isinstance(values, Mapping) else ()):
-        b, sep, a = str(key).removeprefix("auc/").partition("_vs_")
-        if not str(key).startswith("auc/") or not sep or isinstance(auc, bool) or not isinstance(auc, (int, float)):
+    for key, auc in predictor.spec.metric_values.items():
+        b, sep, a = key.removeprefix("auc/").partition("_vs_")
+        if not key.startswith("auc/") or not sep:
             continue
         if auc < WEAK_AUC:
             out.append((b, a, float(auc)))
     return out
-
-
-def results_table(results: Sequence[UploadResult]) -> pd.DataFrame:
-    """One row per file: file, P(malignant) %, decision, threshold %, calibrated, error."""
-    rows = [{
-        "file": r.name,
-        "P(malignant) %": round(100 * r.p_malignant, 1) if r.ok else None,
-        "decision": r.prediction.decision if r.ok else "",
-        "threshold %": round(100 * r.threshold, 1) if r.ok and np.isfinite(r.threshold) else None,
-        "calibrated": ("yes" if r.calibrated else "no") if r.ok else "",
-        "error": "" if r.ok else (r.message or ""),
-    } for r in results]
-    columns = ["file", "P(malignant) %", "decision", "threshold %", "calibrated", "error"]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def display_table(results: Sequence[UploadResult]) -> pd.DataFrame:
@@ -202,10 +212,14 @@ def display_table(results: Sequence[UploadResult]) -> pd.DataFrame:
     } for r in results], columns=["file", "P(malignant)", "decision", "threshold", "calibrated", "error"], dtype=str)
 
 
-def results_csv(results: Sequence[UploadResult]) -> bytes:
-    """The results table as UTF-8 CSV; cells that a spreadsheet would run as a formula are quoted."""
-    table = results_table(results)
-    for column in ("file", "decision", "error"):
+def results_csv(predictor: Predictor, results: Sequence[UploadResult]) -> bytes:
+    """What the page shows, as UTF-8 CSV in lungcnn's prediction schema (`schema.columns(shown_only=True)`);
+    cells that a spreadsheet would run as a formula are quoted."""
+    task = predictor.task
+    rows = [schema.row(task, r.prediction if r.ok else Prediction(r.name, error=r.message or "could not be analysed"),
+                       shown_only=True) for r in results]
+    table = pd.DataFrame(rows, columns=schema.columns(task, shown_only=True))
+    for column in (schema.FILE, schema.DECISION, schema.ERROR):
         table[column] = table[column].map(_no_formula)
     return table.to_csv(index=False).encode("utf-8")
 
@@ -224,27 +238,25 @@ METRIC_NAMES = {
 
 
 def model_card(predictor: Predictor) -> dict[str, Any]:
-    """What the page shows about the model, from checkpoint metadata; absent facts say "not recorded".
+    """What the page shows about the model, from its spec; absent facts say "not recorded".
 
     Keys: intended_use (str), synthetic (bool), warning (str or None), details ({label: text}),
     metrics ({label: text}, empty when the checkpoint records no test results).
     """
-    meta = predictor.meta
-    note = str(meta.get("data_note") or (meta.get("data") or {}).get("note") or "")
+    spec = predictor.spec
+    note = spec.data_note
     synthetic = "synthetic" in note.lower()
-    calibration = meta.get("calibration") or {}
-    pre = meta.get("preprocessing") or {}
-    window = pre.get("window") or {}
-    metrics = _metric_rows(meta.get("metrics"))
+    pre = spec.preprocessing
+    metrics = _metric_rows(spec.metrics)
     details = {
         "Training data": note or "not recorded",
         "Classes": ", ".join(predictor.class_names),
-        "Calibration": _calibration_text(predictor, calibration),
-        "Decision threshold": _threshold_text(predictor, calibration),
-        "Image size the model sees": f"{predictor.image_size} x {predictor.image_size} pixels" if pre else "not recorded",
-        "CT window": f"level {window['level']:g} HU, width {window['width']:g} HU" if window else "not recorded",
-        "Network": str(meta.get("backbone") or "not recorded"),
-        "Created": _date_text(meta.get("created")),
+        "Calibration": _calibration_text(spec.calibration),
+        "Decision threshold": _threshold_text(predictor),
+        "Image size the model sees": f"{pre.image_size} x {pre.image_size} pixels",
+        "CT window": f"level {pre.window.level:g} HU, width {pre.window.width:g} HU",
+        "Network": spec.network.backbone,
+        "Created": _date_text(spec.created),
         "Test results": "see below" if metrics else "not recorded",
     }
     warning = None
@@ -254,26 +266,28 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
     return {"intended_use": INTENDED_USE, "synthetic": synthetic, "warning": warning, "details": details, "metrics": metrics}
 
 
-def _calibration_text(predictor: Predictor, calibration: Mapping[str, Any]) -> str:
-    method = predictor.calibration_method
-    if method == "none":
+def _calibration_text(calibration: Calibration) -> str:
+    if calibration.method == "none":
         return "none (probabilities are the network's raw output)"
-    fitted = f", fitted on {calibration['fitted_on']}" if calibration.get("fitted_on") else ""
-    if method == "temperature":
-        return f"temperature scaling (T = {predictor.temperature:.2f}){fitted}"
-    return f"{method}{fitted}"
+    fitted_on = calibration.details.get("fitted_on")
+    fitted = f", fitted on {fitted_on}" if fitted_on else ""
+    if calibration.method == "temperature":
+        return f"temperature scaling (T = {calibration.temperature:.2f}){fitted}"
+    return f"{calibration.method}{fitted}"
 
 
-def _threshold_text(predictor: Predictor, calibration: Mapping[str, Any]) -> str:
-    if not predictor.binary:
-        if not is_weighted_rule(predictor.decision_weights):
+def _threshold_text(predictor: Predictor) -> str:
+    spec = predictor.spec
+    if not spec.task.thresholded:
+        if not spec.decision.weighted:
             return "the most probable class is reported"
         return ("each class's probability is weighed against how common that class was in training, so that "
                 "every class is found equally often (balanced decisions); a rarer class can be reported "
                 "although a common one is more probable")
-    text = f"{format_percent(predictor.threshold)}: at or above it an image is reported as {predictor.class_names[1]}"
-    if calibration.get("target_sensitivity"):
-        text += f" (chosen to find {100 * float(calibration['target_sensitivity']):.0f}% of malignant validation cases)"
+    text = f"{format_percent(spec.decision.threshold)}: at or above it an image is reported as {predictor.class_names[-1]}"
+    target = spec.calibration.details.get("target_sensitivity")
+    if target:
+        text += f" (chosen to find {100 * float(target):.0f}% of malignant validation cases)"
     return text
 
 

@@ -7,9 +7,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from lungcnn.checkpoint import build_metadata
 from lungcnn.models.net import LungNet
-from lungcnn.models.tasks import get_task
+from lungcnn.spec import ModelSpec
+from lungcnn.task import make_task
 
 
 class LungClassifier(L.LightningModule):
@@ -34,13 +34,13 @@ class LungClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.task = get_task(task, len(class_names))
-        self.net = LungNet(backbone, self.task.outputs(len(class_names)), hidden, dropout, pretrained, weights_file)
+        self.task = make_task(task, class_names)
+        self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file)
         if channels_last:  # NHWC: about 1.6x faster training steps for depthwise convolutions on CPU
             self.net.to(memory_format=torch.channels_last)
-        self.loss = self.task.make_loss(len(class_names), pos_weight, class_weights)
-        self.val_metrics = self.task.make_metrics(len(class_names)).clone(prefix="val/")
-        self.test_metrics = self.task.make_metrics(len(class_names)).clone(prefix="test/")
+        self.loss = self.task.make_loss(pos_weight, class_weights)
+        self.val_metrics = self.task.make_metrics().clone(prefix="val/")
+        self.test_metrics = self.task.make_metrics().clone(prefix="test/")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -58,7 +58,7 @@ class LungClassifier(L.LightningModule):
         logits = self(x)
         self.log(f"{stage}/loss", self.loss(logits, self.task.targets(y)), prog_bar=stage == "val",
                  on_epoch=True, batch_size=len(y), sync_dist=True)
-        metrics.update(self.task.probabilities(logits, 1.0), y)
+        metrics.update(self.task.probabilities(logits), y)
         self.log_dict(metrics, on_epoch=True, prog_bar=False, batch_size=len(y))
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -77,4 +77,6 @@ class LungClassifier(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.hparams.head_lr, weight_decay=self.hparams.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lungcnn"] = build_metadata(self.hparams)
+        h = self.hparams
+        spec = ModelSpec.for_training(h.task, h.class_names, h.backbone, h.hidden, h.dropout, h.preprocessing or {}, h.data)
+        checkpoint["lungcnn"] = spec.to_metadata()

@@ -1,37 +1,25 @@
-"""Summarise a grouped k-fold cross-validation: per-fold test metrics as mean ± std, pooled predictions with CIs.
+"""Pool a grouped k-fold cross-validation: per-fold test metrics as mean ± std, pooled predictions with CIs.
 
-One test split of ~160 images says little; k folds use every image once as test data. Run the folds as
-one Hydra multirun (each job trains on k-1 folds and tests on its own fold; no group spans two folds):
-
-    python -m lungcnn.train -m experiment=iqothnccd data.root=/path/to/iqothnccd data.n_folds=5 data.fold=0,1,2,3,4
-
-Optionally evaluate each fold, which writes <job>/report/predictions.csv (pooled metrics need all folds):
-
-    for job in multirun/iqothnccd/DATE/*/; do python -m lungcnn.evaluate ckpt=${job}checkpoints/best.ckpt; done
-
-Then aggregate (prints a table, writes cv_summary.json into the multirun folder, or --out):
-
-    python scripts/aggregate_cv.py --multirun multirun/iqothnccd/DATE
-    python scripts/aggregate_cv.py RUN_DIR [RUN_DIR ...] [--out cv_summary.json]
+One test split of ~160 images says little; k folds use every image once as test data. The folds are one
+Hydra multirun (each job trains on k-1 folds and tests on its own fold; no group spans two folds), each
+fold calibrated and evaluated (`<job>/report/predictions.csv`, lungcnn's prediction schema); then
+`python -m lungcnn.cv summary --multirun DIR` (see `scripts/run_cv.sh` for the whole loop).
 
 - Per-fold: mean and sample standard deviation (ddof=1) over folds of every number in metrics.json's "test".
 - Pooled: all folds' predictions together, with percentile bootstrap 95% intervals (`bootstrap_ci`) that
   resample whole series (the `group` column of split.csv, stratified by class), since slices of one scan are
-  not independent. Binary: `binary_metrics` at 0.5 on the uncalibrated and the calibrated probability.
-  K classes: the report's figures (balanced accuracy, macro F1, per-class and pairwise AUCs such as
-  benign vs normal); uncalibrated decisions are the argmax of the class-balanced output, calibrated ones each
-  fold's own recorded decision rule. Pooling assumes the folds' probabilities are on one scale (AUCs); the
-  spread over folds shows how much a single split can move.
+  not independent. Binary: `binary_metrics` at 0.5 on the uncalibrated and the calibrated probability of
+  the positive (last) class. K classes: the report's figures (balanced accuracy, macro F1, per-class and
+  pairwise AUCs such as benign vs normal); uncalibrated decisions are the argmax of the class-balanced
+  output, calibrated ones each fold's own recorded decision rule. Pooling assumes the folds' probabilities
+  are on one scale (AUCs); the spread over folds shows how much a single split can move.
 - Checks from each fold's split.csv: no image in two test folds, no group in both train and test.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,15 +27,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import binary_metrics, bootstrap_ci
 from lungcnn.evaluation.multiclass_report import flat_metrics
-from lungcnn.fileio import write_json
+from lungcnn.inference.schema import Table
 
 PREDICTIONS = "predictions.csv"
-PROBABILITIES = ("probability", "calibrated_probability")
-MULTICLASS = ("uncalibrated", "calibrated")
+KINDS = ("uncalibrated", "calibrated")
 SUMMARY_FILE = "cv_summary.json"
 
 
@@ -80,7 +66,7 @@ def load_run(run_dir: str | Path, report_dir: str = "report") -> dict[str, Any]:
         "fold": _fold_of(run),
         "test": {k: float(v) for k, v in test.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         "split": pd.read_csv(split, dtype={"file": str, "group": str, "split": str}) if split.is_file() else None,
-        "predictions": _read_predictions(preds) if preds.is_file() else None,
+        "predictions": Table.read(preds) if preds.is_file() else None,
         "decision_weights": json.loads(report.read_text(encoding="utf-8")).get("decision_weights") if report.is_file() else None,
     }
 
@@ -94,22 +80,6 @@ def _fold_of(run: Path) -> int | None:
         if key == "data.fold" and value.strip().isdigit():
             return int(value)
     return None
-
-
-def _read_predictions(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    binary = {"file", "label", *PROBABILITIES} <= set(frame.columns)
-    multiclass = {"file", "label"} <= set(frame.columns) and bool(class_names(frame))
-    if not (binary or multiclass):
-        raise LungCNNInputError(f"{path}: expected file, label and {list(PROBABILITIES)} or p_<class> / calibrated_p_<class> "
-                                "columns (lungcnn.evaluate's predictions.csv)")
-    return frame
-
-
-def class_names(frame: pd.DataFrame) -> list[str]:
-    """K-class predictions.csv: the class names of its p_<class> columns (each with a calibrated_p_<class>)."""
-    names = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
-    return names if names and all(f"calibrated_p_{n}" in frame.columns for n in names) else []
 
 
 def fold_statistics(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -148,47 +118,29 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
         return {"available": False,
                 "reason": f"{len(missing)} of {len(runs)} run(s) lack predictions.csv (run lungcnn.evaluate), "
                           f"e.g. {missing[0]}"}
-    pooled = pool_predictions(runs)
-    groups = np.array(pooled["group"], dtype=str)
-    unit = "images" if (groups == np.array(pooled["file"], dtype=str)).all() else "series"
-    out: dict[str, Any] = {"available": True, "n": len(pooled), "n_series": int(pd.unique(pooled["group"]).size),
+    pool = pool_predictions(runs)
+    groups = pool.groups
+    unit = "images" if (groups == pool.files).all() else "series"
+    out: dict[str, Any] = {"available": True, "n": int(pool.labels.size), "n_series": int(pd.unique(groups).size),
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True, "unit": unit}}
-    if class_names(pooled):
-        return {**out, **_pooled_multiclass(multiclass_arrays(pooled), groups, n_resamples, seed)}
-    out.update(kind="binary", n_malignant=int(pooled["label"].sum()), threshold=0.5)
-    for column in PROBABILITIES:
-        p, y = np.array(pooled[column], dtype=np.float64), np.array(pooled["label"])
-        metrics = binary_metrics(p, y)
+    if len(pool.names) > 2:
+        return {**out, **_pooled_multiclass(pool, n_resamples, seed)}
+    y = pool.labels
+    out.update(kind="binary", n_malignant=int(y.sum()), threshold=0.5)
+    for kind in KINDS:
+        p = (pool.calibrated if kind == "calibrated" else pool.uncalibrated)[:, 1]
         ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed, groups=groups)
-        out[column] = {"metrics": metrics, "ci95": {k: list(v) for k, v in ci.items()}}
+        out[kind] = {"metrics": binary_metrics(p, y), "ci95": {k: list(v) for k, v in ci.items()}}
     return out
 
 
-def pool_predictions(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """All folds' predictions in one frame; each row also carries its series (`group`) and, for K classes,
-    its own fold's decision weights (`decision_weight_<j>`), so a bootstrap can resample rows freely."""
-    return pd.concat([_with_groups(r) for r in runs], ignore_index=True)
-
-
-def _with_groups(run: dict[str, Any]) -> pd.DataFrame:
-    """The fold's predictions with each image's series (split.csv's group; the file itself without one)."""
-    frame = run["predictions"].copy()
-    split = run["split"]
-    groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
-    frame["group"] = [groups.get(f, f) for f in frame["file"]]
-    k = len(class_names(frame))
-    if k:
-        weights = np.asarray(run["decision_weights"] or [1.0] * k, dtype=np.float64)
-        for j in range(k):
-            frame[f"decision_weight_{j}"] = weights[j]
-    return frame
-
-
-class MulticlassPool(NamedTuple):
-    """Pooled K-class predictions as arrays: probabilities (N, K) uncalibrated and calibrated, the
-    per-image decision weights (N, K) of each image's fold, and labels (N,) as class indices."""
+class Pool(NamedTuple):
+    """All folds' predictions as arrays: per-image file, series (`groups`), label index, per-class probabilities
+    (N, K) uncalibrated and calibrated, and the decision weights (N, K) of each image's own fold."""
 
     names: list[str]
+    files: np.ndarray
+    groups: np.ndarray
     labels: np.ndarray
     uncalibrated: np.ndarray
     calibrated: np.ndarray
@@ -200,35 +152,41 @@ class MulticlassPool(NamedTuple):
         return flat_metrics(probs[idx], self.labels[idx], self.names, weights)
 
 
-def multiclass_arrays(pooled: pd.DataFrame) -> MulticlassPool:
-    """`pool_predictions`' frame (K-class) -> MulticlassPool; labels must be among the predicted classes."""
-    names = class_names(pooled)
-    index = {n: i for i, n in enumerate(names)}
-    unknown = sorted(set(pooled["label"].astype(str)) - set(index))
-    if unknown:
-        raise LungCNNInputError(f"labels {unknown} are not among the predicted classes {names}")
-    return MulticlassPool(
-        names=names,
-        labels=np.array([index[v] for v in pooled["label"].astype(str)]),
-        uncalibrated=pooled[[f"p_{n}" for n in names]].to_numpy(np.float64),
-        calibrated=pooled[[f"calibrated_p_{n}" for n in names]].to_numpy(np.float64),
-        weights=pooled[[f"decision_weight_{j}" for j in range(len(names))]].to_numpy(np.float64),
-    )
+def pool_predictions(runs: list[dict[str, Any]]) -> Pool:
+    """All folds' prediction tables (read rows only) in one Pool; labels must be among the predicted classes."""
+    parts = [_fold_arrays(r) for r in runs]
+    names = parts[0][0]
+    if any(p[0] != names for p in parts):
+        raise LungCNNInputError(f"the folds predict different classes: {[p[0] for p in parts]}")
+    return Pool(names, *(np.concatenate([p[i] for p in parts]) for i in range(1, 7)))
 
 
-def _pooled_multiclass(pool: MulticlassPool, groups: np.ndarray, n_resamples: int, seed: int) -> dict[str, Any]:
+def _fold_arrays(run: dict[str, Any]) -> tuple:
+    """One fold's readable rows as arrays, each image with its series (split.csv's group; the file itself without one)."""
+    table: Table = run["predictions"]
+    table = Table(table.frame[table.readable], run["dir"])
+    split = run["split"]
+    groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
+    files = table.frame["file"].astype(str).to_numpy()
+    k = len(table.class_names)
+    weights = np.broadcast_to(np.asarray(run["decision_weights"] or [1.0] * k, dtype=np.float64), (len(files), k))
+    return (table.class_names, files, np.array([groups.get(f, f) for f in files], dtype=str), table.label_indices(),
+            table.probabilities(calibrated=False), table.probabilities(), weights)
+
+
+def _pooled_multiclass(pool: Pool, n_resamples: int, seed: int) -> dict[str, Any]:
     y = pool.labels
     out: dict[str, Any] = {"kind": "multiclass", "class_names": pool.names,
                            "class_counts": {n: int((y == i).sum()) for i, n in enumerate(pool.names)}}
     everything = np.arange(y.size)
-    for kind in MULTICLASS:
+    for kind in KINDS:
         calibrated = kind == "calibrated"
 
         def metric(idx: np.ndarray, _y: np.ndarray, calibrated: bool = calibrated) -> dict[str, float]:
             return pool.score(idx, calibrated)
 
         # bootstrap_ci resamples its first argument: row indices, so each image keeps its fold's decision rule
-        ci = bootstrap_ci(metric, everything, y, n_resamples=n_resamples, seed=seed, groups=groups)
+        ci = bootstrap_ci(metric, everything, y, n_resamples=n_resamples, seed=seed, groups=pool.groups)
         out[kind] = {"metrics": metric(everything, y), "ci95": {key: list(v) for key, v in ci.items()}}
     return out
 
@@ -261,15 +219,15 @@ def format_table(summary: dict[str, Any]) -> str:
     if pooled["available"] and pooled["kind"] == "multiclass":
         lines += ["", f"pooled predictions of all folds (n={pooled['n']}, {pooled['n_series']} series, "
                       f"95% bootstrap CI, resampling {pooled['bootstrap']['unit']})",
-                  f"{'metric':<28}" + "".join(f"{c:>30}" for c in MULTICLASS)]
+                  f"{'metric':<28}" + "".join(f"{c:>30}" for c in KINDS)]
         for name in pooled["calibrated"]["metrics"]:
-            lines.append(f"{name:<28}" + "".join(f"{_with_ci(pooled[c], name):>30}" for c in MULTICLASS))
+            lines.append(f"{name:<28}" + "".join(f"{_with_ci(pooled[c], name):>30}" for c in KINDS))
     elif pooled["available"]:
         lines += ["", f"pooled predictions of all folds (n={pooled['n']}, {pooled['n_series']} series, threshold 0.5, "
                       f"95% bootstrap CI, resampling {pooled['bootstrap']['unit']})",
-                  f"{'metric':<16}" + "".join(f"{c:>30}" for c in PROBABILITIES)]
+                  f"{'metric':<16}" + "".join(f"{c:>30}" for c in KINDS)]
         for name in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "brier", "ece"):
-            cells = [_with_ci(pooled[c], name) for c in PROBABILITIES]
+            cells = [_with_ci(pooled[c], name) for c in KINDS]
             lines.append(f"{name:<16}" + "".join(f"{c:>30}" for c in cells))
     else:
         lines += ["", f"pooled predictions: not available ({pooled['reason']})"]
@@ -290,43 +248,12 @@ def _with_ci(entry: dict[str, Any], name: str) -> str:
     return f"{_num(entry['metrics'][name])} [{_num(lo)}, {_num(hi)}]"
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
     """NaN -> null, so cv_summary.json is strict JSON."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     if isinstance(x, float) and math.isnan(x):
         return None
     return x
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aggregate_cv.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dirs", nargs="*", help="fold run folders (each with metrics.json)")
-    p.add_argument("--multirun", help="a Hydra multirun folder: every job folder in it is one fold")
-    p.add_argument("--out", help=f"summary JSON (default: {SUMMARY_FILE} in the multirun folder or the runs' common parent)")
-    p.add_argument("--report-dir", default="report",
-                   help="each fold's report folder from lungcnn.evaluate (default: %(default)s)")
-    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for pooled CIs (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-@friendly_errors
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if bool(args.multirun) == bool(args.run_dirs):
-        raise LungCNNInputError("give either RUN_DIRS or --multirun DIR (one of the two)")
-    runs = find_runs(args.multirun) if args.multirun else [Path(d) for d in args.run_dirs]
-    summary = aggregate(runs, n_resamples=args.n_resamples, seed=args.seed, report_dir=args.report_dir)
-    default_dir = Path(args.multirun) if args.multirun else Path(os.path.commonpath([str(Path(r).resolve()) for r in runs]))
-    out = Path(args.out) if args.out else default_dir / SUMMARY_FILE
-    write_json(out, _plain(summary))
-    print(format_table(summary), flush=True)
-    print(f"wrote {out}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

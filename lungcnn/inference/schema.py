@@ -1,0 +1,142 @@
+"""The prediction table: one schema for every per-image CSV lungcnn writes or reads.
+
+`lungcnn.evaluate` (predictions.csv, with `label`), `lungcnn-predict` and the page's download write it; the
+cross-validation code reads it. Every column name is spelled here and nowhere else, and the same column
+means the same thing in every table:
+
+| column | meaning |
+|---|---|
+| `file` | the image (a path, or the uploaded file's name) |
+| `label` | the true class name (evaluation only) |
+| `decision` | the class the checkpoint's decision rule reports (empty when the file could not be read) |
+| `probability_<class>` | calibrated probability of each class (the checkpoint's calibration) |
+| `uncalibrated_probability_<class>` | the network's own probability of each class |
+| `logit` / `logit_<class>` | the raw output: one logit (binary) or one per class |
+| `error` | why the file could not be read (empty otherwise) |
+
+Files that could not be read keep their row, with only `file` and `error` filled.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from lungcnn.errors import LungCNNInputError
+from lungcnn.fileio import atomic_open
+
+if TYPE_CHECKING:
+    from lungcnn.inference.predictor import Prediction
+    from lungcnn.task import Task
+
+FILE, LABEL, DECISION, ERROR = "file", "label", "decision", "error"
+PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", "logit"
+SHOWN = ("file", "decision", "probability", "error")  # what the page shows (and its download carries)
+
+
+def probability_column(class_name: str, calibrated: bool = True) -> str:
+    return (PROBABILITY if calibrated else UNCALIBRATED) + class_name
+
+
+def logit_columns(task: Task) -> list[str]:
+    return [LOGIT] if task.outputs == 1 else [f"{LOGIT}_{c}" for c in task.class_names]
+
+
+def columns(task: Task, *, labelled: bool = False, shown_only: bool = False) -> list[str]:
+    """The table's header for `task`; `labelled` adds `label`; `shown_only` keeps what the page shows."""
+    names = task.class_names
+    if shown_only:
+        return [FILE, DECISION, *[probability_column(c) for c in names], ERROR]
+    return [FILE, *([LABEL] if labelled else []), DECISION, *[probability_column(c) for c in names],
+            *[probability_column(c, calibrated=False) for c in names], *logit_columns(task), ERROR]
+
+
+def row(task: Task, prediction: Prediction, label: str | None = None, *, shown_only: bool = False) -> dict[str, Any]:
+    """One prediction as {column: value}; an unreadable file's row has `file` and `error` only."""
+    out: dict[str, Any] = {FILE: prediction.file, ERROR: prediction.error or ""}
+    if label is not None:
+        out[LABEL] = label
+    if not prediction.ok:
+        return out
+    out[DECISION] = prediction.decision
+    for c in task.class_names:
+        out[probability_column(c)] = prediction.probabilities[c]
+        if not shown_only:
+            out[probability_column(c, calibrated=False)] = prediction.uncalibrated[c]
+    if not shown_only:
+        out.update(zip(logit_columns(task), prediction.logits))
+    return out
+
+
+class Writer:
+    """Rows streamed into a CSV that appears atomically when the `with` block ends cleanly (a failed or
+    interrupted run leaves the previous file untouched). `counts` tallies classified and unreadable files."""
+
+    def __init__(self, path: str | Path, task: Task, labelled: bool = False) -> None:
+        self.path, self.task, self.labelled = path, task, labelled
+        self.counts = {"classified": 0, "unreadable": 0}
+
+    def __enter__(self) -> Writer:
+        self._file = atomic_open(self.path, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file.__enter__(), columns(self.task, labelled=self.labelled), restval="")
+        self._writer.writeheader()
+        return self
+
+    def write(self, prediction: Prediction, label: str | None = None) -> None:
+        self._writer.writerow(row(self.task, prediction, label))
+        self.counts["classified" if prediction.ok else "unreadable"] += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.__exit__(*exc)
+
+
+def write_csv(path: str | Path, task: Task, predictions: Iterable[Prediction],
+              labels: Sequence[str] | None = None) -> dict[str, int]:
+    """Write the whole table atomically; return counts of classified and unreadable files."""
+    with Writer(path, task, labelled=labels is not None) as writer:
+        for i, p in enumerate(predictions):
+            writer.write(p, None if labels is None else labels[i])
+    return writer.counts
+
+
+class Table:
+    """A prediction table read back: its class names and columns as arrays (cross-validation, re-scoring).
+
+    Args:
+        frame: the CSV as a DataFrame; it must have `file`, `label` and both probability columns of every class.
+    """
+
+    def __init__(self, frame: pd.DataFrame, source: str = "predictions") -> None:
+        self.class_names = [c.removeprefix(PROBABILITY) for c in frame.columns if c.startswith(PROBABILITY)]
+        needed = [FILE, LABEL, *[probability_column(c, calibrated=False) for c in self.class_names]]
+        missing = [c for c in needed if c not in frame.columns]
+        if len(self.class_names) < 2 or missing:
+            raise LungCNNInputError(f"{source}: not a lungcnn prediction table with labels (expected {FILE}, {LABEL}, "
+                                    f"{PROBABILITY}<class> and {UNCALIBRATED}<class> columns; missing {missing})")
+        self.frame = frame
+
+    @property
+    def readable(self):
+        """Boolean mask of the rows whose file was read (no `error`)."""
+        if ERROR not in self.frame:
+            return pd.Series(True, index=self.frame.index)
+        return self.frame[ERROR].fillna("").astype(str) == ""
+
+    @classmethod
+    def read(cls, path: str | Path) -> Table:
+        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, ERROR: str}), str(path))
+
+    def probabilities(self, calibrated: bool = True):
+        """(N, K) per-class probabilities."""
+        return self.frame[[probability_column(c, calibrated) for c in self.class_names]].to_numpy("float64")
+
+    def label_indices(self):
+        index = {n: i for i, n in enumerate(self.class_names)}
+        unknown = sorted(set(self.frame[LABEL]) - set(index))
+        if unknown:
+            raise LungCNNInputError(f"labels {unknown} are not among the predicted classes {self.class_names}")
+        return self.frame[LABEL].map(index).to_numpy("int64")

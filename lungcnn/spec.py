@@ -1,0 +1,365 @@
+"""The model spec: everything a checkpoint says about its network, in one typed, frozen object.
+
+`ModelSpec` (like timm's `PretrainedCfg`) holds what the network is (`NetworkSpec`), how an image becomes
+its input (`Preprocessing`), how its logits become calibrated probabilities (`Calibration`), how those
+become a decision (`DecisionRule`), the task and its classes (`lungcnn.task.Task`), and provenance (data,
+test figures). Each part checks itself in `__post_init__`; `ModelSpec` checks what spans parts.
+
+It is the only reader and writer of a checkpoint's metadata: `to_metadata()` gives plain Python types
+(so `torch.load(weights_only=True)` reads it back and JSON can hold it), `from_metadata()` checks and
+rebuilds it. Format 1 metadata (a flat dict, before this module existed) is converted on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lungcnn.data.io import LungWindow
+from lungcnn.errors import LungCNNInputError
+from lungcnn.task import Task, make_task
+
+FORMAT = "lungcnn-checkpoint/2"
+CROPS = ("none", "lungs")
+CALIBRATION_METHODS = ("none", "temperature", "isotonic")
+TTA_MODES = ("none", "flip")
+
+
+def _finite(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LungCNNInputError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise LungCNNInputError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _floats(values: Any, what: str) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray):
+        raise LungCNNInputError(f"{what} must be a list of numbers, got {values!r}")
+    return tuple(_finite(v, what) for v in values)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """backbone -> global average pooling -> dropout -> Linear(F, hidden) -> ReLU -> dropout -> Linear(hidden, outputs).
+
+    Args:
+        backbone: a timm model name (e.g. `mobilenetv2_100`).
+        hidden: width of the head's hidden layer (>= 1).
+        dropout: dropout probability in [0, 1).
+    """
+
+    backbone: str
+    hidden: int = 128
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise LungCNNInputError(f"network backbone must be a timm model name, got {self.backbone!r}")
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+            raise LungCNNInputError(f"head hidden width must be an integer >= 1, got {self.hidden!r}")
+        if not 0.0 <= _finite(self.dropout, "head dropout") < 1.0:
+            raise LungCNNInputError(f"head dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """File -> network input: read (DICOM through `window`), pad to a square with 0, optional lung crop,
+    resize to `image_size`, repeat to 3 channels, normalise (value / 255 - mean) / std per channel.
+
+    Args:
+        image_size: side of the square input in pixels (>= 32).
+        mean, std: per-channel normalisation of values in [0, 1] (3 each, std > 0).
+        window: the CT window (HU) that renders DICOM pixel data to [0, 1].
+        crop: `none` or `lungs` (crop to the lung fields before resizing).
+    """
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    window: LungWindow = field(default_factory=LungWindow)
+    crop: str = "none"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
+            raise LungCNNInputError(f"image size must be an integer >= 32 pixels, got {self.image_size!r}")
+        mean, std = _floats(self.mean, "normalisation mean"), _floats(self.std, "normalisation std")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise LungCNNInputError(f"normalisation needs 3 means and 3 positive stds, got {mean} and {std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        if isinstance(self.window, Mapping):
+            object.__setattr__(self, "window", LungWindow(_finite(self.window.get("level"), "window level"),
+                                                         _finite(self.window.get("width"), "window width")))
+        if self.crop not in CROPS:
+            raise LungCNNInputError(f"crop must be one of {CROPS}, got {self.crop!r}")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Logits -> calibrated probabilities, fitted by `lungcnn.calibrate` on validation outputs.
+
+    `temperature`: task.probabilities(logits, logit_shift, temperature) (the prior shift undoes class-balanced
+    training; T fixes confidence). `isotonic` (binary): the uncalibrated P(positive) mapped through the
+    monotone breakpoints (isotonic_x, isotonic_y). `none`: the network's own probabilities.
+
+    Args:
+        method: `none`, `temperature` or `isotonic`.
+        temperature: T > 0 (1 unless method is temperature).
+        logit_shift: prior correction, one number (binary) or one per class.
+        isotonic_x, isotonic_y: the isotonic map's breakpoints (x increasing, y non-decreasing, in [0, 1]).
+        tta: test-time augmentation the calibration was fitted with and every consumer serves: `none` or `flip`.
+        details: how it was fitted (plain types: `fitted_on`, NLL before/after, target sensitivity, messages).
+    """
+
+    method: str = "none"
+    temperature: float = 1.0
+    logit_shift: float | tuple[float, ...] = 0.0
+    isotonic_x: tuple[float, ...] = ()
+    isotonic_y: tuple[float, ...] = ()
+    tta: str = "none"
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise LungCNNInputError(f"calibration method must be one of {CALIBRATION_METHODS}, got {self.method!r}")
+        t = _finite(self.temperature, "temperature")
+        if t <= 0:
+            raise LungCNNInputError(f"temperature must be > 0, got {self.temperature}")
+        object.__setattr__(self, "temperature", t)
+        shift = self.logit_shift
+        shift = _floats(shift, "logit shift") if isinstance(shift, Sequence | np.ndarray) else _finite(shift, "logit shift")
+        object.__setattr__(self, "logit_shift", shift)
+        x, y = _floats(self.isotonic_x, "isotonic x"), _floats(self.isotonic_y, "isotonic y")
+        object.__setattr__(self, "isotonic_x", x)
+        object.__setattr__(self, "isotonic_y", y)
+        if self.method == "isotonic":
+            if not x or len(x) != len(y) or np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0) or min(y) < 0 or max(y) > 1:
+                raise LungCNNInputError("isotonic calibration needs breakpoints with increasing x and non-decreasing y in [0, 1]")
+        if self.tta not in TTA_MODES:
+            raise LungCNNInputError(f"test-time augmentation must be one of {TTA_MODES}, got {self.tta!r}")
+        object.__setattr__(self, "details", dict(self.details or {}))
+
+    @property
+    def graph_shift(self) -> float | tuple[float, ...]:
+        """The prior shift a graph folds in: temperature scaling's, else 0 (isotonic runs on the host)."""
+        return self.logit_shift if self.method == "temperature" else 0.0
+
+    @property
+    def graph_temperature(self) -> float:
+        return self.temperature if self.method == "temperature" else 1.0
+
+    def probabilities(self, task: Task, logits: Any) -> np.ndarray:
+        """Calibrated probabilities: the task's rule with this calibration's shift and T, then the isotonic map."""
+        probs = task.probabilities(logits, self.graph_shift, self.graph_temperature)
+        if self.method == "isotonic":
+            from lungcnn.calibration.isotonic import apply_isotonic
+
+            probs = apply_isotonic({"x": self.isotonic_x, "y": self.isotonic_y}, probs)
+        return probs
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """Calibrated probabilities -> a class: binary P(positive) >= threshold; K classes argmax P(k) * w_k.
+
+    Args:
+        threshold: binary operating threshold in [0, 1] (chosen on validation for a target sensitivity).
+        weights: K-class decision weights (positive), or None for the most probable class.
+    """
+
+    threshold: float = 0.5
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        t = _finite(self.threshold, "decision threshold")
+        if not 0.0 <= t <= 1.0:
+            raise LungCNNInputError(f"decision threshold must be in [0, 1], got {self.threshold}")
+        object.__setattr__(self, "threshold", t)
+        if self.weights is not None:
+            w = _floats(self.weights, "decision weights")
+            if not w or min(w) <= 0:
+                raise LungCNNInputError(f"decision weights must be positive numbers, got {list(w)}")
+            object.__setattr__(self, "weights", w)
+
+    @property
+    def weighted(self) -> bool:
+        """True when the weights can change a decision (argmax(P * w) is not simply argmax(P))."""
+        return self.weights is not None and len(set(self.weights)) > 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained model's full description; see the module docstring.
+
+    Args:
+        task: the task bound to its class names (`lungcnn.task.make_task`).
+        network, preprocessing, calibration, decision: the parts above.
+        data: where the training data came from (plain types: `note`, `train_class_counts`, `imbalance`, ...).
+        metrics: test figures as text for the model card; metric_values: the same figures as numbers.
+        created: ISO timestamp of training.
+    """
+
+    task: Task
+    network: NetworkSpec
+    preprocessing: Preprocessing
+    calibration: Calibration = field(default_factory=Calibration)
+    decision: DecisionRule = field(default_factory=DecisionRule)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    metric_values: Mapping[str, float] = field(default_factory=dict)
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, Task):
+            raise TypeError(f"ModelSpec.task must be a lungcnn.task.Task, got {type(self.task).__name__}")
+        k = self.task.num_classes
+        shift = self.calibration.logit_shift
+        if isinstance(shift, tuple) and len(shift) != k:
+            raise LungCNNInputError(f"the logit shift has {len(shift)} values for {k} classes")
+        if self.calibration.method == "isotonic" and self.task.outputs != 1:
+            raise LungCNNInputError("isotonic calibration is for one-output (binary) models; use temperature scaling")
+        if self.decision.weights is not None and (self.task.outputs == 1 or len(self.decision.weights) != k):
+            raise LungCNNInputError(f"decision weights {list(self.decision.weights)} do not fit {k} classes of a "
+                                    f"{self.task.name} model")
+        object.__setattr__(self, "data", dict(self.data or {}))
+        object.__setattr__(self, "metrics", {str(a): str(b) for a, b in (self.metrics or {}).items()})
+        object.__setattr__(self, "metric_values", {str(a): float(b) for a, b in (self.metric_values or {}).items()})
+
+    # -- convenience ----------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.task.class_names
+
+    @property
+    def data_note(self) -> str:
+        return str(self.data.get("note") or "")
+
+    @property
+    def is_calibrated(self) -> bool:
+        return self.calibration.method != "none"
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        return dataclasses.replace(self, **changes)
+
+    def probabilities(self, logits: Any, calibrated: bool = True) -> np.ndarray:
+        """Logits -> probabilities as the task defines them, calibrated by this spec unless `calibrated=False`."""
+        if calibrated:
+            return self.calibration.probabilities(self.task, logits)
+        return self.task.probabilities(logits)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities -> class indices under this spec's decision rule."""
+        return self.task.decide(probs, self.decision.threshold, self.decision.weights)
+
+    # -- reading and writing ----------------------------------------------------------------------------------
+    @classmethod
+    def for_training(cls, task: str, class_names: Sequence[str], backbone: str, hidden: int, dropout: float,
+                     preprocessing: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> ModelSpec:
+        """A freshly trained model: no calibration, threshold 0.5, until `lungcnn.calibrate` runs."""
+        pre = {k: v for k, v in preprocessing.items() if k in _fields(Preprocessing)}
+        return cls(make_task(task, class_names), NetworkSpec(backbone, int(hidden), float(dropout)), Preprocessing(**pre),
+                   data=dict(data or {}), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Plain Python types only (str, int, float, bool, None, list, dict)."""
+        return _plain({
+            "format": FORMAT,
+            "task": self.task.name,
+            "class_names": list(self.class_names),
+            "network": dataclasses.asdict(self.network),
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+            "calibration": dataclasses.asdict(self.calibration),
+            "decision": dataclasses.asdict(self.decision),
+            "data": self.data,
+            "metrics": self.metrics,
+            "metric_values": self.metric_values,
+            "created": self.created,
+        })
+
+    @classmethod
+    def from_metadata(cls, meta: Any, source: str = "checkpoint") -> ModelSpec:
+        """Check and rebuild a spec from `to_metadata()`'s output (or format 1's, converted)."""
+        if not isinstance(meta, Mapping):
+            raise LungCNNInputError(f"{source}: its metadata is not a mapping; not a lungcnn model")
+        meta = _LEGACY.get(meta.get("format"), lambda m: m)(meta)
+        if meta.get("format") != FORMAT:
+            raise LungCNNInputError(f"{source}: unknown lungcnn metadata format {meta.get('format')!r} (expected {FORMAT}); "
+                                    "retrain it, or load it with the lungcnn version that wrote it and re-save")
+        try:
+            return cls(
+                task=make_task(meta["task"], meta["class_names"]),
+                network=NetworkSpec(**_only(meta["network"], NetworkSpec)),
+                preprocessing=Preprocessing(**_only(meta["preprocessing"], Preprocessing)),
+                calibration=Calibration(**_only(meta.get("calibration") or {}, Calibration)),
+                decision=DecisionRule(**_only(meta.get("decision") or {}, DecisionRule)),
+                data=meta.get("data") or {},
+                metrics=meta.get("metrics") or {},
+                metric_values=meta.get("metric_values") or {},
+                created=str(meta.get("created") or ""),
+            )
+        except LungCNNInputError as e:
+            raise LungCNNInputError(f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise LungCNNInputError(f"{source}: incomplete or malformed lungcnn metadata ({type(e).__name__}: {e}); "
+                                    "refusing to guess") from None
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _only(values: Any, cls: type) -> dict[str, Any]:
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{cls.__name__} must be a mapping, got {type(values).__name__}")
+    unknown = set(values) - _fields(cls)
+    if unknown:
+        raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    return dict(values)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _from_v1(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Format 1 (flat: backbone, head, temperature, threshold, tta, decision_weights at the top) -> format 2."""
+    try:
+        calibration = dict(meta.get("calibration") or {"method": "none"})
+        method = calibration.pop("method", "none")
+        isotonic = calibration.pop("isotonic", None) or {}
+        shift = calibration.pop("logit_shift", 0.0)
+        pre = {k: v for k, v in dict(meta["preprocessing"]).items() if k in _fields(Preprocessing)}
+        data = dict(meta.get("data") or {})
+        data.setdefault("note", meta.get("data_note", ""))
+        return {
+            "format": FORMAT, "task": meta["task"], "class_names": list(meta["class_names"]),
+            "network": {"backbone": meta["backbone"], **dict(meta["head"])},
+            "preprocessing": pre,
+            "calibration": {"method": method, "temperature": meta.get("temperature", 1.0) if method == "temperature" else 1.0,
+                            "logit_shift": shift if method == "temperature" else 0.0,
+                            "isotonic_x": isotonic.get("x", ()), "isotonic_y": isotonic.get("y", ()),
+                            "tta": meta.get("tta", "none"), "details": calibration},
+            "decision": {"threshold": meta.get("threshold", 0.5), "weights": meta.get("decision_weights")},
+            "data": data, "metrics": meta.get("metrics") or {}, "metric_values": meta.get("metric_values") or {},
+            "created": meta.get("created", ""),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise LungCNNInputError(f"format 1 lungcnn metadata lacks {e}; retrain the model") from None
+
+
+_LEGACY = {"lungcnn-checkpoint/1": _from_v1}
