@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from lungcnn.calibrate import calibrate
+from lungcnn.inference import schema
 from lungcnn.inference.gradcam import gradcam
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.uploads import (
@@ -23,7 +24,6 @@ from lungcnn.inference.uploads import (
     format_percent,
     model_card,
     results_csv,
-    results_table,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_gradcam_leaves_the_network_unchanged_and_works_when_frozen(predictor, c
     net = copy.deepcopy(predictor.net)
     for p in net.backbone.parameters():  # as after a frozen-backbone fine-tune
         p.requires_grad_(False)
-    frozen = Predictor(predictor.meta, net)
+    frozen = Predictor(predictor.spec, net)
     image = frozen.load(ct_png)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     flags = [p.requires_grad for p in net.parameters()]
@@ -187,14 +187,14 @@ def test_gradcam_leaves_the_network_unchanged_and_works_when_frozen(predictor, c
 def test_results_table_and_csv(predictor, ct_png):
     results = [analyse_upload(predictor, "a.png", ct_png, with_cam=False),
                analyse_upload(predictor, "=cmd.png", b"", with_cam=False)]
-    table = results_table(results)
-    assert list(table.columns) == ["file", "P(malignant) %", "decision", "threshold %", "calibrated", "error"]
-    assert table.loc[0, "P(malignant) %"] == pytest.approx(100 * results[0].p_malignant, abs=0.05)
+    table = pd.read_csv(io.BytesIO(results_csv(predictor, results)), keep_default_na=False)
+    # The page's download is lungcnn's prediction schema, cut to what the page shows.
+    assert list(table.columns) == schema.columns(predictor.task, shown_only=True)
+    assert list(table.columns) == ["file", "decision", "probability_benign", "probability_malignant", "error"]
+    assert table.loc[0, "probability_malignant"] == pytest.approx(results[0].p_malignant)
     assert table.loc[0, "decision"] == results[0].prediction.decision and table.loc[0, "error"] == ""
-    assert table.loc[0, "threshold %"] == pytest.approx(50.0) and table.loc[0, "calibrated"] == "no"
-    assert pd.isna(table.loc[1, "P(malignant) %"]) and "empty" in table.loc[1, "error"]
-    back = pd.read_csv(io.BytesIO(results_csv(results)), keep_default_na=False)
-    assert list(back["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
+    assert table.loc[1, "probability_malignant"] == "" and "empty" in table.loc[1, "error"]
+    assert list(table["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
     assert format_percent(0.0) == "< 0.1%" and format_percent(1.0) == "> 99.9%" and format_percent(0.2111) == "21.1%"
 
 
@@ -205,12 +205,12 @@ def test_model_card_says_what_is_known_and_what_is_not(predictor, calibrated_ckp
     assert card["details"]["Calibration"].startswith("none")
     assert card["details"]["Image size the model sees"] == "64 x 64 pixels"
     cal = Predictor.from_checkpoint(calibrated_ckpt)
-    meta = {**cal.meta, "data_note": "synthetic demo data (drawn phantoms)", "metrics": {"test": {"roc_auc": 0.91234}}}
-    card = model_card(Predictor(meta, cal.net))
+    spec = cal.spec.replace(data={"note": "synthetic demo data (drawn phantoms)"}, metrics={"roc_auc": "0.912"})
+    card = model_card(Predictor(spec, cal.net))
     assert card["synthetic"] and "synthetic" in card["warning"]
     assert card["details"]["Calibration"].startswith("temperature scaling")
     assert "at or above" in card["details"]["Decision threshold"]
-    assert card["metrics"] == {"test / ROC AUC": "0.912"}
+    assert card["metrics"] == {"ROC AUC": "0.912"}
 
 
 def test_checkpoint_choice_order(tmp_path):

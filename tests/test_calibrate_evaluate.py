@@ -23,24 +23,23 @@ from lungcnn.inference.predictor import Predictor
 def test_calibrated_checkpoint_round_trips(trained_ckpt, tmp_path, method):
     out = tmp_path / f"{method}.ckpt"
     before = trained_ckpt.read_bytes()
-    meta = calibrate(trained_ckpt, out, method=method, target_sensitivity=0.9)
+    spec = calibrate(trained_ckpt, out, method=method, target_sensitivity=0.9)
     assert trained_ckpt.read_bytes() == before  # the input checkpoint is untouched
     loaded, _ = load_checkpoint(out)
-    assert loaded["temperature"] == pytest.approx(meta["temperature"]) and loaded["temperature"] > 0
-    assert loaded["threshold"] == pytest.approx(meta["threshold"])
-    assert loaded["calibration"]["method"] == method
-    assert loaded["tta"] == "none"  # tta=auto: no test-time augmentation for the binary task
+    assert loaded == spec and loaded.calibration.temperature > 0
+    assert loaded.calibration.method == method
+    assert loaded.calibration.tta == "none"  # tta=auto: no test-time augmentation for the binary task
     # The threshold reaches the target sensitivity on the validation split it was chosen on.
-    assert loaded["calibration"]["val_at_threshold"]["sensitivity"] >= 0.9
+    assert loaded.calibration.details["val_at_threshold"]["sensitivity"] >= 0.9
     predictor = Predictor.from_checkpoint(out)
-    assert predictor.is_calibrated and predictor.threshold == pytest.approx(meta["threshold"])
+    assert predictor.spec.is_calibrated and predictor.spec.decision.threshold == pytest.approx(spec.decision.threshold)
     if method == "temperature":
         # Balanced sampling in training: the prior shift is log(malignant / benign) of the training split.
-        n_benign, n_malignant = loaded["data"]["train_class_counts"]
-        assert loaded["calibration"]["logit_shift"] == pytest.approx(np.log(n_malignant / n_benign))
+        n_benign, n_malignant = loaded.data["train_class_counts"]
+        assert loaded.calibration.logit_shift == pytest.approx(np.log(n_malignant / n_benign))
         z = np.array([-2.0, 0.0, 3.0])
-        expected = 1 / (1 + np.exp(-(z + loaded["calibration"]["logit_shift"]) / loaded["temperature"]))
-        np.testing.assert_allclose(predictor.probabilities(z), expected, rtol=1e-9)
+        expected = 1 / (1 + np.exp(-(z + loaded.calibration.logit_shift) / loaded.calibration.temperature))
+        np.testing.assert_allclose(loaded.probabilities(z), expected, rtol=1e-9)
     with pytest.raises(LungCNNInputError, match="exists"):
         calibrate(trained_ckpt, out)
 
@@ -54,8 +53,9 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
         assert (tmp_path / "report" / name).is_file(), name
     with open(tmp_path / "report" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    labels = np.array([int(r["label"]) for r in rows])
-    probs = np.array([float(r["calibrated_probability"]) for r in rows])
+    labels = np.array([int(r["label"] == "malignant") for r in rows])
+    probs = np.array([float(r["probability_malignant"]) for r in rows])
+    assert all(r["decision"] == ("malignant" if p >= report["threshold_calibrated"] else "benign") for r, p in zip(rows, probs))
     again = binary_metrics(probs, labels, report["threshold_calibrated"])
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["accuracy"] == pytest.approx(
@@ -67,8 +67,8 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
     card = model_card(Predictor.from_checkpoint(calibrated))
     assert card["metrics"] and any("ROC" in k for k in card["metrics"])
     auc = saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["roc_auc"]
-    meta = load_checkpoint(calibrated)[0]
-    assert meta["metrics"]["roc_auc"].startswith(f"{auc:.3f}") and meta["metric_values"]["roc_auc"] == pytest.approx(auc)
+    spec = load_checkpoint(calibrated)[0]
+    assert spec.metrics["roc_auc"].startswith(f"{auc:.3f}") and spec.metric_values["roc_auc"] == pytest.approx(auc)
 
 
 def test_foreign_and_malicious_checkpoints_are_refused(tmp_path):

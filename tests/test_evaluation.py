@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -231,8 +230,7 @@ def test_build_report_writes_everything(tmp_path: Path) -> None:
     report = build_report(rec, threshold_calibrated=0.2, temperature=1.7, method="temperature", out_dir=out,
                           title="Test report", data_note="synthetic demo data", seed=0, n_resamples=200)
     names = {f.name for f in out.iterdir()}
-    assert names == {"report.json", "report.md", "predictions.csv", "roc.png", "reliability.png",
-                     "confusion.png", "histogram.png"}
+    assert names == {"report.json", "report.md", "roc.png", "reliability.png", "confusion.png", "histogram.png"}
     on_disk = _strict_json(out / "report.json")
     assert on_disk == report
     assert report["paper"] == PAPER and report["n"] == 160
@@ -259,14 +257,6 @@ def test_build_report_writes_everything(tmp_path: Path) -> None:
     for png in ("roc.png", "reliability.png", "confusion.png", "histogram.png"):
         assert f"]({png})" in md
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
-
-    with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["file", "label", "logit", "probability", "calibrated_probability", "decision"]
-    assert len(rows) == 160
-    decisions = np.array([int(r["decision"]) for r in rows])
-    np.testing.assert_array_equal(decisions, (rec["prob_cal"] >= 0.2).astype(int))
-    assert float(rows[7]["logit"]) == rec["logit"][7]
 
 
 def test_build_report_nan_becomes_null(tmp_path: Path) -> None:

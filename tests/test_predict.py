@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from lungcnn import predict as predict_cli
-from lungcnn.inference import batch as predict_mod
 from lungcnn.calibrate import calibrate
 from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.data.transforms import build_transform
 from lungcnn.errors import LungCNNInputError
 from lungcnn.export import main as export_main
+from lungcnn.inference import batch as predict_mod
 from lungcnn.inference.onnx_export import export_onnx, load_onnx, read_sidecar, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.models.net import LungNet

@@ -37,9 +37,9 @@ def test_three_class_train_calibrate_evaluate_predict(three_class_root, three_cl
     result = three_class_run
     assert {"balanced_accuracy", "f1", "roc_auc"} <= set(result["test"])
     calibrated = tmp_path / "cal.ckpt"
-    meta = calibrate(result["best_checkpoint"], calibrated)
-    assert meta["task"] == "multiclass" and meta["temperature"] > 0
-    assert meta["tta"] == "flip"  # tta=auto: flip test-time augmentation for K classes
+    spec = calibrate(result["best_checkpoint"], calibrated)
+    assert spec.task.name == "multiclass" and spec.calibration.temperature > 0
+    assert spec.calibration.tta == "flip"  # tta=auto: flip test-time augmentation for K classes
     report = evaluate(calibrated, out_dir=str(tmp_path / "report"), n_resamples=50)
     cells = report["results"]["calibrated"]
     assert {"balanced_accuracy", "auc/benign_vs_normal", "sensitivity/normal", "roc_auc/malignant"} <= set(cells)
@@ -50,10 +50,10 @@ def test_three_class_train_calibrate_evaluate_predict(three_class_root, three_cl
     predictor = Predictor.from_checkpoint(calibrated)
     image = next((three_class_root / "normal").glob("*.png"))
     [prediction] = predictor.predict_files([image])
-    assert set(prediction.class_probabilities) == {"normal", "benign", "malignant"}
-    assert sum(prediction.class_probabilities.values()) == pytest.approx(1.0)
-    weights = np.array(meta["decision_weights"])
-    p = np.array([prediction.class_probabilities[c] for c in predictor.class_names])
+    assert set(prediction.probabilities) == {"normal", "benign", "malignant"}
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
+    weights = np.array(spec.decision.weights)
+    p = np.array([prediction.probabilities[c] for c in predictor.class_names])
     assert prediction.decision == predictor.class_names[int(np.argmax(p * weights))]
 
 
@@ -61,15 +61,15 @@ def test_balanced_decisions_divide_by_the_training_prior(three_class_run, tmp_pa
     """decision=balanced: weights = 1 / prior after the prior shift (so a rare class can be named);
     decision=argmax or no prior shift: all weights 1."""
     ckpt = three_class_run["best_checkpoint"]
-    meta = calibrate(ckpt, tmp_path / "balanced.ckpt", decision="balanced")
-    counts = np.array(meta["data"]["train_class_counts"], dtype=float)
+    spec = calibrate(ckpt, tmp_path / "balanced.ckpt", decision="balanced")
+    counts = np.array(spec.data["train_class_counts"], dtype=float)
     expected = (1 / counts) / (1 / counts).max()
     assert len(set(counts)) > 1 and len(set(np.round(expected, 6))) > 1  # imbalanced: the weights differ
-    np.testing.assert_allclose(meta["decision_weights"], expected, rtol=1e-6)
-    assert is_weighted_rule(meta["decision_weights"]) and not is_weighted_rule(None)
-    assert calibrate(ckpt, tmp_path / "argmax.ckpt", decision="argmax")["decision_weights"] == [1.0, 1.0, 1.0]
+    np.testing.assert_allclose(spec.decision.weights, expected, rtol=1e-6)
+    assert spec.decision.weighted and is_weighted_rule(spec.decision.weights) and not is_weighted_rule(None)
+    assert calibrate(ckpt, tmp_path / "argmax.ckpt", decision="argmax").decision.weights == (1.0, 1.0, 1.0)
     assert not is_weighted_rule([1.0, 1.0, 1.0])
-    assert calibrate(ckpt, tmp_path / "raw.ckpt", prior_correction=False)["decision_weights"] == [1.0, 1.0, 1.0]
+    assert calibrate(ckpt, tmp_path / "raw.ckpt", prior_correction=False).decision.weights == (1.0, 1.0, 1.0)
     with pytest.raises(LungCNNInputError, match="calibration.decision"):
         calibrate(ckpt, tmp_path / "bad.ckpt", decision="vote")
 
@@ -77,8 +77,7 @@ def test_balanced_decisions_divide_by_the_training_prior(three_class_run, tmp_pa
 def test_flip_tta_is_recorded_and_served_by_torch_and_onnx(three_class_root, three_class_run, tmp_path):
     """tta=flip: the checkpoint's logits are the mean of the image's and its mirror's, with either backend."""
     ckpt = three_class_run["best_checkpoint"]
-    meta = calibrate(ckpt, tmp_path / "tta.ckpt", tta="flip")
-    assert meta["tta"] == "flip"
+    assert calibrate(ckpt, tmp_path / "tta.ckpt", tta="flip").calibration.tta == "flip"
     plain = Predictor.from_checkpoint(ckpt)
     flipped = Predictor.from_checkpoint(tmp_path / "tta.ckpt")
     images = np.stack([plain.load(p) for p in sorted((three_class_root / "benign").glob("*.png"))[:4]])
@@ -109,14 +108,14 @@ def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root
     text = decision_explanation(predictor, result)
     assert all(name in text for name in predictor.class_names) and result.prediction.decision in text
     probs = {"normal": 0.6, "benign": 0.3, "malignant": 0.1}
-    rare = UploadResult("x.png", True, prediction=Prediction("x.png", decision="benign", class_probabilities=probs))
+    rare = UploadResult("x.png", True, prediction=Prediction("x.png", decision="benign", probabilities=probs))
     assert "although normal is more probable" in decision_explanation(predictor, rare)
     assert "balanced decisions" in model_card(predictor)["details"]["Decision threshold"]
     assert "poorly" not in decision_explanation(predictor, rare)  # no test figures recorded yet
-    predictor.meta["metric_values"] = {"auc/benign_vs_normal": 0.57, "auc/malignant_vs_normal": 0.998}
+    predictor.spec = predictor.spec.replace(metric_values={"auc/benign_vs_normal": 0.57, "auc/malignant_vs_normal": 0.998})
     assert "tells benign from normal poorly (ROC-AUC 0.57" in decision_explanation(predictor, rare)
     sure = UploadResult("y.png", True, prediction=Prediction("y.png", decision="malignant",
-                                                             class_probabilities={**probs, "malignant": 0.9}))
+                                                             probabilities={**probs, "malignant": 0.9}))
     assert "poorly" not in decision_explanation(predictor, sure)
 
 

@@ -32,11 +32,11 @@ def test_tiny_training_writes_a_self_contained_checkpoint(tiny_root, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"] == pytest.approx(result["test"]) and 0 <= saved["test"]["roc_auc"] <= 1
     assert saved["best_checkpoint"].endswith("best.ckpt")
-    meta, state = load_checkpoint(saved["best_checkpoint"])
-    assert meta["class_names"] == ["benign", "malignant"] and meta["temperature"] == 1.0
-    assert meta["preprocessing"]["image_size"] == 64 and len(meta["preprocessing"]["mean"]) == 3
-    assert "synthetic" in meta["data_note"]
-    net = build_network(meta, state)
+    spec, state = load_checkpoint(saved["best_checkpoint"])
+    assert spec.class_names == ("benign", "malignant") and not spec.is_calibrated and spec.calibration.temperature == 1.0
+    assert spec.preprocessing.image_size == 64 and len(spec.preprocessing.mean) == 3
+    assert "synthetic" in spec.data_note
+    net = build_network(spec, state)
     assert net(torch.zeros(1, 3, 64, 64)).shape == (1,)
     # A second run into the same directory is refused rather than overwriting the first.
     with pytest.raises(LungCNNInputError, match="already holds a trained run"):
