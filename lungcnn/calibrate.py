@@ -6,6 +6,7 @@ threshold for `target_sensitivity`, and writes a new calibrated checkpoint; the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         weights = np.exp(-shift) if decision == "balanced" else np.ones_like(shift)
         rule = DecisionRule(weights=tuple(weights / weights.max()))
         details["decision"] = decision
-    calibrated = calibrated.replace(decision=rule)
+    calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
     if details.get("message"):
         log.warning("%s", details["message"])
     save_checkpoint(out, calibrated, state)

@@ -17,22 +17,18 @@ import dataclasses
 import os
 import platform
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lungcnn.checkpoint import build_network, load_checkpoint  # noqa: E402
-from lungcnn.data.synthetic import render_patient  # noqa: E402
-from lungcnn.fileio import write_json  # noqa: E402
-from lungcnn.inference.onnx_export import cpu_count, make_session, onnx_bytes  # noqa: E402
-from lungcnn.inference.predictor import Predictor  # noqa: E402
+from lungcnn.checkpoint import build_network, load_checkpoint
+from lungcnn.data.synthetic import render_patient
+from lungcnn.fileio import write_json
+from lungcnn.inference.onnx_export import cpu_count, make_session, onnx_bytes
+from lungcnn.inference.predictor import Predictor
 
 Runner = Callable[[np.ndarray], object]
 

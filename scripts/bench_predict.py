@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lungcnn.data.synthetic import render_patient  # noqa: E402
-from lungcnn.fileio import write_json  # noqa: E402
-from lungcnn.inference.onnx_export import cpu_count  # noqa: E402
+from lungcnn.data.synthetic import render_patient
+from lungcnn.fileio import write_json
+from lungcnn.inference.onnx_export import cpu_count
 
 SUMMARY = re.compile(r"(\d+) images \((\d+) classified, (\d+) unreadable\) in ([\d.]+) s = ([\d.]+) images/s "
                      r"after ([\d.]+) s start-up \((\w+) backend, (\d+) workers\)")

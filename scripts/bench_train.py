@@ -25,7 +25,6 @@ from pathlib import Path
 import lightning as L
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PHASES = ("loader", "stage1", "stage2")
 WARMUP_BATCHES = 2

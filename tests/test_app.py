@@ -191,7 +191,7 @@ def test_results_table_and_csv(predictor, ct_png):
     # The page's download is lungcnn's prediction schema, cut to what the page shows.
     assert list(table.columns) == schema.columns(predictor.task, shown_only=True)
     assert list(table.columns) == ["file", "decision", "probability_benign", "probability_malignant", "error"]
-    assert table.loc[0, "probability_malignant"] == pytest.approx(results[0].p_malignant)
+    assert float(table.loc[0, "probability_malignant"]) == pytest.approx(results[0].p_malignant)
     assert table.loc[0, "decision"] == results[0].prediction.decision and table.loc[0, "error"] == ""
     assert table.loc[1, "probability_malignant"] == "" and "empty" in table.loc[1, "error"]
     assert list(table["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
