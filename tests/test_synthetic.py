@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungcnn.data import synthetic
-from lungcnn.data.synthetic import CLASS_CODES, make_synthetic_dataset
+from lungcnn.data.synthetic import CLASS_CODES, folder, make_synthetic_dataset
+from lungcnn.data.synthetic.__main__ import main
+from lungcnn.data.synthetic.phantom import render_patient_with_masks
+from lungcnn.data.synthetic.shapes import blur
 from lungcnn.errors import LungCNNInputError
 
 SMALL = {"n_patients": {"benign": 2, "malignant": 3, "normal": 1}, "slices_per_patient": 3, "image_size": 64}
@@ -101,7 +103,7 @@ def test_rerun_with_same_parameters_is_a_no_op(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("regenerated although the data set was complete")
 
-    monkeypatch.setattr(synthetic, "_write_dataset", boom)
+    monkeypatch.setattr(folder, "_write_dataset", boom)
     assert make_synthetic_dataset(tmp_path / "syn", **SMALL) == root
     assert make_synthetic_dataset(str(tmp_path / "syn"), **SMALL) == root
     assert _all_bytes(root) == before
@@ -144,14 +146,14 @@ def test_empty_folder_is_used_and_a_file_is_refused(tmp_path):
 
 
 def test_crash_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    real = synthetic._write_dataset
+    real = folder._write_dataset
 
     def crash(out, params):
         real(out, params)
         (out / "synthetic.json").unlink()  # as if killed just before the last file
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "_write_dataset", crash)
+    monkeypatch.setattr(folder, "_write_dataset", crash)
     with pytest.raises(RuntimeError):
         make_synthetic_dataset(tmp_path / "syn", **SMALL)
     assert list(tmp_path.iterdir()) == []
@@ -179,12 +181,12 @@ def test_lesions_lie_in_the_lungs_and_match_the_class():
     for cls in CLASS_CODES:
         for p in range(6):
             rng = np.random.default_rng([0, CLASS_CODES[cls], p])
-            for image, lung, lesion in synthetic._render_patient(rng, cls, 4, 128):
+            for image, lung, lesion in render_patient_with_masks(rng, cls, 4, 128):
                 assert image.shape == (128, 128) and lung.sum() > 500
                 area = float((lesion > 0.5).sum())
                 areas.setdefault(cls, []).append(area)
                 if area:  # lesions sit in a lung field (a mass may press against the pleura)
-                    lung_room = synthetic._blur(lung, 2.0) > 0.05
+                    lung_room = blur(lung, 2.0) > 0.05
                     assert (lung_room & (lesion > 0.5)).sum() >= 0.9 * area
     assert max(areas["normal"]) == 0
     assert min(areas["benign"]) > 0 and min(areas["malignant"]) > 0
@@ -212,12 +214,15 @@ def test_lesion_makes_a_difference_but_global_brightness_barely_does(default_set
 
 def test_cli_reports_counts(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert synthetic.main([str(out), "--seed", "2", "--image-size", "48"]) == 0
+    assert main([str(out), "--seed", "2", "--image-size", "48"]) == 0
     text = capsys.readouterr().out
     assert "benign: 48 images from 8 patients" in text and "malignant: 96 images from 16 patients" in text
     with Image.open(next(out.rglob("*.png"))) as im:
         assert im.size == (48, 48)
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x").write_text("x")
-    assert synthetic.main([str(tmp_path / "foreign")]) == 2
-    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "foreign")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a synthetic data set" in err and err.strip().count("\n") == 0
