@@ -48,8 +48,6 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(".ckpt") + ".calibrated.ckpt")
     if method not in METHODS:
         raise LungCNNInputError(f"calibration.method must be one of {METHODS}, got {method!r}")
-    if not 0 < target_sensitivity <= 1:
-        raise LungCNNInputError(f"calibration.target_sensitivity must be in (0, 1], got {target_sensitivity}")
     if decision not in DECISIONS:
         raise LungCNNInputError(f"calibration.decision must be one of {DECISIONS}, got {decision!r}")
     if tta not in TTA_CHOICES:

@@ -1,4 +1,8 @@
-"""Shared behaviour of the command-line entry points: bad input ends in one clear line, exit code 2."""
+"""Shared behaviour of the command-line entry points: bad input ends in one clear line, exit code 2.
+
+Only a `LungCNNInputError` (or one that Hydra's `instantiate` wrapped) becomes that line; every other
+exception is a bug and propagates with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +32,13 @@ def friendly_errors(fn: F) -> F:
 
 
 def input_error_in(error: BaseException | None) -> LungCNNInputError | None:
-    """The LungCNNInputError behind `error`, if any (Hydra's instantiate wraps errors from targets)."""
-    while error is not None:
-        if isinstance(error, LungCNNInputError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+    """`error` if it is a LungCNNInputError, or the one a Hydra `instantiate` wrapper was raised from; else None.
+
+    Only that explicit wrapping counts: a bug raised while an input error was being handled (whose
+    ``__context__`` is the input error) stays a bug, with its traceback.
+    """
+    hydra_errors = sys.modules.get("hydra.errors")  # not imported: then nothing can be Hydra's wrapper
+    wrapper = hydra_errors.InstantiationException if hydra_errors else ()
+    while isinstance(error, wrapper):
+        error = error.__cause__
+    return error if isinstance(error, LungCNNInputError) else None

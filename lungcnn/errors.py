@@ -1,8 +1,13 @@
-"""The one error type for bad input.
+"""Two kinds of failure, told apart by their type.
 
-Everything a user can get wrong (a file, a folder, a config value, a checkpoint) raises
-`LungCNNInputError` with a message that names the thing and says what was expected, so entry points
-and the app can show one clear line instead of a traceback.
+- Bad input: everything a user can get wrong (an image file, a folder, a command-line argument, a config
+  value, a checkpoint or predictions file) raises `LungCNNInputError` with a message that names the thing
+  and says what was expected. Entry points (`lungcnn.cli.friendly_errors`) and the app show that one
+  line, and commands exit with code 2.
+- Bugs: a state that no input can cause (arrays of mismatched shapes built by our own code, a caller
+  breaking a function's contract) raises a plain Python exception (ValueError, TypeError, RuntimeError,
+  ...), which propagates with its full traceback. Never raise `LungCNNInputError` for those: it would
+  hide the traceback and tell the user their input was wrong.
 """
 
 

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from lungcnn.data.io import LungWindow
+from lungcnn.data.transforms import check_model_input, check_normalisation
 from lungcnn.errors import LungCNNInputError
 from lungcnn.task import Task, make_task
 
 FORMAT = "lungcnn-checkpoint/2"
-CROPS = ("none", "lungs")
 CALIBRATION_METHODS = ("none", "temperature", "isotonic")
 TTA_MODES = ("none", "flip")
 
@@ -76,7 +76,7 @@ class Preprocessing:
     resize to `image_size`, repeat to 3 channels, normalise (value / 255 - mean) / std per channel.
 
     Args:
-        image_size: side of the square input in pixels (>= 32).
+        image_size: side of the square input in pixels (checked by `transforms.check_model_input`).
         mean, std: per-channel normalisation of values in [0, 1] (3 each, std > 0).
         window: the CT window (HU) that renders DICOM pixel data to [0, 1].
         crop: `none` or `lungs` (crop to the lung fields before resizing).
@@ -89,18 +89,13 @@ class Preprocessing:
     crop: str = "none"
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
-            raise LungCNNInputError(f"image size must be an integer >= 32 pixels, got {self.image_size!r}")
-        mean, std = _floats(self.mean, "normalisation mean"), _floats(self.std, "normalisation std")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise LungCNNInputError(f"normalisation needs 3 means and 3 positive stds, got {mean} and {std}")
+        check_model_input(self.image_size, self.crop)
+        mean, std = _floats(self.mean, "data.mean"), _floats(self.std, "data.std")
+        check_normalisation(mean, std)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         if isinstance(self.window, Mapping):
-            object.__setattr__(self, "window", LungWindow(_finite(self.window.get("level"), "window level"),
-                                                         _finite(self.window.get("width"), "window width")))
-        if self.crop not in CROPS:
-            raise LungCNNInputError(f"crop must be one of {CROPS}, got {self.crop!r}")
+            object.__setattr__(self, "window", LungWindow(**_only(self.window, LungWindow)))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from lungcnn import config_check
 from lungcnn.callbacks.resume import keep_csv_history, resolve_ckpt_path, resume_callbacks
 from lungcnn.checkpoint import load_checkpoint
 from lungcnn.checkpoint_io import AtomicCheckpointIO
+from lungcnn.checks import fail, require_bool
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
@@ -44,6 +45,7 @@ def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; return the metrics written to metrics.json."""
+    _check_run(cfg)
     config_check.validate(cfg)
     run_dir = Path(cfg.run_dir)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or "last" for resume=true
@@ -77,6 +79,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(format_table(result), flush=True)
     _finish_wandb()
     return result
+
+
+def _check_run(cfg: DictConfig) -> None:
+    """The run's own keys: seed, test, resume, ckpt_path."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        fail("seed", "an integer", cfg.seed)
+    require_bool("test", cfg.test)
+    require_bool("resume", cfg.get("resume", False))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and str(ckpt_path) not in ("last", "hpc") and not Path(str(ckpt_path)).is_file():
+        raise LungCNNInputError(f"ckpt_path: checkpoint not found: {ckpt_path} (or pass ckpt_path=last / resume=true)")
 
 
 def _refuse_overwrite(run_dir: Path, ckpt_path: str | None) -> None:

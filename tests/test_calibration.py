@@ -85,18 +85,19 @@ def test_temperature_separable_data_keeps_one_not_collapsed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("logits", "labels"),
+    ("logits", "labels", "error"),
     [
-        (np.array([0.1, np.nan]), np.array([0, 1])),  # NaN logit
-        (np.array([0.1, 0.2]), np.array([0, 2])),  # label 2 in a binary task
-        (np.array([0.1, 0.2, 0.3]), np.array([0, 1])),  # length mismatch
-        (np.zeros((3, 2, 2)), np.array([0, 1, 0])),  # wrong rank
-        (np.array([0.1, 0.2]), np.array([0.0, 0.5])),  # non-integer label
+        (np.array([0.1, np.nan]), np.array([0, 1]), LungCNNInputError),  # NaN logit
+        (np.array([0.1, 0.2]), np.array([0, 2]), LungCNNInputError),  # label 2 in a binary task
+        (np.array([0.1, 0.2, 0.3]), np.array([0, 1]), ValueError),  # length mismatch: the caller's bug
+        (np.zeros((3, 2, 2)), np.array([0, 1, 0]), LungCNNInputError),  # wrong rank
+        (np.array([0.1, 0.2]), np.array([0.0, 0.5]), LungCNNInputError),  # non-integer label
     ],
 )
-def test_temperature_rejects_bad_input(logits: np.ndarray, labels: np.ndarray) -> None:
-    with pytest.raises(LungCNNInputError):
+def test_temperature_rejects_bad_input(logits: np.ndarray, labels: np.ndarray, error: type[Exception]) -> None:
+    with pytest.raises(error) as caught:
         fit_temperature(logits, labels)
+    assert isinstance(caught.value, LungCNNInputError) == (error is LungCNNInputError)
 
 
 # --- isotonic --------------------------------------------------------------------------------------------

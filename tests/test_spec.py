@@ -58,8 +58,9 @@ def test_format_1_metadata_is_converted() -> None:
     (lambda m: m["calibration"].update(method="platt"), "calibration method must be one of"),
     (lambda m: m["decision"].update(threshold=2.0), "threshold must be in [0, 1]"),
     (lambda m: m["decision"].update(weights=[1.0, 1.0]), "do not fit 2 classes"),
-    (lambda m: m["preprocessing"].update(image_size="big"), "image size"),
-    (lambda m: m["preprocessing"].update(crop="heart"), "crop must be one of"),
+    (lambda m: m["preprocessing"].update(image_size="big"), "data.image_size must be an integer"),
+    (lambda m: m["preprocessing"].update(crop="heart"), "data.crop must be one of"),
+    (lambda m: m["preprocessing"]["window"].update(width=0), "data.window.width must be"),
     (lambda m: m.pop("network"), "incomplete or malformed"),
     (lambda m: m["network"].update(layers=3), "incomplete or malformed"),
     (lambda m: m.update(class_names=["a", "b", "c"]), "needs 2 classes"),
@@ -128,7 +129,7 @@ def test_schema_table_reads_back_what_was_written(tmp_path) -> None:
 
 
 def test_spec_parts_check_themselves() -> None:
-    with pytest.raises(LungCNNInputError, match="3 means"):
+    with pytest.raises(LungCNNInputError, match="data.mean must be null or three numbers"):
         dataclasses.replace(PRE, mean=(0.5,))
     with pytest.raises(LungCNNInputError, match="isotonic calibration needs breakpoints"):
         Calibration("isotonic", isotonic_x=(0.0, 0.0), isotonic_y=(0.0, 1.0))

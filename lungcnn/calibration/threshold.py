@@ -28,7 +28,7 @@ def threshold_for_sensitivity(probs: Any, labels: Any, target: float = 0.98) -> 
     p, y = check_binary(probs, labels)
     target = float(target)
     if not 0.0 < target <= 1.0:
-        raise LungCNNInputError(f"target sensitivity must be in (0, 1], got {target}")
+        raise LungCNNInputError(f"calibration.target_sensitivity must be in (0, 1], got {target}")
     pos = np.sort(p[y == 1])[::-1]
     if pos.size == 0:
         raise LungCNNInputError(

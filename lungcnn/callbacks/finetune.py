@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
-from lungcnn.errors import LungCNNInputError
+from lungcnn.checks import require_bool, require_int, require_number
 from lungcnn.models.backbone import conv_and_norm_layers
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,11 @@ class TwoStageFinetune(BaseFinetuning):
     def __init__(self, stage1_epochs: int = 3, unfreeze_top_n: int = 30, finetune_lr: float | None = None,
                  lr_divisor: float = 10.0, train_bn_stats: bool = False) -> None:
         super().__init__()
-        if stage1_epochs < 0:
-            raise LungCNNInputError(f"callbacks.finetune.stage1_epochs must be >= 0, got {stage1_epochs}")
-        if unfreeze_top_n < 0:
-            raise LungCNNInputError(f"callbacks.finetune.unfreeze_top_n must be >= 0, got {unfreeze_top_n}")
-        if finetune_lr is not None and not finetune_lr > 0:
-            raise LungCNNInputError(f"callbacks.finetune.finetune_lr must be > 0, got {finetune_lr}")
+        require_int("callbacks.finetune.stage1_epochs", stage1_epochs, 0)
+        require_int("callbacks.finetune.unfreeze_top_n", unfreeze_top_n, 0)
+        require_number("callbacks.finetune.finetune_lr", finetune_lr, 0, None, low_open=True, optional=True)
+        require_number("callbacks.finetune.lr_divisor", lr_divisor, 0, None, low_open=True)
+        require_bool("callbacks.finetune.train_bn_stats", train_bn_stats)
         self.stage1_epochs, self.unfreeze_top_n = stage1_epochs, unfreeze_top_n
         self.finetune_lr, self.lr_divisor, self.train_bn_stats = finetune_lr, lr_divisor, train_bn_stats
 

@@ -11,10 +11,12 @@ gives the label order (index = label; for the binary task the last class is the 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from lungcnn.checks import fail, require_choice
 from lungcnn.data.io import is_supported
 from lungcnn.errors import LungCNNInputError
 
@@ -32,10 +34,7 @@ def scan_folder(
 ) -> pd.DataFrame:
     """One row per image: file (relative to root, '/'-separated), label, class_name, group."""
     root = Path(root)
-    if normal_as not in NORMAL_AS:
-        raise LungCNNInputError(f"data.normal_as must be one of {NORMAL_AS}, got {normal_as!r}")
-    if normal_as == "class" and NORMAL not in class_names:
-        raise LungCNNInputError("data.normal_as=class needs 'normal' in data.class_names")
+    check_class_map(class_folders, class_names, normal_as)
     if not root.is_dir():
         raise LungCNNInputError(f"data folder not found: {root} (set data.root=/path/to/data)")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
@@ -65,6 +64,20 @@ def scan_folder(
         )
     frame["group"] = _groups(root, frame, groups_file)
     return frame
+
+
+def check_class_map(class_folders: Mapping[str, str], class_names: Sequence[str], normal_as: str) -> None:
+    """data.class_folders, data.class_names and data.normal_as as `scan_folder` needs them (the data module
+    calls this on construction, before any folder is read)."""
+    if (isinstance(class_names, str) or not isinstance(class_names, Sequence) or len(class_names) < 2
+            or not all(isinstance(n, str) and n for n in class_names) or len(set(class_names)) != len(class_names)):
+        fail("data.class_names", "a list of at least 2 unique, non-empty names", class_names)
+    if (not isinstance(class_folders, Mapping) or not class_folders
+            or not all(isinstance(v, str) and v for v in class_folders.values())):
+        fail("data.class_folders", "a non-empty mapping folder name -> class name", class_folders)
+    require_choice("data.normal_as", normal_as, NORMAL_AS)
+    if normal_as == "class" and NORMAL not in class_names:
+        raise LungCNNInputError(f"data.normal_as=class needs {NORMAL!r} in data.class_names, got {list(class_names)}")
 
 
 def _label_of(class_name: str, class_names: list[str], normal_as: str) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,18 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcnn.data.catalog import scan_folder
+from lungcnn.checks import fail, require_choice, require_int
+from lungcnn.data.catalog import check_class_map, scan_folder
 from lungcnn.data.io import LungWindow
-from lungcnn.data.splits import assign_splits, load_split, save_split
-from lungcnn.data.transforms import CROPS, MIN_IMAGE_SIZE, build_transform, load_for_model
+from lungcnn.data.splits import assign_splits, check_split_args, load_split, save_split
+from lungcnn.data.transforms import build_transform, check_model_input, load_for_model
 from lungcnn.errors import LungCNNInputError
 from lungcnn.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
 IMBALANCE = ("sampler", "loss", "none")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class CachedImages(Dataset):
@@ -98,22 +100,23 @@ class LungCTDataModule(L.LightningDataModule):
         imbalance: str = "sampler",
         augment: Sequence[A.BasicTransform] = (),
         window: dict[str, float] | None = None,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         seed: int = 0,
         output_dir: str | None = None,
         synthetic: bool | dict[str, Any] = False,
         crop: str = "none",
     ) -> None:
         super().__init__()
-        if image_size < MIN_IMAGE_SIZE:
-            raise LungCNNInputError(f"data.image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
-        if imbalance not in IMBALANCE:
-            raise LungCNNInputError(f"data.imbalance must be one of {IMBALANCE}, got {imbalance!r}")
-        if crop not in CROPS:
-            raise LungCNNInputError(f"data.crop must be one of {sorted(CROPS)}, got {crop!r}")
-        if batch_size < 1:
-            raise LungCNNInputError(f"data.batch_size must be >= 1, got {batch_size}")
+        # Every argument is checked here, by the data module or the function it passes it to, before any file is read.
+        check_class_map(class_folders, class_names, normal_as)
+        check_model_input(image_size, crop)
+        check_split_args(val_fraction, test_fraction, n_folds, fold, grouped)
+        require_int("data.batch_size", batch_size, 1)
+        require_int("data.num_workers", num_workers, 0)
+        require_choice("data.imbalance", imbalance, IMBALANCE)
+        if not isinstance(synthetic, (bool, Mapping)):
+            fail("data.synthetic", "true, false or a mapping of make_synthetic_dataset arguments", synthetic)
         self.root = Path(root)
         self.class_folders, self.class_names = dict(class_folders), list(class_names)
         self.normal_as, self.image_size = normal_as, image_size
@@ -122,7 +125,8 @@ class LungCTDataModule(L.LightningDataModule):
                                n_folds=n_folds, fold=fold, seed=seed)
         self.split_file, self.imbalance, self.seed = split_file, imbalance, seed
         self.window = LungWindow(**(window or {}))
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean = IMAGENET_MEAN if mean is None else tuple(mean)
+        self.std = IMAGENET_STD if std is None else tuple(std)
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lungcnn.checks import require_number
 from lungcnn.errors import LungCNNInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -52,8 +53,8 @@ class LungWindow:
     width: float = 1500.0
 
     def __post_init__(self) -> None:
-        if not self.width > 0:
-            raise LungCNNInputError(f"lung window width must be > 0 HU, got {self.width}")
+        require_number("data.window.level", self.level, -1e5, None, low_open=False)
+        require_number("data.window.width", self.width, 0, None, low_open=True)
 
     def apply(self, hu: np.ndarray) -> np.ndarray:
         low = self.level - self.width / 2

@@ -8,12 +8,14 @@ both sides and inflates every metric. With `grouped=True` (the default) no group
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from lungcnn.checks import fail, require_bool, require_int, require_number
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import atomic_open
 
@@ -31,7 +33,7 @@ def assign_splits(
     fold: int | None = None,
 ) -> pd.Series:
     """A 'train' / 'val' / 'test' label per row of `frame` (columns label, group)."""
-    _check_fractions(val_fraction, test_fraction, n_folds, fold)
+    check_split_args(val_fraction, test_fraction, n_folds, fold, grouped)
     labels = frame["label"].to_numpy()
     groups = frame["group"].to_numpy() if grouped else np.arange(len(frame)).astype(str)
     split = np.full(len(frame), "train", dtype=object)
@@ -62,18 +64,23 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, 
     return chosen
 
 
-def _check_fractions(val_fraction: float, test_fraction: float, n_folds: int | None, fold: int | None) -> None:
-    if n_folds is not None:
-        if n_folds < 2:
-            raise LungCNNInputError(f"data.n_folds must be >= 2, got {n_folds}")
-        if fold is None or not 0 <= fold < n_folds:
-            raise LungCNNInputError(f"data.fold must be in 0..{n_folds - 1} when data.n_folds={n_folds}, got {fold}")
-    elif not 0 < test_fraction < 1:
-        raise LungCNNInputError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0 < val_fraction < 1 or (n_folds is None and val_fraction + test_fraction >= 1):
-        raise LungCNNInputError(
-            f"data.val_fraction must be in (0, 1) and leave room for training, got {val_fraction} (test {test_fraction})"
-        )
+def check_split_args(val_fraction: float, test_fraction: float, n_folds: int | None, fold: int | None,
+                     grouped: bool = True) -> None:
+    """The arguments of `assign_splits` (data.val_fraction, data.test_fraction, data.n_folds, data.fold,
+    data.grouped); the data module calls this on construction, before any image is read."""
+    n_folds = require_int("data.n_folds", n_folds, 2, optional=True)
+    if n_folds is None and fold is not None:
+        raise LungCNNInputError(f"data.fold={fold!r} needs data.n_folds (cross-validation); set both or neither")
+    if n_folds is not None and (isinstance(fold, bool) or not isinstance(fold, numbers.Integral)
+                                or not 0 <= fold < n_folds):
+        fail("data.fold", f"an integer in 0..{n_folds - 1} when data.n_folds={n_folds}", fold)
+    val = require_number("data.val_fraction", val_fraction, 0, 1, low_open=True)
+    test = require_number("data.test_fraction", test_fraction, 0, 1, low_open=True)
+    held_out = 1 / n_folds if n_folds else test
+    if val + held_out >= 1:
+        raise LungCNNInputError(f"data.val_fraction + data.test_fraction must be < 1 to leave training images, got "
+                                f"{val} + {held_out:g}" + (f" (1/data.n_folds={n_folds})" if n_folds else ""))
+    require_bool("data.grouped", grouped)
 
 
 def save_split(frame: pd.DataFrame, path: str | Path) -> None:
@@ -85,7 +92,7 @@ def load_split(path: str | Path, frame: pd.DataFrame) -> pd.Series:
     """The split column for `frame` from a saved `split.csv`; every image must be listed there."""
     path = Path(path)
     if not path.is_file():
-        raise LungCNNInputError(f"split file not found: {path} (data.split_file)")
+        raise LungCNNInputError(f"data.split_file: split file not found: {path}")
     saved = pd.read_csv(path, dtype={"file": str, "split": str})
     if not {"file", "split"} <= set(saved.columns) or not saved["split"].isin(SPLITS).all():
         raise LungCNNInputError(f"{path}: not a lungcnn split file (columns file,label,group,split; split in {SPLITS})")

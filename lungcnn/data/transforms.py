@@ -13,6 +13,7 @@ uses none of it, so validation, test, predict and the app see exactly the same p
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,9 +22,9 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from lungcnn.checks import fail, require_choice, require_int
 from lungcnn.data.io import LungWindow, read_image
 from lungcnn.data.lungcrop import crop_to_lungs
-from lungcnn.errors import LungCNNInputError
 
 MIN_IMAGE_SIZE = 32
 
@@ -36,9 +37,23 @@ def load_for_model(source: str | Path | bytes, image_size: int, window: LungWind
     """Any supported file -> the (S, S) uint8 image the model sees before normalisation.
 
     `limits` (max_bytes, max_pixels) pass through to `read_image`."""
-    if crop not in CROPS:
-        raise LungCNNInputError(f"data.crop must be one of {sorted(CROPS)}, got {crop!r}")
+    check_model_input(image_size, crop)
     return to_model_grid(CROPS[crop](read_image(source, name=name, window=window, **limits)), image_size)
+
+
+def check_model_input(image_size: int, crop: str) -> None:
+    """The settings of `load_for_model` (data.image_size, data.crop); the data module calls this on construction."""
+    require_int("data.image_size", image_size, MIN_IMAGE_SIZE)
+    require_choice("data.crop", crop, CROPS)
+
+
+def check_normalisation(mean: Sequence[float], std: Sequence[float]) -> None:
+    """Per-channel normalisation (data.mean, data.std): three numbers each, std > 0."""
+    for key, values in (("data.mean", mean), ("data.std", std)):
+        if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3
+                or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+                or (key == "data.std" and not all(v > 0 for v in values))):
+            fail(key, "null or three numbers" + (" > 0" if key == "data.std" else ""), values)
 
 
 def to_model_grid(image: np.ndarray, size: int) -> np.ndarray:
@@ -59,7 +74,9 @@ def build_transform(
     """(S, S) uint8 -> (3, S, S) float tensor, with `augment` applied first (training only).
 
     albumentations keeps its own random generator, so `seed` is what makes augmentation repeatable.
+    `mean`/`std` are data.mean/data.std, or the backbone's own when those are null.
     """
+    check_normalisation(mean, std)
     return A.Compose(
         [
             *augment,

@@ -50,7 +50,7 @@ def bootstrap_ci(
     if int(n_resamples) < 1:
         raise LungCNNInputError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < alpha < 1.0:
-        raise LungCNNInputError(f"alpha must be in (0, 1), got {alpha}")
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if groups is not None:  # resamples of varying length: no rectangular index array, so no batched path
         idx = group_resample_indices(y, groups, int(n_resamples), seed)
     else:
@@ -91,7 +91,7 @@ def group_resample_indices(labels: Any, groups: Any, n_resamples: int, seed: int
     """
     y, g = np.asarray(labels), np.asarray(groups).astype(str)
     if g.shape != y.shape:
-        raise LungCNNInputError(f"groups {g.shape} and labels {y.shape} must have the same length")
+        raise ValueError(f"groups {g.shape} and labels {y.shape} must have the same length")
     rng = np.random.default_rng(seed)
     strata = []
     for cls in np.unique(y):

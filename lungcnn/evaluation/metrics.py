@@ -3,6 +3,10 @@
 The project's decision rule is `prob >= threshold` -> malignant, but torchmetrics thresholds with a strict
 `>`; we therefore binarise ourselves and hand torchmetrics 0/1 decisions, so an image whose probability equals
 the threshold is counted the same way here as in the app.
+
+Values a predictions file can carry (probabilities outside [0, 1], labels out of range, an empty table)
+raise `LungCNNInputError`; shapes that only a caller's bug can produce (arrays of different lengths,
+class names that do not match the columns) raise ValueError, with a traceback.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ def check_labels(labels: Any, n: int | None = None, num_classes: int = 2) -> np.
     """Labels as int64 in 0..num_classes-1; a clear error beats a silent cast of 0.7 to 0."""
     y = np.asarray(labels)
     if y.ndim != 1:
-        raise LungCNNInputError(f"labels must be a 1-D array, got shape {y.shape}")
+        raise ValueError(f"labels must be a 1-D array, got shape {y.shape}")
     if n is not None and y.shape[0] != n:
-        raise LungCNNInputError(f"labels has {y.shape[0]} entries but the predictions have {n}")
+        raise ValueError(f"labels has {y.shape[0]} entries but the predictions have {n}")
     if y.size == 0:
         raise LungCNNInputError("labels is empty: need at least one example")
     if y.dtype == bool:
@@ -58,7 +62,7 @@ def check_binary(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate binary probabilities (N,) in [0, 1] and labels (N,) in {0, 1}; return float64/int64 arrays."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 1:
-        raise LungCNNInputError(
+        raise ValueError(
             f"binary probabilities must be a 1-D array (probability of malignant), got shape {p.shape}"
         )
     if not np.all(np.isfinite(p)) or p.size and (p.min() < 0.0 or p.max() > 1.0):
@@ -127,7 +131,7 @@ def binary_metrics_batched(
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
     if p.ndim != 2 or p.shape != y.shape:
-        raise LungCNNInputError(f"batched metrics need (R, N) probs and labels of equal shape, got {p.shape}")
+        raise ValueError(f"batched metrics need (R, N) probs and labels of equal shape, got {p.shape}")
     threshold = _check_threshold(threshold)
     n = p.shape[1]
     d = p >= threshold
@@ -161,7 +165,7 @@ def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
     k = p.shape[1]
     names = [str(c) for c in class_names]
     if len(names) != k:
-        raise LungCNNInputError(f"got {len(names)} class names for {k} probability columns")
+        raise ValueError(f"got {len(names)} class names for {k} probability columns")
     pred = decide_multiclass(p, decision_weights)
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     tp = np.diag(cm).astype(np.float64)

@@ -15,7 +15,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.metrics import N_BINS, bin_indices, binary_metrics, check_binary
 from lungcnn.fileio import atomic_open
 
@@ -71,7 +70,7 @@ def plot_confusion(cm: Any, class_names: Sequence[str], path: str | os.PathLike,
     """Confusion matrix (rows = true, columns = predicted) with the counts written in the cells."""
     m = np.asarray(cm)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(class_names):
-        raise LungCNNInputError(
+        raise ValueError(
             f"confusion matrix of shape {m.shape} does not match {len(class_names)} class names"
         )
     k = m.shape[0]
@@ -98,7 +97,7 @@ def plot_histogram(
     """Distribution of the predicted probability of malignant, split by true class, with threshold lines."""
     p, y = check_binary(probs, labels)
     if len(class_names) != 2:
-        raise LungCNNInputError(f"the histogram is binary: need 2 class names, got {len(class_names)}")
+        raise ValueError(f"the histogram is binary: need 2 class names, got {len(class_names)}")
     fig, ax = _figure(6.0, 4.0)
     edges = np.linspace(0, 1, 26)
     for cls, name in enumerate(class_names):

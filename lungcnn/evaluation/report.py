@@ -234,14 +234,14 @@ def _check_records(
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     missing = [k for k in ("file", "label", "logit", "prob", "prob_cal") if k not in records]
     if missing:
-        raise LungCNNInputError(f"records is missing {missing}; expected file, label, logit, prob, prob_cal")
+        raise ValueError(f"records is missing {missing}; expected file, label, logit, prob, prob_cal")
     files = [str(f) for f in records["file"]]
     prob, y = check_binary(records["prob"], records["label"])
     prob_cal, _ = check_binary(records["prob_cal"], y)
     logit = np.asarray(records["logit"], dtype=np.float64)
     if logit.shape != y.shape or len(files) != y.size:
-        raise LungCNNInputError(f"records arrays differ in length: file {len(files)}, label {y.size}, "
-                                f"logit {logit.shape}")
+        raise ValueError(f"records arrays differ in length: file {len(files)}, label {y.size}, "
+                         f"logit {logit.shape}")
     return files, y, logit, prob, prob_cal
 
 

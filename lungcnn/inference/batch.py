@@ -26,7 +26,7 @@ from lungcnn.data.io import SUPPORTED_SUFFIXES
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.onnx_export import cpu_count
-from lungcnn.inference.predictor import BACKENDS, Prediction, Predictor
+from lungcnn.inference.predictor import Prediction, Predictor
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -154,8 +154,6 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
         raise LungCNNInputError(f"--batch-size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise LungCNNInputError(f"--workers must be >= 0, got {workers}")
-    if backend not in BACKENDS:
-        raise LungCNNInputError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     out = Path(out)
     if out.is_dir():
         raise LungCNNInputError(f"--out {out} is a folder; give a file name such as {out / 'predictions.csv'}")

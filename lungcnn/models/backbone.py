@@ -22,6 +22,7 @@ import timm
 import torch
 from torch import nn
 
+from lungcnn.checks import require_choice
 from lungcnn.errors import LungCNNInputError
 
 PRETRAINED = ("imagenet", "hub", "none")
@@ -50,12 +51,19 @@ LOCAL_IMAGENET_WEIGHTS: dict[str, Callable[[], Path]] = {
 }
 
 
+def check_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None) -> None:
+    """The arguments of `create_backbone` (model.backbone, model.pretrained, model.weights_file), checked
+    without building anything, so a training config is refused before its images are read."""
+    require_choice("model.pretrained", pretrained, PRETRAINED)
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise LungCNNInputError(f"model.backbone: unknown timm model {name!r} (see timm.list_models())")
+    if weights_file is not None and not Path(str(weights_file)).is_file():
+        raise LungCNNInputError(f"model.weights_file: weights file not found: {weights_file}")
+
+
 def create_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None) -> nn.Module:
     """A timm model with `num_classes=0`: forward gives (N, num_features) pooled features."""
-    if pretrained not in PRETRAINED:
-        raise LungCNNInputError(f"model.pretrained must be one of {PRETRAINED}, got {pretrained!r}")
-    if not timm.is_model(name):
-        raise LungCNNInputError(f"model.backbone: unknown timm model {name!r} (see timm.list_models())")
+    check_backbone(name, pretrained, weights_file)
     from_hub = pretrained == "hub" or (pretrained == "imagenet" and name not in LOCAL_IMAGENET_WEIGHTS
                                        and weights_file is None)
     try:

@@ -7,9 +7,16 @@ from typing import Any
 import lightning as L
 import torch
 
+from lungcnn.checks import require_number
 from lungcnn.models.net import LungNet
 from lungcnn.spec import ModelSpec
 from lungcnn.task import make_task
+
+
+def check_optimizer(head_lr: float, weight_decay: float) -> None:
+    """The optimizer's settings (model.head_lr, model.weight_decay); `LungClassifier` checks them on construction."""
+    require_number("model.head_lr", head_lr, 0, None, low_open=True)
+    require_number("model.weight_decay", weight_decay, 0, None, low_open=False)
 
 
 class LungClassifier(L.LightningModule):
@@ -33,6 +40,7 @@ class LungClassifier(L.LightningModule):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
+        check_optimizer(head_lr, weight_decay)
         self.save_hyperparameters()
         self.task = make_task(task, class_names)
         self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file)

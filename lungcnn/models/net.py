@@ -7,11 +7,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lungcnn.checks import require_int, require_number
 from lungcnn.models.backbone import create_backbone
+
+
+def check_head(hidden: int, dropout: float) -> None:
+    """The head's settings (model.hidden, model.dropout); `ClassifierHead` checks them on construction."""
+    require_int("model.hidden", hidden, 1)
+    require_number("model.dropout", dropout, 0, 1, low_open=False)
 
 
 class ClassifierHead(nn.Sequential):
     def __init__(self, in_features: int, hidden: int = 128, dropout: float = 0.2, outputs: int = 1) -> None:
+        check_head(hidden, dropout)
         super().__init__(
             nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(hidden, outputs),
