@@ -155,7 +155,7 @@ def main() -> None:
     bad = sum(not r.ok for r in results)
     if bad:
         st.warning(f"{bad} of {len(results)} files could not be analysed; the reason is given below each one.")
-    st.dataframe(display_table(results), hide_index=True, width="stretch")
+    st.dataframe(display_table(predictor, results), hide_index=True, width="stretch")
     st.download_button("Download results (CSV)", results_csv(predictor, results), file_name="lungcnn_results.csv",
                        mime="text/csv", on_click="ignore")
     for r in results:

@@ -21,6 +21,7 @@ from lungcnn.inference.uploads import (
     UploadLimits,
     analyse_upload,
     choose_checkpoint,
+    display_table,
     format_percent,
     model_card,
     results_csv,
@@ -195,6 +196,9 @@ def test_results_table_and_csv(predictor, ct_png):
     assert table.loc[0, "decision"] == results[0].prediction.decision and table.loc[0, "error"] == ""
     assert table.loc[1, "probability_malignant"] == "" and "empty" in table.loc[1, "error"]
     assert list(table["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
+    shown = display_table(predictor, results)  # the page's table: the same columns, written for people
+    assert list(shown.columns) == ["file", "decision", "P(benign)", "P(malignant)", "error"]
+    assert shown.loc[0, "P(malignant)"] == format_percent(results[0].p_malignant) and shown.loc[1, "P(malignant)"] == ""
     assert format_percent(0.0) == "< 0.1%" and format_percent(1.0) == "> 99.9%" and format_percent(0.2111) == "21.1%"
 
 

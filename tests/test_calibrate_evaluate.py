@@ -16,7 +16,9 @@ from lungcnn.checkpoint import load_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluate import evaluate
 from lungcnn.evaluation import binary_metrics
+from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
+from lungcnn.task import make_task
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
@@ -53,6 +55,7 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
         assert (tmp_path / "report" / name).is_file(), name
     with open(tmp_path / "report" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    assert list(rows[0]) == schema.columns(make_task("binary", ["benign", "malignant"]), labelled=True)
     labels = np.array([int(r["label"] == "malignant") for r in rows])
     probs = np.array([float(r["probability_malignant"]) for r in rows])
     assert all(r["decision"] == ("malignant" if p >= report["threshold_calibrated"] else "benign") for r, p in zip(rows, probs))

@@ -18,6 +18,7 @@ from lungcnn.data.transforms import build_transform
 from lungcnn.errors import LungCNNInputError
 from lungcnn.export import main as export_main
 from lungcnn.inference import batch as predict_mod
+from lungcnn.inference import schema
 from lungcnn.inference.onnx_export import export_onnx, load_onnx, read_sidecar, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.models.net import LungNet
@@ -170,6 +171,7 @@ def test_predict_cli_writes_a_row_per_file(folder, exported, tmp_path, capsys):
     assert predict_cli.main([str(folder), "--ckpt", str(exported[0]), "--out", str(out), "--workers", "1",
                              "--batch-size", "4", "--no-progress"]) == 0
     rows = _rows(out)
+    assert list(rows[0]) == schema.columns(Predictor.from_checkpoint(exported[0], "onnx").task)  # the one prediction table
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.name != ".DS_Store")
     assert sorted(r["file"] for r in rows) == files and len(rows) == 12
     by_name = {Path(r["file"]).name: r for r in rows}

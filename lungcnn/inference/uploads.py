@@ -200,25 +200,28 @@ def weakly_separated(predictor: Predictor) -> list[tuple[str, str, float]]:
     return out
 
 
-def display_table(results: Sequence[UploadResult]) -> pd.DataFrame:
-    """The results table as text for the page: percentages written as on the result cards, blanks not "None"."""
-    return pd.DataFrame([{
-        "file": r.name,
-        "P(malignant)": format_percent(r.p_malignant) if r.ok else "",
-        "decision": r.prediction.decision if r.ok else "",
-        "threshold": format_percent(r.threshold) if r.ok and np.isfinite(r.threshold) else "",
-        "calibrated": ("yes" if r.calibrated else "no") if r.ok else "",
-        "error": "" if r.ok else (r.message or ""),
-    } for r in results], columns=["file", "P(malignant)", "decision", "threshold", "calibrated", "error"], dtype=str)
+def display_table(predictor: Predictor, results: Sequence[UploadResult]) -> pd.DataFrame:
+    """The page's table: the download's columns (the prediction schema, `shown_only`) written for people:
+    "P(<class>)" headers, percentages as on the result cards, blanks not "None"."""
+    task = predictor.task
+    rows = [_shown_row(task, r) for r in results]
+    table = pd.DataFrame(rows, columns=schema.columns(task, shown_only=True)).fillna("")
+    for c in task.class_names:
+        column = schema.probability_column(c)
+        table[column] = [format_percent(v) if v != "" else "" for v in table[column]]
+    return table.rename(columns={schema.probability_column(c): f"P({c})" for c in task.class_names}).astype(str)
+
+
+def _shown_row(task, result: UploadResult) -> dict[str, Any]:
+    prediction = result.prediction if result.ok else Prediction(result.name, error=result.message or "could not be analysed")
+    return schema.row(task, prediction, shown_only=True)
 
 
 def results_csv(predictor: Predictor, results: Sequence[UploadResult]) -> bytes:
     """What the page shows, as UTF-8 CSV in lungcnn's prediction schema (`schema.columns(shown_only=True)`);
     cells that a spreadsheet would run as a formula are quoted."""
     task = predictor.task
-    rows = [schema.row(task, r.prediction if r.ok else Prediction(r.name, error=r.message or "could not be analysed"),
-                       shown_only=True) for r in results]
-    table = pd.DataFrame(rows, columns=schema.columns(task, shown_only=True))
+    table = pd.DataFrame([_shown_row(task, r) for r in results], columns=schema.columns(task, shown_only=True))
     for column in (schema.FILE, schema.DECISION, schema.ERROR):
         table[column] = table[column].map(_no_formula)
     return table.to_csv(index=False).encode("utf-8")
