@@ -27,19 +27,22 @@ from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec
 
 log = logging.getLogger(__name__)
 METHODS = ("temperature", "isotonic")
-DECISIONS = ("balanced", "argmax")
+DECISIONS = ("cancer_first", "balanced", "argmax")
 TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the checkpoint's task
 
 
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
-              prior_correction: bool = True, decision: str = "balanced", tta: str = "auto") -> ModelSpec:
+              prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto") -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
     One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
-    K classes: `decision` "balanced" decides argmax P(k) / prior(k) (the rule that maximises expected
-    balanced accuracy; without it a rare class such as benign is almost never chosen once the prior
-    shift has made the probabilities honest), "argmax" the most probable class (maximises accuracy).
+    K classes: `decision` "cancer_first" (default) reports the last class (malignant) whenever P(malignant)
+    reaches the threshold chosen the same way (malignant vs the rest), and otherwise decides among the other
+    classes by the balanced rule, so no rule trades missed cancers for balanced accuracy; "balanced" decides
+    argmax P(k) / prior(k) (maximises expected balanced accuracy; without it a rare class such as benign is
+    almost never chosen once the prior shift has made the probabilities honest); "argmax" the most probable
+    class (maximises accuracy).
     `tta` ("none" | "flip") is recorded in the checkpoint and used by every consumer of it; "auto" is
     flip for K-class checkpoints (it raised balanced accuracy in cross-validation) and none for binary
     ones (no measured gain there, and it halves prediction throughput).
@@ -76,13 +79,18 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         details.update(message=params.get("message"))
         calibration = Calibration("isotonic", isotonic_x=params["x"], isotonic_y=params["y"], tta=tta, details=details)
     calibrated = uncalibrated.replace(calibration=calibration)
+    probs = calibrated.probabilities(logits)
     if one_output:
-        rule = _operating_threshold(calibrated, logits, labels, target_sensitivity, details)
+        rule = _operating_threshold(probs, labels, target_sensitivity, details)
     else:
         # p(k) / prior(k) with the prior the shift put in: weights exp(-shift) (all 1 without a shift).
         shift = np.broadcast_to(np.asarray(calibration.graph_shift, np.float64), (spec.task.num_classes,))
-        weights = np.exp(-shift) if decision == "balanced" else np.ones_like(shift)
+        weights = np.ones_like(shift) if decision == "argmax" else np.exp(-shift)
         rule = DecisionRule(weights=tuple(weights / weights.max()))
+        if decision == "cancer_first":
+            cancer = spec.task.num_classes - 1
+            first = _operating_threshold(probs[:, cancer], (labels == cancer).astype(np.int64), target_sensitivity, details)
+            rule = dataclasses.replace(rule, threshold=first.threshold, priority=spec.class_names[cancer])
         details["decision"] = decision
     calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
     if details.get("message"):
@@ -92,10 +100,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     return calibrated
 
 
-def _operating_threshold(spec: ModelSpec, logits: np.ndarray, labels: np.ndarray, target: float,
-                         details: dict[str, Any]) -> DecisionRule:
-    """The strictest threshold that still reaches the target sensitivity on validation (0.5 without positives)."""
-    probs = spec.probabilities(logits)
+def _operating_threshold(probs: np.ndarray, labels: np.ndarray, target: float, details: dict[str, Any]) -> DecisionRule:
+    """The strictest threshold on P(positive) that still reaches the target sensitivity on validation (0.5
+    without positives); `labels` 1 = positive (malignant)."""
     threshold = 0.5
     if labels.sum() > 0:
         threshold = threshold_for_sensitivity(probs, labels, target)
@@ -109,8 +116,9 @@ def _operating_threshold(spec: ModelSpec, logits: np.ndarray, labels: np.ndarray
 def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
     c, rule = spec.calibration, spec.decision
     shift_text = f"prior shift {np.round(c.graph_shift, 3).tolist()}, " if np.any(np.asarray(c.graph_shift) != 0) else ""
-    operating = (f", threshold = {rule.threshold:.4f} (target sensitivity {target})" if rule.weights is None
-                 else f", decision {decision} (class weights {np.round(rule.weights, 3).tolist()})")
+    operating = (f", decision {decision} (class weights {np.round(rule.weights, 3).tolist()})" if rule.weights else "")
+    if rule.weights is None or rule.priority:
+        operating += f", threshold = {rule.threshold:.4f} (target sensitivity {target})"
     operating += f", test-time augmentation {c.tta}" if c.tta != "none" else ""
     return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}"
 

@@ -63,9 +63,10 @@ def _binary_report(records: dict[str, Any], spec: ModelSpec, common: dict[str, A
 
 
 def _multiclass_report(records: dict[str, Any], spec: ModelSpec, common: dict[str, Any]) -> tuple[dict, dict, str]:
+    records = {**records, "decision": spec.decide(records["prob_cal"])}
     report = build_multiclass_report(records, class_names=spec.class_names, temperature=spec.calibration.temperature,
-                                     decision_weights=spec.decision.weights, tta=spec.calibration.tta, **common)
-    return report, report["results"]["calibrated"], _multiclass_summary(report, spec.decision.weighted)
+                                     rule=spec.decision, tta=spec.calibration.tta, **common)
+    return report, report["results"]["calibrated"], _multiclass_summary(report)
 
 
 REPORTS = {"binary": _binary_report, "multiclass": _multiclass_report}
@@ -89,10 +90,9 @@ def _record_in_model_card(ckpt: Path, cells: dict[str, Any], where: str) -> None
     print(f"recorded the test figures in the model card of {ckpt}", flush=True)
 
 
-def _multiclass_summary(report: dict[str, Any], weighted: bool) -> str:
+def _multiclass_summary(report: dict[str, Any]) -> str:
     cal = report["results"]["calibrated"]
-    lines = [f"{'calibrated, ' + ('balanced decisions' if weighted else 'argmax'):<34}"
-             f"{'value':>8}   95% CI"]
+    lines = [f"decisions: {report['decision_rule']}", f"{'calibrated':<34}{'value':>8}   95% CI"]
     for key, cell in cal.items():
         lo, hi = cell["ci95"]
         ci = f"{lo:.3f}-{hi:.3f}" if lo is not None else "n/a"

@@ -164,15 +164,19 @@ class Calibration:
 
 @dataclass(frozen=True)
 class DecisionRule:
-    """Calibrated probabilities -> a class: binary P(positive) >= threshold; K classes argmax P(k) * w_k.
+    """Calibrated probabilities -> a class: binary P(positive) >= threshold; K classes argmax P(k) * w_k, or
+    cancer first: `priority` whenever P(priority) >= threshold, else the best of the other classes by P(k) * w_k.
 
     Args:
-        threshold: binary operating threshold in [0, 1] (chosen on validation for a target sensitivity).
+        threshold: operating threshold in [0, 1] on P(positive) (binary) or P(priority) (K classes), chosen on
+            validation for a target sensitivity.
         weights: K-class decision weights (positive), or None for the most probable class.
+        priority: K classes: the class decided first by `threshold` (malignant), or None.
     """
 
     threshold: float = 0.5
     weights: tuple[float, ...] | None = None
+    priority: str | None = None
 
     def __post_init__(self) -> None:
         t = _finite(self.threshold, "decision threshold")
@@ -225,6 +229,9 @@ class ModelSpec:
         if self.decision.weights is not None and (self.task.outputs == 1 or len(self.decision.weights) != k):
             raise LungCNNInputError(f"decision weights {list(self.decision.weights)} do not fit {k} classes of a "
                                     f"{self.task.name} model")
+        if self.decision.priority is not None and (self.task.outputs == 1 or self.decision.priority not in self.class_names):
+            raise LungCNNInputError(f"decision priority {self.decision.priority!r} is not one of the classes "
+                                    f"{list(self.class_names)} of a {self.task.name} model")
         object.__setattr__(self, "data", dict(self.data or {}))
         object.__setattr__(self, "metrics", {str(a): str(b) for a, b in (self.metrics or {}).items()})
         object.__setattr__(self, "metric_values", {str(a): float(b) for a, b in (self.metric_values or {}).items()})
@@ -253,7 +260,7 @@ class ModelSpec:
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Calibrated probabilities -> class indices under this spec's decision rule."""
-        return self.task.decide(probs, self.decision.threshold, self.decision.weights)
+        return self.task.decide(probs, self.decision)
 
     # -- reading and writing ----------------------------------------------------------------------------------
     @classmethod

@@ -100,8 +100,8 @@ class Task:
         return np.zeros((0,) if self.outputs == 1 else (0, self.outputs), np.float32)
 
     # -- decisions ----------------------------------------------------------------------------------------
-    def decide(self, probs: np.ndarray, threshold: float = 0.5, weights: Sequence[float] | None = None) -> np.ndarray:
-        """Calibrated probabilities -> (N,) class indices under the decision rule."""
+    def decide(self, probs: np.ndarray, rule: Any) -> np.ndarray:
+        """Calibrated probabilities -> (N,) class indices under `rule` (a `lungcnn.spec.DecisionRule`)."""
         raise NotImplementedError
 
     def logit_target(self, class_name: str) -> tuple[int, float]:
@@ -165,8 +165,8 @@ class BinaryTask(Task):
         p = np.asarray(probs, dtype=np.float64)
         return np.stack([1.0 - p, p], axis=-1)
 
-    def decide(self, probs: np.ndarray, threshold: float = 0.5, weights: Sequence[float] | None = None) -> np.ndarray:
-        return (np.asarray(probs, dtype=np.float64) >= threshold).astype(np.int64)
+    def decide(self, probs: np.ndarray, rule: Any) -> np.ndarray:
+        return (np.asarray(probs, dtype=np.float64) >= rule.threshold).astype(np.int64)
 
     def logit_target(self, class_name: str) -> tuple[int, float]:
         return 0, 1.0 if class_name == self.positive else -1.0
@@ -195,10 +195,19 @@ class MulticlassTask(Task):
     def class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(probs, dtype=np.float64)
 
-    def decide(self, probs: np.ndarray, threshold: float = 0.5, weights: Sequence[float] | None = None) -> np.ndarray:
-        from lungcnn.evaluation.metrics import decide_multiclass
-
-        return decide_multiclass(probs, weights)
+    def decide(self, probs: np.ndarray, rule: Any) -> np.ndarray:
+        """Cancer first when `rule.priority` names a class: that class whenever its probability reaches
+        `rule.threshold`, else the best of the others by P(k) * w_k (w = 1: the most probable)."""
+        p = np.asarray(probs, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != self.num_classes:
+            raise ValueError(f"expected (N, {self.num_classes}) probabilities, got shape {p.shape}")
+        scores = p * (1.0 if rule.weights is None else np.asarray(rule.weights, dtype=np.float64))
+        if rule.priority is None:
+            return scores.argmax(axis=1)
+        k = self.class_names.index(rule.priority)
+        others = scores.copy()
+        others[:, k] = -np.inf
+        return np.where(p[:, k] >= rule.threshold, k, others.argmax(axis=1))
 
     def logit_target(self, class_name: str) -> tuple[int, float]:
         return self.class_names.index(class_name), 1.0

@@ -100,7 +100,6 @@ def _fake_three_class_multirun(multirun: Path, weights_per_fold, boost: float = 
         job = multirun / str(fold)
         (job / "report").mkdir(parents=True)
         (job / "metrics.json").write_text(json.dumps({"test": {"balanced_accuracy": 0.5 + fold / 10}}))
-        (job / "report" / "report.json").write_text(json.dumps({"decision_weights": weights}))
         files = [f"f{fold}_{i}.png" for i in range(30)]
         labels = np.arange(30) % 3
         cal = rng.dirichlet([1, 1, 1], 30)
@@ -113,8 +112,8 @@ def _fake_three_class_multirun(multirun: Path, weights_per_fold, boost: float = 
 
 
 def test_aggregate_cv_pools_three_class_folds_with_each_folds_decision_rule(tmp_path, capsys):
-    """K-class folds: pooled balanced accuracy follows each fold's recorded class weights; intervals come
-    from resampling whole series."""
+    """K-class folds: pooled balanced accuracy follows each fold's own decisions (its `decision` column, here
+    from different class weights per fold); intervals come from resampling whole series."""
     multirun = _fake_three_class_multirun(tmp_path / "multirun", ([0.1, 1.0, 0.1], [1.0, 1.0, 1.0]))
     assert cv.main(["summary", "--multirun", str(multirun), "--n-resamples", "100"]) == 0
     assert "auc/benign_vs_normal" in capsys.readouterr().out

@@ -58,6 +58,7 @@ def test_format_1_metadata_is_converted() -> None:
     (lambda m: m["calibration"].update(method="platt"), "calibration method must be one of"),
     (lambda m: m["decision"].update(threshold=2.0), "threshold must be in [0, 1]"),
     (lambda m: m["decision"].update(weights=[1.0, 1.0]), "do not fit 2 classes"),
+    (lambda m: m["decision"].update(priority="malignant"), "decision priority 'malignant' is not one of"),
     (lambda m: m["preprocessing"].update(image_size="big"), "data.image_size must be an integer"),
     (lambda m: m["preprocessing"].update(crop="heart"), "data.crop must be one of"),
     (lambda m: m["preprocessing"]["window"].update(width=0), "data.window.width must be"),

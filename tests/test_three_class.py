@@ -10,9 +10,9 @@ import pytest
 from lungcnn.calibrate import calibrate
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluate import evaluate
-from lungcnn.evaluation.metrics import is_weighted_rule
 from lungcnn.evaluation.multiclass_report import pairwise_auc
 from lungcnn.inference.predictor import Predictor
+from lungcnn.task import make_task
 from lungcnn.train import train
 
 from .conftest import make_cfg, tiny_overrides
@@ -52,9 +52,15 @@ def test_three_class_train_calibrate_evaluate_predict(three_class_root, three_cl
     [prediction] = predictor.predict_files([image])
     assert set(prediction.probabilities) == {"normal", "benign", "malignant"}
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0)
-    weights = np.array(spec.decision.weights)
+    rule = spec.decision  # default: cancer first, then balanced among the others
+    assert rule.priority == "malignant" and 0 < rule.threshold < 1 and rule.weighted
     p = np.array([prediction.probabilities[c] for c in predictor.class_names])
-    assert prediction.decision == predictor.class_names[int(np.argmax(p * weights))]
+    others = p * np.array(rule.weights)
+    others[2] = -1
+    expected = "malignant" if p[2] >= rule.threshold else predictor.class_names[int(np.argmax(others))]
+    assert prediction.decision == expected
+    # Malignant sensitivity is the report's first figure.
+    assert next(iter(cells)) == "sensitivity/malignant"
 
 
 def test_balanced_decisions_divide_by_the_training_prior(three_class_run, tmp_path):
@@ -66,10 +72,11 @@ def test_balanced_decisions_divide_by_the_training_prior(three_class_run, tmp_pa
     expected = (1 / counts) / (1 / counts).max()
     assert len(set(counts)) > 1 and len(set(np.round(expected, 6))) > 1  # imbalanced: the weights differ
     np.testing.assert_allclose(spec.decision.weights, expected, rtol=1e-6)
-    assert spec.decision.weighted and is_weighted_rule(spec.decision.weights) and not is_weighted_rule(None)
-    assert calibrate(ckpt, tmp_path / "argmax.ckpt", decision="argmax").decision.weights == (1.0, 1.0, 1.0)
-    assert not is_weighted_rule([1.0, 1.0, 1.0])
-    assert calibrate(ckpt, tmp_path / "raw.ckpt", prior_correction=False).decision.weights == (1.0, 1.0, 1.0)
+    assert spec.decision.weighted and spec.decision.priority is None
+    argmax = calibrate(ckpt, tmp_path / "argmax.ckpt", decision="argmax").decision
+    assert argmax.weights == (1.0, 1.0, 1.0) and not argmax.weighted
+    raw = calibrate(ckpt, tmp_path / "raw.ckpt", decision="balanced", prior_correction=False)
+    assert raw.decision.weights == (1.0, 1.0, 1.0)
     with pytest.raises(LungCNNInputError, match="calibration.decision"):
         calibrate(ckpt, tmp_path / "bad.ckpt", decision="vote")
 
@@ -101,7 +108,7 @@ def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root
     from lungcnn.inference.predictor import Prediction
     from lungcnn.inference.uploads import UploadResult, analyse_upload, decision_explanation, model_card
 
-    calibrate(three_class_run["best_checkpoint"], tmp_path / "cal.ckpt")
+    calibrate(three_class_run["best_checkpoint"], tmp_path / "cal.ckpt", decision="balanced")
     predictor = Predictor.from_checkpoint(tmp_path / "cal.ckpt")
     image = next((three_class_root / "benign").glob("*.png"))
     result = analyse_upload(predictor, image.name, image.read_bytes(), with_cam=False)
@@ -117,6 +124,12 @@ def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root
     sure = UploadResult("y.png", True, prediction=Prediction("y.png", decision="malignant",
                                                              probabilities={**probs, "malignant": 0.9}))
     assert "poorly" not in decision_explanation(predictor, sure)
+    calibrate(three_class_run["best_checkpoint"], tmp_path / "first.ckpt")  # the default: cancer first
+    first = Predictor.from_checkpoint(tmp_path / "first.ckpt")
+    assert "cancer first: malignant is reported" in model_card(first)["details"]["Decision threshold"]
+    cancer = UploadResult("z.png", True, prediction=Prediction("z.png", decision="malignant",
+                                                               probabilities={"normal": 0.5, "benign": 0.1, "malignant": 0.4}))
+    assert "is at or above the threshold" in decision_explanation(first, cancer)
 
 
 def test_fast_dev_run_strong_augmentation_experiment(three_class_root, tmp_path):
@@ -124,3 +137,19 @@ def test_fast_dev_run_strong_augmentation_experiment(three_class_root, tmp_path)
                               "+trainer.fast_dev_run=true"])
     assert len(cfg.data.augment) == 6 and cfg.model.task == "multiclass"
     train(cfg)
+
+
+def test_cancer_first_never_trades_a_cancer_for_balanced_accuracy():
+    """The case the balanced rule gets wrong: P(malignant) 0.50 x weight 0.21 loses to P(normal) 0.45 x 0.28,
+    so 'balanced' calls a malignant slice normal; cancer first reports malignant (P >= its threshold)."""
+    from lungcnn.spec import DecisionRule
+
+    task = make_task("multiclass", ["normal", "benign", "malignant"])
+    p = np.array([[0.45, 0.05, 0.50], [0.70, 0.25, 0.05], [0.30, 0.60, 0.10]])
+    balanced = DecisionRule(weights=(0.28, 1.0, 0.21))
+    assert [task.class_names[i] for i in task.decide(p, balanced)] == ["normal", "benign", "benign"]
+    first = DecisionRule(threshold=0.3, weights=(0.28, 1.0, 0.21), priority="malignant")
+    assert [task.class_names[i] for i in task.decide(p, first)] == ["malignant", "benign", "benign"]
+    # Below the threshold the other classes are decided among themselves by the balanced rule.
+    assert task.decide(np.array([[0.5, 0.3, 0.2]]), first).tolist() == [1]  # 0.3 x 1.0 beats 0.5 x 0.28
+

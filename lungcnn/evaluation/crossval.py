@@ -11,8 +11,9 @@ fold calibrated and evaluated (`<job>/report/predictions.csv`, lungcnn's predict
   not independent. Binary: `binary_metrics` at 0.5 on the uncalibrated and the calibrated probability of
   the positive (last) class. K classes: the report's figures (balanced accuracy, macro F1, per-class and
   pairwise AUCs such as benign vs normal); uncalibrated decisions are the argmax of the class-balanced
-  output, calibrated ones each fold's own recorded decision rule. Pooling assumes the folds' probabilities
-  are on one scale (AUCs); the spread over folds shows how much a single split can move.
+  output, calibrated ones each fold's own decisions (the `decision` column its checkpoint wrote). Pooling
+  assumes the folds' probabilities are on one scale (AUCs); the spread over folds shows how much a single
+  split can move.
 - Checks from each fold's split.csv: no image in two test folds, no group in both train and test.
 """
 
@@ -60,14 +61,12 @@ def load_run(run_dir: str | Path, report_dir: str = "report") -> dict[str, Any]:
         raise LungCNNInputError(f"{path}: no test metrics (was it trained with test=false?)")
     split = run / "split.csv"
     preds = run / report_dir / PREDICTIONS
-    report = run / report_dir / "report.json"
     return {
         "dir": str(run),
         "fold": _fold_of(run),
         "test": {k: float(v) for k, v in test.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         "split": pd.read_csv(split, dtype={"file": str, "group": str, "split": str}) if split.is_file() else None,
         "predictions": Table.read(preds) if preds.is_file() else None,
-        "decision_weights": json.loads(report.read_text(encoding="utf-8")).get("decision_weights") if report.is_file() else None,
     }
 
 
@@ -136,7 +135,7 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
 
 class Pool(NamedTuple):
     """All folds' predictions as arrays: per-image file, series (`groups`), label index, per-class probabilities
-    (N, K) uncalibrated and calibrated, and the decision weights (N, K) of each image's own fold."""
+    (N, K) uncalibrated and calibrated, and the decision (class index) its own fold's checkpoint made."""
 
     names: list[str]
     files: np.ndarray
@@ -144,12 +143,12 @@ class Pool(NamedTuple):
     labels: np.ndarray
     uncalibrated: np.ndarray
     calibrated: np.ndarray
-    weights: np.ndarray
+    decisions: np.ndarray
 
     def score(self, idx: np.ndarray, calibrated: bool = True) -> dict[str, float]:
-        """flat_metrics of the rows `idx`: calibrated with the folds' decision rules, or uncalibrated argmax."""
-        probs, weights = (self.calibrated, self.weights[idx]) if calibrated else (self.uncalibrated, None)
-        return flat_metrics(probs[idx], self.labels[idx], self.names, weights)
+        """flat_metrics of the rows `idx`: calibrated with the folds' own decisions, or uncalibrated argmax."""
+        probs, decisions = (self.calibrated, self.decisions[idx]) if calibrated else (self.uncalibrated, None)
+        return flat_metrics(probs[idx], self.labels[idx], self.names, decisions)
 
 
 def pool_predictions(runs: list[dict[str, Any]]) -> Pool:
@@ -168,10 +167,8 @@ def _fold_arrays(run: dict[str, Any]) -> tuple:
     split = run["split"]
     groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
     files = table.frame["file"].astype(str).to_numpy()
-    k = len(table.class_names)
-    weights = np.broadcast_to(np.asarray(run["decision_weights"] or [1.0] * k, dtype=np.float64), (len(files), k))
     return (table.class_names, files, np.array([groups.get(f, f) for f in files], dtype=str), table.label_indices(),
-            table.probabilities(calibrated=False), table.probabilities(), weights)
+            table.probabilities(calibrated=False), table.probabilities(), table.decision_indices())
 
 
 def _pooled_multiclass(pool: Pool, n_resamples: int, seed: int) -> dict[str, Any]:

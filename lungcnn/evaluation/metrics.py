@@ -157,8 +157,8 @@ def binary_metrics_batched(
 
 
 def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
-                       decision_weights: Sequence[float] | None = None) -> dict[str, Any]:
-    """K-class metrics from the decisions argmax(P * decision_weights) (plain argmax without weights):
+                       decisions: Any = None) -> dict[str, Any]:
+    """K-class metrics of `decisions` (N class indices from the checkpoint's decision rule; default: argmax P):
     balanced accuracy and macro F1 (robust to class imbalance), per-class sensitivity/specificity and
     one-vs-rest AUC, top-label ECE and the confusion matrix (rows = true class, columns = predicted)."""
     p, y = check_multiclass(probs, labels)
@@ -166,7 +166,9 @@ def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
     names = [str(c) for c in class_names]
     if len(names) != k:
         raise ValueError(f"got {len(names)} class names for {k} probability columns")
-    pred = decide_multiclass(p, decision_weights)
+    pred = p.argmax(axis=1) if decisions is None else np.asarray(decisions, dtype=np.int64)
+    if pred.shape != y.shape or (pred.size and (pred.min() < 0 or pred.max() >= k)):
+        raise ValueError(f"decisions must be {y.size} class indices in [0, {k}), got shape {pred.shape}")
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1).astype(np.float64)
@@ -201,27 +203,6 @@ def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
         "class_names": names,
         "confusion_matrix": cm.tolist(),
     }
-
-
-def is_weighted_rule(decision_weights: Sequence[float] | None) -> bool:
-    """True when the weights can change a decision, i.e. argmax(P * w) is not simply argmax(P)."""
-    return decision_weights is not None and len(set(float(w) for w in decision_weights)) > 1
-
-
-def decide_multiclass(probs: np.ndarray, decision_weights: Sequence[float] | None = None) -> np.ndarray:
-    """(N, K) probabilities -> (N,) class indices: argmax of P(k) * w_k (w = 1: the most probable class).
-
-    w_k = 1 / prior_k gives the decision that maximises expected balanced accuracy (every class's
-    sensitivity counts the same), which is what lungcnn.calibrate records for K-class models.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if decision_weights is None:
-        return p.argmax(axis=1)
-    w = np.asarray(decision_weights, dtype=np.float64)  # (K,), or (N, K): one rule per image (pooled CV folds)
-    if w.shape not in ((p.shape[1],), p.shape) or not np.all(np.isfinite(w)) or (w <= 0).any():
-        raise LungCNNInputError(f"decision weights must be {p.shape[1]} positive numbers (per image or for all), "
-                                f"got shape {w.shape}")
-    return (p * w).argmax(axis=1)
 
 
 def bin_indices(probs: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:

@@ -18,9 +18,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import is_weighted_rule, multiclass_metrics
+from lungcnn.evaluation.metrics import multiclass_metrics
 from lungcnn.evaluation.plots import plot_confusion, plot_reliability
 from lungcnn.fileio import write_json, write_text
+from lungcnn.spec import DecisionRule
 
 ALPHA = 0.05
 
@@ -35,10 +36,15 @@ def pairwise_auc(probs: np.ndarray, labels: np.ndarray, a: int, b: int) -> float
 
 
 def flat_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                 decision_weights: Sequence[float] | None = None) -> dict[str, float]:
-    """Every figure as one flat float, so each gets a bootstrap interval."""
-    m = multiclass_metrics(probs, labels, class_names, decision_weights)
-    flat = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")}
+                 decisions: np.ndarray | None = None) -> dict[str, float]:
+    """Every figure as one flat float, so each gets a bootstrap interval; `decisions` as in `multiclass_metrics`.
+
+    The last class (malignant) comes first: its sensitivity is the figure a clinician reads first.
+    """
+    m = multiclass_metrics(probs, labels, class_names, decisions)
+    cancer = class_names[-1]
+    flat = {f"sensitivity/{cancer}": m["per_class"][cancer]["sensitivity"]}
+    flat.update({k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")})
     for name, per in m["per_class"].items():
         for key in ("sensitivity", "specificity", "roc_auc"):
             flat[f"{key}/{name}"] = per[key]
@@ -48,36 +54,40 @@ def flat_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[st
 
 
 def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[str], temperature: float, out_dir: str | Path,
-                            title: str, data_note: str, seed: int = 0, n_resamples: int = 1000,
-                            decision_weights: Sequence[float] | None = None, tta: str = "none") -> dict[str, Any]:
-    """`records`: file, label (N,), prob (N, K) uncalibrated, prob_cal (N, K) calibrated.
-
-    Decisions on calibrated probabilities use `decision_weights` (the checkpoint's decision rule);
-    uncalibrated ones are the plain argmax of the class-balanced network's output.
+                            title: str, data_note: str, rule: DecisionRule, seed: int = 0, n_resamples: int = 1000,
+                            tta: str = "none") -> dict[str, Any]:
+    """`records`: file, label (N,), prob (N, K) uncalibrated, prob_cal (N, K) calibrated, decision (N,) the
+    checkpoint's decisions (class indices) under `rule`; uncalibrated decisions are the plain argmax of the
+    class-balanced network's output. Intervals resample images (rows keep their decisions).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     y = np.asarray(records["label"], dtype=np.int64)
     names = list(class_names)
-    weights = None if decision_weights is None else [float(w) for w in decision_weights]
+    rows = np.arange(y.size)
     results = {}
-    for kind, key, w in (("uncalibrated", "prob", None), ("calibrated", "prob_cal", weights)):
+    for kind, key, decided in (("uncalibrated", "prob", None), ("calibrated", "prob_cal", records["decision"])):
         p = np.asarray(records[key], dtype=np.float64)
-        point = flat_metrics(p, y, names, w)
-        ci = bootstrap_ci(lambda pp, yy, w=w: flat_metrics(pp, yy, names, w), p, y, n_resamples=n_resamples, seed=seed,
-                          alpha=ALPHA)
+        d = p.argmax(axis=1) if decided is None else np.asarray(decided, dtype=np.int64)
+
+        def score(idx: np.ndarray, _y: np.ndarray, p: np.ndarray = p, d: np.ndarray = d) -> dict[str, float]:
+            return flat_metrics(p[idx], y[idx], names, d[idx])
+
+        point = score(rows, y)
+        ci = bootstrap_ci(score, rows, y, n_resamples=n_resamples, seed=seed, alpha=ALPHA)
         results[kind] = {k: {"value": v, "ci95": list(ci.get(k, (math.nan, math.nan)))} for k, v in point.items()}
     cal = np.asarray(records["prob_cal"], dtype=np.float64)
-    confusion = multiclass_metrics(cal, y, names, weights)["confusion_matrix"]
-    rule = decision_rule_text(weights)
-    plot_confusion(confusion, names, out / "confusion.png", title=f"Confusion matrix ({rule})")
+    confusion = multiclass_metrics(cal, y, names, records["decision"])["confusion_matrix"]
+    rule_text = decision_rule_text(rule)
+    plot_confusion(confusion, names, out / "confusion.png", title="Confusion matrix (the checkpoint's decisions)")
     for k, name in enumerate(names):
         plot_reliability(np.asarray(records["prob"])[:, k], cal[:, k], (y == k).astype(int), out / f"reliability_{name}.png")
     report = {
         "title": title, "data_note": data_note, "n": int(y.size),
         "class_counts": {name: int((y == k).sum()) for k, name in enumerate(names)},
         "class_names": names, "calibration": {"method": "temperature", "temperature": temperature},
-        "decision_rule": rule, "decision_weights": weights, "tta": tta,
+        "decision_rule": rule_text, "decision": {"threshold": rule.threshold, "weights": rule.weights,
+                                                 "priority": rule.priority}, "tta": tta,
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "alpha": ALPHA, "stratified": True},
         "confusion_matrix": confusion, "results": _nan_to_none(results),
     }
@@ -86,11 +96,16 @@ def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[st
     return report
 
 
-def decision_rule_text(weights: Sequence[float] | None) -> str:
-    if not is_weighted_rule(weights):
-        return "the class with the highest calibrated probability"
-    shown = ", ".join(f"{w:.2f}" for w in weights)
-    return f"the highest calibrated probability times the class weight ({shown}; 1 / training prior: balanced decisions)"
+def decision_rule_text(rule: DecisionRule) -> str:
+    """The decision rule in one phrase, for reports."""
+    weighted = ""
+    if rule.weighted:
+        shown = ", ".join(f"{w:.2f}" for w in rule.weights)
+        weighted = f"the highest calibrated probability times the class weight ({shown}; 1 / training prior: balanced)"
+    if rule.priority is not None:
+        rest = weighted or "the most probable of the other classes"
+        return f"cancer first: {rule.priority} when P({rule.priority}) >= {rule.threshold:.3f}, else {rest}"
+    return weighted or "the class with the highest calibrated probability"
 
 
 def _nan_to_none(x: Any) -> Any:

@@ -135,8 +135,15 @@ class Table:
         return self.frame[[probability_column(c, calibrated) for c in self.class_names]].to_numpy("float64")
 
     def label_indices(self):
+        return self._indices(LABEL)
+
+    def decision_indices(self):
+        """The checkpoint's decisions as class indices (rows that were read)."""
+        return self._indices(DECISION)
+
+    def _indices(self, column: str):
         index = {n: i for i, n in enumerate(self.class_names)}
-        unknown = sorted(set(self.frame[LABEL]) - set(index))
+        unknown = sorted(set(self.frame[column].astype(str)) - set(index))
         if unknown:
-            raise LungCNNInputError(f"labels {unknown} are not among the predicted classes {self.class_names}")
-        return self.frame[LABEL].map(index).to_numpy("int64")
+            raise LungCNNInputError(f"{column}s {unknown} are not among the predicted classes {self.class_names}")
+        return self.frame[column].map(index).to_numpy("int64")

@@ -163,11 +163,19 @@ def _threshold_explanation(predictor: Predictor, result: UploadResult) -> str:
 
 
 def _weighted_explanation(predictor: Predictor, result: UploadResult) -> str:
-    pred = result.prediction
+    pred, rule = result.prediction, predictor.spec.decision
     probs = pred.probabilities
     listed = ", ".join(f"{name} {format_percent(probs[name])}" for name in predictor.class_names)
     likeliest = max(probs, key=probs.get)
-    if likeliest == pred.decision:
+    first = rule.priority
+    if first is not None and pred.decision == first:
+        text = (f"Probabilities: {listed}. Reported as **{first}** because P({first}) {format_percent(probs[first])} "
+                f"is at or above the threshold of **{format_percent(rule.threshold)}**, set so that missed cancers "
+                "are rare; please look at this image closely.")
+    elif first is not None and likeliest == first:
+        text = (f"Probabilities: {listed}. P({first}) is below the threshold of {format_percent(rule.threshold)}, "
+                f"so the result is the likeliest of the other classes: **{pred.decision}**.")
+    elif likeliest == pred.decision:
         text = f"Probabilities: {listed}. Reported as **{pred.decision}**, the most probable class."
     else:
         text = (f"Probabilities: {listed}. Reported as **{pred.decision}** although {likeliest} is more probable: "
@@ -280,13 +288,18 @@ def _calibration_text(calibration: Calibration) -> str:
 
 
 def _threshold_text(predictor: Predictor) -> str:
-    spec = predictor.spec
+    spec, rule = predictor.spec, predictor.spec.decision
     if not spec.task.thresholded:
-        if not spec.decision.weighted:
-            return "the most probable class is reported"
-        return ("each class's probability is weighed against how common that class was in training, so that "
+        text = ("the most probable class is reported" if not rule.weighted else
+                "each class's probability is weighed against how common that class was in training, so that "
                 "every class is found equally often (balanced decisions); a rarer class can be reported "
                 "although a common one is more probable")
+        if rule.priority is None:
+            return text
+        target = spec.calibration.details.get("target_sensitivity")
+        found = f", chosen to find {100 * float(target):.0f}% of {rule.priority} validation cases" if target else ""
+        return (f"cancer first: {rule.priority} is reported whenever its probability is at least "
+                f"{format_percent(rule.threshold)}{found}; otherwise {text}")
     text = f"{format_percent(spec.decision.threshold)}: at or above it an image is reported as {predictor.class_names[-1]}"
     target = spec.calibration.details.get("target_sensitivity")
     if target:
