@@ -19,8 +19,8 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.webapp.auth import AuthSettings, is_loopback
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
-HOW_TO_SIGN_IN = ("configure sign-in first: run `lungcnn-app-password` and add its lines to .streamlit/secrets.toml, "
-                  "or set up [auth] for single sign-on (README: Deploying on a hospital network)")
+HOW_TO_SIGN_IN = ("run `lungcnn-app-password` and add its lines to .streamlit/secrets.toml, "
+                  "or configure [auth] for single sign-on (README: Deploying on a hospital network)")
 
 
 def read_secrets(paths: Sequence[str | Path]) -> dict[str, Any]:
