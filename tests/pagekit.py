@@ -76,7 +76,8 @@ def launch(cwd: Path, log: Path, *args: str) -> subprocess.Popen:
     """`python -m lungcnn.webapp.launch ARGS` in `cwd`, in its own session, output to `log`; HOME is `cwd`
     so a developer's ~/.streamlit/secrets.toml stays out."""
     env = {**os.environ, "HOME": str(cwd), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "LUNGCNN_CKPT": "", "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+           "LUNGCNN_CKPT": "", "NO_PROXY": "127.0.0.1,localhost",
+           "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "lungcnn.webapp.launch", *args], cwd=cwd, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -123,3 +124,109 @@ def listening_addresses(port: int) -> set[str]:
                 raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
                 found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw))
     return found
+
+
+# -- a stand-in OIDC provider on a loopback port ---------------------------------------------------------------
+SSO_USER = {"sub": "staff-0042", "email": "dr.a@hospital.example", "name": "Dr A"}
+
+
+class OIDCProvider:
+    """The smallest OpenID Connect provider Streamlit's `st.login` completes a sign-in with: discovery, an
+    authorize endpoint that signs `SSO_USER` in at once, a token endpoint returning an RS256 id_token, and its keys.
+    Serves on 127.0.0.1 from a thread; `with OIDCProvider(client_id, secret) as idp: idp.metadata_url`."""
+
+    def __init__(self, client_id: str, client_secret: str) -> None:
+        from joserfc.jwk import RSAKey
+
+        self.client_id, self.client_secret = client_id, client_secret
+        self.key = RSAKey.generate_key(2048, parameters={"kid": "test-key", "use": "sig", "alg": "RS256"})
+        self.codes: dict[str, str] = {}  # code -> nonce
+        self.tokens_issued = 0
+
+    def __enter__(self) -> OIDCProvider:
+        import http.server
+        import threading
+
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                provider.get(self)
+
+            def do_POST(self) -> None:
+                provider.post(self)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.metadata_url = f"{self.issuer}/.well-known/openid-configuration"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    @staticmethod
+    def _send(handler, status: int, body: dict | None = None, headers: dict | None = None) -> None:
+        import json
+
+        data = json.dumps(body).encode() if body is not None else b""
+        handler.send_response(status)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def get(self, handler) -> None:
+        import secrets
+        from urllib.parse import parse_qs, urlencode, urlsplit
+
+        url = urlsplit(handler.path)
+        if url.path == "/.well-known/openid-configuration":
+            self._send(handler, 200, {
+                "issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token", "jwks_uri": f"{self.issuer}/jwks",
+                "response_types_supported": ["code"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]})
+        elif url.path == "/jwks":
+            self._send(handler, 200, {"keys": [self.key.as_dict(private=False)]})
+        elif url.path == "/authorize":
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            if query.get("client_id") != self.client_id:
+                return self._send(handler, 400, {"error": "unauthorized_client"})
+            code = secrets.token_urlsafe(16)
+            self.codes[code] = query.get("nonce", "")
+            target = f"{query['redirect_uri']}?{urlencode({'code': code, 'state': query.get('state', '')})}"
+            self._send(handler, 302, None, {"Location": target})
+        else:
+            self._send(handler, 404, {"error": "not_found"})
+
+    def post(self, handler) -> None:
+        import base64
+        import time
+        from urllib.parse import parse_qs
+
+        from joserfc import jwt
+
+        form = {k: v[0] for k, v in parse_qs(handler.rfile.read(int(handler.headers["Content-Length"])).decode()).items()}
+        basic = handler.headers.get("Authorization", "")
+        client = (base64.b64decode(basic[6:]).decode().split(":", 1) if basic.startswith("Basic ")
+                  else [form.get("client_id"), form.get("client_secret")])
+        code = form.get("code", "")
+        if handler.path != "/token" or client != [self.client_id, self.client_secret] or code not in self.codes:
+            return self._send(handler, 400, {"error": "invalid_grant"})
+        now = int(time.time())
+        claims = {**SSO_USER, "iss": self.issuer, "aud": self.client_id, "iat": now, "exp": now + 600,
+                  "nonce": self.codes.pop(code)}
+        id_token = jwt.encode({"alg": "RS256", "kid": "test-key"}, claims, self.key)
+        self.tokens_issued += 1
+        self._send(handler, 200, {"access_token": "opaque", "token_type": "Bearer", "expires_in": 600,
+                                  "id_token": id_token})

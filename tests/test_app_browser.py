@@ -3,6 +3,7 @@ Debian's Chromium via Playwright: sign-in, uploads (one a DICOM with patient tag
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from lungcnn.webapp.auth import hash_password
-from tests.pagekit import PASSWORD, dicom, free_port, launch, patient_values_in, project_dir, stop, wait_healthy
+from tests.pagekit import (
+    PASSWORD,
+    SSO_USER,
+    OIDCProvider,
+    dicom,
+    free_port,
+    launch,
+    patient_values_in,
+    project_dir,
+    stop,
+    wait_healthy,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -24,19 +36,25 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def server(trained_ckpt, tmp_path):
-    """The page as `make app` starts it (the launcher, default host), with a password configured."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    secrets = f'[lungcnn]\npassword_hash = "{hash_password(PASSWORD)}"\n'
-    cwd, port, log = project_dir(tmp_path / "site", secrets), free_port(), tmp_path / "page.log"
-    proc = launch(cwd, log, "--port", str(port), "--ckpt", str(trained_ckpt))
+@contextlib.contextmanager
+def serving(ckpt: Path, tmp_path: Path, secrets: str, port: int | None = None):
+    """The page as `make app` starts it (the launcher, default host) with `secrets` as its secrets.toml."""
+    cwd, port, log = project_dir(tmp_path / "site", secrets), port or free_port(), tmp_path / "page.log"
+    proc = launch(cwd, log, "--port", str(port), "--ckpt", str(ckpt))
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc, log)
-        yield playwright, url, log
+        yield url, log
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def server(trained_ckpt, tmp_path):
+    """The page with a password configured."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with serving(trained_ckpt, tmp_path, f'[lungcnn]\npassword_hash = "{hash_password(PASSWORD)}"\n') as (url, log):
+        yield playwright, url, log
 
 
 def test_sign_in_and_upload_in_a_real_browser(server, tiny_root, tmp_path):
@@ -95,3 +113,33 @@ def test_sign_in_and_upload_in_a_real_browser(server, tiny_root, tmp_path):
     assert patient_values_in(server_log) == [] and PASSWORD not in server_log
     assert shot.stat().st_size > 10_000
     shutil.copy(shot, SCREENSHOT_COPY)
+
+
+def test_single_sign_on_round_trip_in_a_real_browser(trained_ckpt, tmp_path):
+    """Streamlit's OIDC sign-in against a stand-in provider on loopback: button, provider, callback, page, sign-out."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    port = free_port()
+    with OIDCProvider("lungcnn-test", "test-client-secret") as idp:
+        secrets = (f'[auth]\nredirect_uri = "http://127.0.0.1:{port}/oauth2callback"\ncookie_secret = "{"c" * 40}"\n'
+                   f'client_id = "lungcnn-test"\nclient_secret = "test-client-secret"\n'
+                   f'server_metadata_url = "{idp.metadata_url}"\n')
+        with serving(trained_ckpt, tmp_path, secrets, port) as (url, log), playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(30_000)
+                page.goto(url, timeout=30_000)
+                sign_in = page.get_by_role("button", name="Sign in with your hospital account")
+                sign_in.wait_for()
+                assert page.locator("input[type=file]").count() == 0 and page.locator("input[type=password]").count() == 0
+                sign_in.click()  # -> the provider -> /oauth2callback -> the page, signed in
+                page.locator("input[type=file]").first.wait_for(state="attached")
+                page.get_by_text(f"Signed in as {SSO_USER['email']}").wait_for()
+                page.get_by_role("button", name="Sign out").click()
+                page.get_by_role("button", name="Sign in with your hospital account").wait_for()
+                assert page.locator("input[type=file]").count() == 0
+            finally:
+                browser.close()
+            server_log = log.read_text()
+    assert idp.tokens_issued == 1
+    assert f"sign-in succeeded: single sign-on as {SSO_USER['email']}" in server_log and "signed out" in server_log
