@@ -210,3 +210,19 @@ def test_password_command_refuses_bad_input_in_one_line(stdin, message):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"lungcnn: error: {done.stderr.split('error: ', 1)[1].strip()}"]
     assert message in done.stderr
+
+
+def test_password_command_on_a_terminal_asks_twice_unseen(monkeypatch):
+    import io
+
+    from lungcnn.webapp import password
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    typed = iter([PASSWORD, PASSWORD, PASSWORD, PASSWORD + "x"])
+    monkeypatch.setattr(password.getpass, "getpass", lambda prompt: next(typed))
+    assert password.read_password(Terminal("ignored\n")) == PASSWORD
+    with pytest.raises(LungCNNInputError, match="differ"):
+        password.read_password(Terminal())
