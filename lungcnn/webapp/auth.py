@@ -33,8 +33,8 @@ from lungcnn.errors import LungCNNInputError
 log = logging.getLogger(__name__)
 
 SECTION = "lungcnn"
-# scrypt cost: N=2**15, r=8, p=1 takes 32 MiB and ~0.1 s per check here (OWASP's minimum is N=2**17 with r=8 for a
-# password store; one shared password behind a back-off is a smaller target). Stored with the hash, so it can rise.
+# scrypt cost: N=2**15, r=8, p=1 takes 32 MiB and 0.2-0.3 s per check on 2 shared cores. OWASP's minimum for a password
+# store is N=2**17; one shared password behind a back-off is a smaller target. Stored with the hash, so it can rise.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 MIN_SCRYPT_N, MAX_SCRYPT_N = 2**14, 2**20
 SALT_BYTES, KEY_BYTES = 16, 32
