@@ -33,9 +33,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# The clinicians' page. CKPT=PATH picks the checkpoint (else $$LUNGCNN_CKPT, else the demo's best.calibrated.ckpt).
+# The clinicians' page on http://HOST:PORT. CKPT=PATH picks the checkpoint (else $$LUNGCNN_CKPT, else the demo's
+# best.calibrated.ckpt). Loopback by default; any other HOST needs sign-in configured (README: Deploying on a
+# hospital network). Plain `=` so an exported HOST in the environment does not move the page onto the network.
+HOST = 127.0.0.1
+PORT = 8501
 app: install
-	$(PY) -m streamlit run app/streamlit_app.py $(if $(CKPT),-- --ckpt $(CKPT))
+	$(PY) -m lungcnn.webapp.launch --host $(HOST) --port $(PORT) $(if $(CKPT),--ckpt $(CKPT))
 
 lint: install
 	$(VENV)/bin/ruff check lungcnn tests scripts app

@@ -1,18 +1,22 @@
 """The clinicians' page: upload lung CT images, see benign/malignant with a calibrated probability.
 
 Run: `make app` or `streamlit run app/streamlit_app.py -- --ckpt PATH` (else $LUNGCNN_CKPT, else the
-demo checkpoint). Only layout and wording live here; the logic is in `lungcnn.inference.uploads`.
+demo checkpoint). Only layout and wording live here; the logic is in `lungcnn.inference.uploads` (uploads) and
+`lungcnn.webapp` (sign-in, who may see the page without it).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitSecretNotFoundError
 
+from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.uploads import (
     CALIBRATED_MEANS,
@@ -30,12 +34,95 @@ from lungcnn.inference.uploads import (
     model_card,
     results_csv,
 )
+from lungcnn.webapp import logs
+from lungcnn.webapp.auth import Access, AuthSettings, access, session_backoff, try_password
 
 log = logging.getLogger("lungcnn.app")
 ROOT = Path(__file__).resolve().parents[1]
 DISCLAIMER = ("**Decision support, not a diagnosis.** This tool gives a second opinion on single CT images for a "
               "clinician. It can be wrong; the decision on diagnosis and care stays with the clinician.")
 COLOURS = {"malignant": "red", "benign": "green"}
+HOW_TO_SIGN_IN = "see “Deploying on a hospital network” in the README"
+
+
+# -- sign-in -------------------------------------------------------------------------------------------------
+def configured_secrets() -> dict:
+    try:
+        return st.secrets.to_dict()
+    except StreamlitSecretNotFoundError:  # no secrets.toml: nothing configured
+        return {}
+
+
+def who() -> str:
+    """This session for the log: a random tag and the client address (no names, nothing uploaded)."""
+    tag = st.session_state.setdefault("session_tag", secrets.token_hex(4))
+    ip = st.context.ip_address
+    return f"session {tag}, client {ip if isinstance(ip, str) else 'this computer'}"
+
+
+def oidc_user() -> str | None:
+    """The signed-in single sign-on user's e-mail (or subject), else None."""
+    if not st.user.get("is_logged_in"):
+        return None
+    return str(st.user.get("email") or st.user.get("sub") or "unknown user")
+
+
+def signed_in(settings: AuthSettings) -> bool:
+    """Whether the page may show more than its title; shows the sign-in form or the refusal otherwise."""
+    mode = access(settings, st.get_option("server.address"), dict(st.context.headers))
+    if mode is Access.OPEN:
+        st.caption("No sign-in is set up: this page answers only on this computer.")
+        return True
+    if mode is Access.REFUSED:
+        if not st.session_state.get("refusal_logged"):
+            log.warning("page refused: reachable from the network with no sign-in configured (%s)", who())
+            st.session_state["refusal_logged"] = True
+        st.error("This page can be reached from other computers, but no sign-in is configured, so it shows "
+                 f"nothing. For the administrator: {HOW_TO_SIGN_IN}.")
+        return False
+    if st.session_state.get("signed_in") == "password":
+        return True
+    user = oidc_user() if settings.providers else None
+    if user:
+        if st.session_state.get("signed_in") != user:
+            log.info("sign-in succeeded: single sign-on as %s (%s)", user, who())
+            st.session_state["signed_in"] = user
+        return True
+    sign_in_form(settings)
+    return False
+
+
+def sign_in_form(settings: AuthSettings) -> None:
+    st.subheader("Sign in")
+    for name in settings.providers:
+        label = "Sign in with your hospital account" if name == "default" else f"Sign in with {name}"
+        if st.button(label, key=f"login_{name}", type="primary"):
+            st.login(None if name == "default" else name)
+    if not settings.password_hash:
+        return
+    with st.form("password_sign_in", clear_on_submit=True):  # the typed password is not kept in the session
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        result = try_password(settings, password, st.session_state.setdefault("backoff", session_backoff()), who=who())
+        if result.ok:
+            st.session_state["signed_in"] = "password"
+            st.rerun()
+        st.error(result.message)
+
+
+def sign_out_button() -> None:
+    method = st.session_state.get("signed_in")
+    if not method:
+        return
+    with st.sidebar:
+        st.caption("Signed in with the page's password." if method == "password" else f"Signed in as {md(method)}.")
+        if st.button("Sign out"):
+            log.info("signed out (%s)", who())
+            del st.session_state["signed_in"]
+            if method != "password":
+                st.logout()
+            st.rerun()
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -104,6 +191,7 @@ def analyse_all(predictor: Predictor, files: list, with_cam: bool, ckpt_key: tup
             cache[key] = analyse_upload(predictor, f.name, f.getvalue(), with_cam=with_cam, limits=limits)
             progress.progress((i + 1) / len(todo), text=f"Analysed {i + 1} of {len(todo)}")
         progress.empty()
+        log.info("analysed %d uploaded files (%s)", len(todo), who())
     return [cache[k] for k in keys]
 
 
@@ -132,6 +220,16 @@ def main() -> None:
     st.set_page_config(page_title="Lung CT image check", page_icon="🫁", layout="wide")
     st.title("Lung CT image check")
     st.info(DISCLAIMER, icon=":material/stethoscope:")
+    logs.configure()
+    try:
+        settings = AuthSettings.from_secrets(configured_secrets())
+    except LungCNNInputError as e:
+        log.error("sign-in configuration: %s", e)
+        st.error(f"Sign-in is misconfigured, so the page shows nothing. For the administrator: {md(str(e))}.")
+        return
+    if not signed_in(settings):
+        return
+    sign_out_button()
     ckpt = choose_checkpoint(sys.argv[1:], root=ROOT)
     try:
         stat = ckpt.stat()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lungcnn.calibrate import calibrate
-from lungcnn.inference import schema
+from lungcnn.inference import schema, uploads
 from lungcnn.inference.gradcam import gradcam
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.uploads import (
@@ -26,9 +26,15 @@ from lungcnn.inference.uploads import (
     model_card,
     results_csv,
 )
+from lungcnn.webapp.auth import SHARED_BACKOFF, hash_password
+from tests.pagekit import PASSWORD, dicom, patient_values_in
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app" / "streamlit_app.py"
+PAGE_HASH = hash_password(PASSWORD)
+OIDC = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "test-cookie-secret-0123456789",
+        "client_id": "lungcnn", "client_secret": "not-a-secret",
+        "server_metadata_url": "https://login.example.org/.well-known/openid-configuration"}
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -59,28 +65,6 @@ def png(array: np.ndarray, mode: str | None = None) -> bytes:
 def jpeg(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def dicom(with_pixels: bool) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta, CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
-    if with_pixels:
-        hu = np.full((48, 48), -1000, np.int16)
-        hu[8:40, 8:40] = -700  # lung
-        hu[20:28, 20:28] = 40  # a nodule
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 48, 48, 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelData = hu.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
@@ -230,12 +214,35 @@ def test_checkpoint_choice_order(tmp_path):
 
 
 # -- the page through Streamlit's AppTest ---------------------------------------------------------------
-def run_page(monkeypatch, ckpt: Path, files=None, with_cam: bool = True):
+@pytest.fixture(autouse=True)
+def fresh_backoff():
+    """Wrong passwords here must not slow down the next test (the process-wide back-off outlives a test)."""
+    SHARED_BACKOFF.reset()
+    yield
+    SHARED_BACKOFF.reset()
+
+
+def page(monkeypatch, ckpt: Path, secrets: dict):
+    """The page, not yet run; `secrets` replace .streamlit/secrets.toml (a developer's own file stays out)."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("LUNGCNN_CKPT", str(ckpt))
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.secrets = secrets
+    return at
+
+
+def sign_in(at, password: str = PASSWORD):
+    at.text_input[0].input(password)
+    next(b for b in at.button if b.label == "Sign in").click().run()
     assert not at.exception, at.exception
+    return at
+
+
+def run_page(monkeypatch, ckpt: Path, files=None, with_cam: bool = True):
+    at = page(monkeypatch, ckpt, {"lungcnn": {"password_hash": PAGE_HASH}}).run()
+    assert not at.exception, at.exception
+    sign_in(at)
     if files is not None:
         if not with_cam:
             at.toggle[0].set_value(False)
@@ -283,3 +290,126 @@ def test_page_upload_shows_results_and_per_file_errors(monkeypatch, calibrated_c
 def test_page_without_heat_map(monkeypatch, calibrated_ckpt, ct_png):
     at = run_page(monkeypatch, calibrated_ckpt, [("scan.png", ct_png, "image/png")], with_cam=False)
     assert len(at.get("image")) == 1 and not at.error
+
+
+# -- sign-in --------------------------------------------------------------------------------------------------
+def nothing_of_the_page(at) -> bool:
+    """No uploader, model card, settings or results: only the title, the disclaimer and sign-in."""
+    return not (at.file_uploader or at.expander or at.toggle or at.dataframe or at.metric or at.get("download_button"))
+
+
+def test_password_sign_in_wrong_refused_right_admits_then_sign_out(monkeypatch, calibrated_ckpt, caplog):
+    at = page(monkeypatch, calibrated_ckpt, {"lungcnn": {"password_hash": PAGE_HASH}})
+    with caplog.at_level(logging.INFO, logger="lungcnn"):
+        at.run()
+        assert not at.exception and nothing_of_the_page(at)
+        assert at.text_input[0].label == "Password" and at.text_input[0].proto.type == at.text_input[0].proto.PASSWORD
+        sign_in(at, "not the password at all")
+        assert [e.value for e in at.error] == ["Wrong password."] and nothing_of_the_page(at)
+        sign_in(at)
+        assert not at.error and at.file_uploader and at.expander  # the uploader and the model card
+        assert any("Signed in with the page's password" in c.value for c in at.sidebar.caption)
+        next(b for b in at.sidebar.button if b.label == "Sign out").click().run()
+        assert nothing_of_the_page(at) and at.text_input[0].label == "Password"
+    assert "sign-in failed: wrong password, 1 in a row" in caplog.text and "sign-in succeeded: password" in caplog.text
+    assert "signed out" in caplog.text
+    assert "not the password at all" not in caplog.text and PASSWORD not in caplog.text
+
+
+def test_repeated_wrong_passwords_are_slowed_down_on_the_page(monkeypatch, calibrated_ckpt):
+    at = page(monkeypatch, calibrated_ckpt, {"lungcnn": {"password_hash": PAGE_HASH}}).run()
+    sign_in(at, "wrong password one")
+    sign_in(at, "wrong password two")
+    sign_in(at)  # the right one, but too soon after two failures
+    assert "please wait" in at.error[0].value and nothing_of_the_page(at)
+
+
+def test_single_sign_on_shows_a_login_button_and_admits_a_signed_in_user(monkeypatch, calibrated_ckpt, caplog):
+    # Streamlit's OIDC redirect needs a provider, which tests here cannot reach: the button, the configuration
+    # check and a user Streamlit reports as signed in are what is tested.
+    at = page(monkeypatch, calibrated_ckpt, {"auth": OIDC})
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception and nothing_of_the_page(at)
+    assert [b.label for b in at.button] == ["Sign in with your hospital account"] and not at.text_input
+    at.user = {"is_logged_in": True, "email": "dr.a@hospital.example", "name": "Dr A"}
+    with caplog.at_level(logging.INFO, logger="lungcnn"):
+        at.run()
+    assert not at.exception and at.file_uploader
+    assert any("dr.a@hospital.example" in plain(c.value) for c in at.sidebar.caption)
+    assert "sign-in succeeded: single sign-on as dr.a@hospital.example" in caplog.text
+
+
+def test_no_sign_in_configured_is_open_on_loopback_only(monkeypatch, calibrated_ckpt):
+    import streamlit as st
+
+    get_option = st.get_option
+
+    def serve_on(address):
+        monkeypatch.setattr(st, "get_option", lambda key: address if key == "server.address" else get_option(key))
+        at = page(monkeypatch, calibrated_ckpt, {"unrelated": {"x": 1}}).run()
+        assert not at.exception, at.exception
+        return at
+
+    at = serve_on("127.0.0.1")
+    assert at.file_uploader and any("answers only on this computer" in c.value for c in at.caption)
+    for address in ("0.0.0.0", "", None):  # e.g. a bare `streamlit run --server.address 0.0.0.0`: every interface
+        at = serve_on(address)
+        assert nothing_of_the_page(at) and not at.text_input and "no sign-in is configured" in at.error[0].value
+
+
+def test_misconfigured_sign_in_shows_nothing(monkeypatch, calibrated_ckpt):
+    at = page(monkeypatch, calibrated_ckpt, {"lungcnn": {"password_hash": "hunter2"}}).run()
+    assert not at.exception and nothing_of_the_page(at) and "misconfigured" in at.error[0].value
+
+
+# -- patient data ----------------------------------------------------------------------------------------------
+def page_text(at) -> str:
+    """Everything the page sent to the browser, element by element (protobuf text, incl. table data)."""
+    chunks, todo = [], [at._tree]
+    while todo:
+        node = todo.pop()
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            chunks.append(str(proto))
+            chunks.append(proto.SerializeToString().decode("utf-8", "replace"))
+        children = getattr(node, "children", {})
+        todo.extend(children.values() if isinstance(children, dict) else children)
+    return "\n".join(chunks)
+
+
+def test_dicom_patient_tags_never_reach_the_page_logs_or_csv(monkeypatch, calibrated_ckpt, caplog, capfd):
+    csv = []
+    make_csv = uploads.results_csv
+    monkeypatch.setattr(uploads, "results_csv", lambda predictor, results: csv.append(make_csv(predictor, results)) or csv[-1])
+    files = [("slice.dcm", dicom(with_pixels=True, patient=True), "application/dicom"),
+             ("truncated.dcm", dicom(with_pixels=True, patient=True, pixel_bytes=100), "application/dicom"),
+             ("empty.dcm", dicom(with_pixels=False, patient=True), "application/dicom")]
+    assert patient_values_in(files[0][1])  # the names are in the files ...
+    with caplog.at_level(logging.DEBUG):
+        at = run_page(monkeypatch, calibrated_ckpt, files)
+    table = at.dataframe[0].value
+    assert list(table["file"]) == ["slice.dcm", "truncated.dcm", "empty.dcm"]
+    assert table.loc[0, "error"] == "" and table.loc[1, "error"] and table.loc[2, "error"]  # both paths: result, error
+    text = page_text(at)
+    assert "slice.dcm" in text and "Result:" in text  # the scan finds what the page shows ...
+    assert patient_values_in(text) == []  # ... and no patient tag
+    assert patient_values_in(caplog.text + capfd.readouterr().err) == []
+    assert len(csv) == 1 and patient_values_in(csv[0]) == []
+    # The CSV carries the page's table: the same rows and columns, numbers unformatted.
+    back = pd.read_csv(io.BytesIO(csv[0]), keep_default_na=False, dtype=str)
+    assert len(back) == len(table) and list(back["file"]) == list(table["file"])
+    assert list(back["decision"]) == list(table["decision"]) and list(back["error"]) == list(table["error"])
+    assert _as_shown(back.columns) == list(table.columns)
+
+
+def _as_shown(columns) -> list[str]:
+    """The download's schema columns as the page titles them: probability_<c> -> P(<c>)."""
+    return [f"P({c.removeprefix('probability_')})" if c.startswith("probability_") else c for c in columns]
+
+
+def test_the_csv_has_the_columns_the_page_shows(predictor, ct_png):
+    results = [analyse_upload(predictor, "a.png", ct_png, with_cam=False)]
+    shown, csv = display_table(predictor, results), pd.read_csv(io.BytesIO(results_csv(predictor, results)))
+    assert list(csv.columns) == schema.columns(predictor.task, shown_only=True)
+    assert _as_shown(csv.columns) == list(shown.columns)

@@ -1,21 +1,29 @@
-"""The page in a real browser: `streamlit run` on a loopback port, driven by Debian's Chromium via Playwright."""
+"""The page in a real browser: started as `make app` starts it (on a loopback port, a password configured), driven by
+Debian's Chromium via Playwright: sign-in, uploads (one a DICOM with patient tags), the CSV download, the server log."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from lungcnn.webapp.auth import hash_password
+from tests.pagekit import (
+    PASSWORD,
+    SSO_USER,
+    OIDCProvider,
+    dicom,
+    free_port,
+    launch,
+    patient_values_in,
+    project_dir,
+    stop,
+    wait_healthy,
+)
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -28,70 +36,54 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"streamlit did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """Stop the server's whole process group (it was started in its own session)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-
-
-@pytest.fixture
-def server(trained_ckpt, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    port, log = free_port(), tmp_path / "streamlit.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.port", str(port),
-           "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--", "--ckpt", str(trained_ckpt)]
-    env = {**os.environ, "LUNGCNN_CKPT": ""}  # the --ckpt argument must be what selects the model
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+@contextlib.contextmanager
+def serving(ckpt: Path, tmp_path: Path, secrets: str, port: int | None = None):
+    """The page as `make app` starts it (the launcher, default host) with `secrets` as its secrets.toml."""
+    cwd, port, log = project_dir(tmp_path / "site", secrets), port or free_port(), tmp_path / "page.log"
+    proc = launch(cwd, log, "--port", str(port), "--ckpt", str(ckpt))
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc, log)
-        yield playwright, url
+        yield url, log
     finally:
         stop(proc)
 
 
-def test_upload_in_a_real_browser(server, tiny_root, tmp_path):
-    playwright, url = server
+@pytest.fixture
+def server(trained_ckpt, tmp_path):
+    """The page with a password configured."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with serving(trained_ckpt, tmp_path, f'[lungcnn]\npassword_hash = "{hash_password(PASSWORD)}"\n') as (url, log):
+        yield playwright, url, log
+
+
+def test_sign_in_and_upload_in_a_real_browser(server, tiny_root, tmp_path):
+    playwright, url, log = server
     sample = sorted((tiny_root / "malignant").glob("*.png"))[0]
-    scan, broken = tmp_path / "scan.png", tmp_path / "broken.jpg"
+    scan, broken, ct = tmp_path / "scan.png", tmp_path / "broken.jpg", tmp_path / "slice.dcm"
     shutil.copy(sample, scan)
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    ct.write_bytes(dicom(with_pixels=True, patient=True))
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
             page.set_default_timeout(30_000)
             page.goto(url, timeout=30_000)
             page.get_by_text("Decision support, not a diagnosis").first.wait_for()
-            page.locator("input[type=file]").first.set_input_files([str(scan), str(broken)])
+            password = page.locator("input[type=password]")
+            password.wait_for()
+            assert page.locator("input[type=file]").count() == 0 and page.get_by_text("About this model").count() == 0
+
+            password.fill("certainly not the password")
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_text("Wrong password.").wait_for()
+            assert page.locator("input[type=file]").count() == 0
+            assert page.locator("input[type=password]").input_value() == ""  # the form forgot what was typed
+
+            page.locator("input[type=password]").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.locator("input[type=file]").first.set_input_files([str(scan), str(broken), str(ct)])
             metric = page.locator('[data-testid="stMetricValue"]').first
             metric.wait_for()
             assert re.fullmatch(r"(\d{1,2}\.\d%|< 0\.1%|> 99\.9%)", metric.inner_text().strip())
@@ -99,7 +91,13 @@ def test_upload_in_a_real_browser(server, tiny_root, tmp_path):
             alert = page.locator('[data-testid="stAlert"]').filter(has_text="broken.jpg:")
             alert.first.wait_for()
             assert "JPEG" in alert.first.inner_text() or "corrupt" in alert.first.inner_text()
-            page.get_by_text("Download results (CSV)").wait_for()
+            page.get_by_text("slice.dcm").first.wait_for()
+            assert page.locator('[data-testid="stMetricValue"]').count() == 2  # the PNG and the DICOM
+            with page.expect_download() as download:
+                page.get_by_text("Download results (CSV)").click()
+            csv = Path(download.value.path()).read_text()
+            assert "scan.png" in csv and "slice.dcm" in csv and "broken.jpg" in csv
+            shown = page.content() + page.locator("body").inner_text()
             # Streamlit scrolls inside its main container, so full_page alone shows one screen: grow the viewport.
             height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]')?.scrollHeight ?? 900")
             page.set_viewport_size({"width": 1280, "height": max(900, min(int(height) + 40, 4000))})
@@ -108,5 +106,40 @@ def test_upload_in_a_real_browser(server, tiny_root, tmp_path):
             page.screenshot(path=str(shot), full_page=True, timeout=30_000)
         finally:
             browser.close()
+    assert patient_values_in(shown) == [] and patient_values_in(csv) == []
+    server_log = log.read_text()
+    assert "sign-in failed: wrong password" in server_log and "sign-in succeeded: password" in server_log
+    assert "analysed 3 uploaded files" in server_log
+    assert patient_values_in(server_log) == [] and PASSWORD not in server_log
     assert shot.stat().st_size > 10_000
     shutil.copy(shot, SCREENSHOT_COPY)
+
+
+def test_single_sign_on_round_trip_in_a_real_browser(trained_ckpt, tmp_path):
+    """Streamlit's OIDC sign-in against a stand-in provider on loopback: button, provider, callback, page, sign-out."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    port = free_port()
+    with OIDCProvider("lungcnn-test", "test-client-secret") as idp:
+        secrets = (f'[auth]\nredirect_uri = "http://127.0.0.1:{port}/oauth2callback"\ncookie_secret = "{"c" * 40}"\n'
+                   f'client_id = "lungcnn-test"\nclient_secret = "test-client-secret"\n'
+                   f'server_metadata_url = "{idp.metadata_url}"\n')
+        with serving(trained_ckpt, tmp_path, secrets, port) as (url, log), playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(30_000)
+                page.goto(url, timeout=30_000)
+                sign_in = page.get_by_role("button", name="Sign in with your hospital account")
+                sign_in.wait_for()
+                assert page.locator("input[type=file]").count() == 0 and page.locator("input[type=password]").count() == 0
+                sign_in.click()  # -> the provider -> /oauth2callback -> the page, signed in
+                page.locator("input[type=file]").first.wait_for(state="attached")
+                page.get_by_text(f"Signed in as {SSO_USER['email']}").wait_for()
+                page.get_by_role("button", name="Sign out").click()
+                page.get_by_role("button", name="Sign in with your hospital account").wait_for()
+                assert page.locator("input[type=file]").count() == 0
+            finally:
+                browser.close()
+            server_log = log.read_text()
+    assert idp.tokens_issued == 1
+    assert f"sign-in succeeded: single sign-on as {SSO_USER['email']}" in server_log and "signed out" in server_log
