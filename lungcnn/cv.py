@@ -1,11 +1,13 @@
-"""`python -m lungcnn.cv summary|compare ...`: pool and compare grouped k-fold cross-validations.
+"""`python -m lungcnn.cv run|summary|compare ...`: repeated grouped cross-validation, the project's yardstick.
 
+    python -m lungcnn.cv run outputs/rcv --repeats 3 --folds 5 experiment=iqothnccd data.root=...
     python -m lungcnn.cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
-    python -m lungcnn.cv compare base=outputs/cv/base "flip TTA=outputs/cv/base:report_tta" --markdown
+    python -m lungcnn.cv compare base=outputs/rcv/seed0 "flip TTA=outputs/rcv/seed0:report_tta"
 
-`summary` prints per-fold mean ± std and pooled figures with series-bootstrap intervals and writes
-cv_summary.json (`lungcnn.evaluation.crossval`); `compare` gives paired differences from the first
-variant (`lungcnn.evaluation.compare`). `scripts/run_cv.sh` trains, calibrates, evaluates and summarises.
+`run` trains R x K folds as one Hydra multirun (pass `hydra/launcher=joblib` to run jobs in parallel),
+calibrates and evaluates each fold and pools each repeat (`lungcnn.evaluation.repeated`); `summary` pools one
+k-fold run (`lungcnn.evaluation.crossval`); `compare` gives paired differences from the first variant on the
+same folds (`lungcnn.evaluation.compare`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ from lungcnn.fileio import write_json
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lungcnn.cv", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="repeated grouped k-fold CV end to end")
+    r.add_argument("out", help="run folder: OUT/seed<s>/fold<k> per job, OUT/repeated_cv.json")
+    r.add_argument("overrides", nargs="*", help="Hydra overrides for lungcnn.train (experiment=..., data.root=...)")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--folds", type=int, default=5)
+    r.add_argument("--first-seed", type=int, default=0)
+    r.add_argument("--ckpt", default="best", help="each fold's best (validation AUC) or last checkpoint")
+    r.add_argument("--calibrate", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="lungcnn.calibrate arguments, e.g. method=isotonic decision=balanced tta=flip")
+    r.add_argument("--report", default="report", help="each fold's report folder (another name: re-evaluate)")
     s = sub.add_parser("summary", help="pool one cross-validation's folds")
     s.add_argument("run_dirs", nargs="*", help="fold run folders (each with metrics.json)")
     s.add_argument("--multirun", help="a Hydra multirun folder: every job folder in it is one fold")
@@ -32,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="paired comparison of cross-validations on the same folds")
     c.add_argument("variants", nargs="+", help="NAME=MULTIRUN_DIR[:REPORT_DIR]; the first is the baseline")
     c.add_argument("--out", help="write the comparison as JSON")
-    for q in (s, c):
+    for q in (r, s, c):
         q.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
         q.add_argument("--seed", type=int, default=0)
     return p
@@ -41,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 @friendly_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from lungcnn.evaluation.repeated import format_summary, run
+
+        calibration = dict(_key_value(item) for item in args.calibrate)
+        result = run(args.out, args.overrides, args.repeats, args.folds, args.first_seed, args.ckpt, calibration,
+                     args.report, args.n_resamples)
+        print(format_summary(result), flush=True)
+        return 0
     if args.command == "compare":
         from lungcnn.evaluation.compare import compare, markdown
 
@@ -61,6 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(out, result)
         print(f"wrote {out}", flush=True)
     return 0
+
+
+def _key_value(item: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise LungCNNInputError(f"--calibrate takes KEY=VALUE items, got {item!r}")
+    return key.replace("-", "_"), yaml.safe_load(value)
 
 
 if __name__ == "__main__":

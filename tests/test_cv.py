@@ -177,3 +177,32 @@ def test_series_bootstrap_keeps_every_class_and_widens_intervals_for_clustered_s
     image_lo, image_hi = bootstrap_ci(binary_metrics, p, y, n_resamples=300, seed=0)["roc_auc"]
     series_lo, series_hi = bootstrap_ci(binary_metrics, p, y, n_resamples=300, seed=0, groups=groups)["roc_auc"]
     assert series_hi - series_lo > image_hi - image_lo
+
+
+def test_repeated_cv_runs_repeats_of_group_disjoint_folds_and_pools_each(tmp_path, capsys):
+    """`python -m lungcnn.cv run`: 2 repeats x 2 folds on a tiny 3-class set; folds group-disjoint within a
+    repeat, the repeats draw other folds, and each repeat's pooled figure is recomputed from what was written."""
+    root = make_synthetic_dataset(tmp_path / "data", slices_per_patient=2, image_size=48,
+                                  n_patients={"normal": 4, "benign": 4, "malignant": 4})
+    out = tmp_path / "rcv"
+    overrides = ["experiment=iqothnccd_3class", *tiny_overrides(root), "trainer.max_epochs=1",
+                 "callbacks.finetune.stage1_epochs=1", "data.image_size=48"]
+    assert cv.main(["run", str(out), *overrides, "--repeats", "2", "--folds", "2", "--ckpt", "last",
+                    "--n-resamples", "50", "--calibrate", "tta=none"]) == 0
+    assert "per repeat" in capsys.readouterr().out
+    summary = json.loads((out / "repeated_cv.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["per_repeat"]) == {"0", "1"}
+    tested = {}
+    for seed in (0, 1):
+        splits = [pd.read_csv(out / f"seed{seed}" / f"fold{k}" / "split.csv") for k in (0, 1)]
+        for s in splits:  # no series in both train and test of a fold
+            assert not set(s.loc[s["split"] == "test", "group"]) & set(s.loc[s["split"] == "train", "group"])
+        tested[seed] = [frozenset(s.loc[s["split"] == "test", "file"]) for s in splits]
+        frames = [schema.Table.read(out / f"seed{seed}" / f"fold{k}" / "report" / "predictions.csv") for k in (0, 1)]
+        labels = np.concatenate([f.label_indices() for f in frames])
+        decisions = np.concatenate([f.decision_indices() for f in frames])
+        recall = np.mean([(decisions[labels == c] == c).mean() for c in range(3)])
+        assert summary["per_repeat"][str(seed)]["calibrated"]["metrics"]["balanced_accuracy"] == pytest.approx(recall)
+    assert set(tested[0]) != set(tested[1])  # another seed, other folds
+    spread = summary["over_repeats"]["calibrated/balanced_accuracy"]
+    assert spread["min"] <= spread["mean"] <= spread["max"] and len(spread["values"]) == 2

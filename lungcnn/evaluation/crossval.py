@@ -35,6 +35,7 @@ from lungcnn.inference.schema import Table
 
 PREDICTIONS = "predictions.csv"
 KINDS = ("uncalibrated", "calibrated")
+DECISION_METRICS = ("sensitivity", "specificity", "accuracy", "precision", "f1")
 SUMMARY_FILE = "cv_summary.json"
 
 
@@ -130,6 +131,11 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
         p = (pool.calibrated if kind == "calibrated" else pool.uncalibrated)[:, 1]
         ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed, groups=groups)
         out[kind] = {"metrics": binary_metrics(p, y), "ci95": {k: list(v) for k, v in ci.items()}}
+    # Each fold's own decisions (its checkpoint's operating threshold), scored as 0/1 "probabilities" at 0.5.
+    decided = pool.decisions.astype(np.float64)
+    ci = bootstrap_ci(binary_metrics, decided, y, n_resamples=n_resamples, seed=seed, groups=groups)
+    out["operating_point"] = {"metrics": {k: v for k, v in binary_metrics(decided, y).items() if k in DECISION_METRICS},
+                              "ci95": {k: list(v) for k, v in ci.items() if k in DECISION_METRICS}}
     return out
 
 
@@ -226,6 +232,8 @@ def format_table(summary: dict[str, Any]) -> str:
         for name in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "brier", "ece"):
             cells = [_with_ci(pooled[c], name) for c in KINDS]
             lines.append(f"{name:<16}" + "".join(f"{c:>30}" for c in cells))
+        lines += ["", "at each fold's own operating threshold (its checkpoint's decisions):"]
+        lines += [f"{name:<16}{_with_ci(pooled['operating_point'], name):>30}" for name in DECISION_METRICS]
     else:
         lines += ["", f"pooled predictions: not available ({pooled['reason']})"]
     checks = summary["split_checks"]

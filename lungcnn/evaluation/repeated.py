@@ -1,0 +1,118 @@
+"""Repeated grouped cross-validation: the yardstick for defaults and calibration on patients not seen in training.
+
+R repeats x K folds. Each repeat has its own seed, which draws other folds (the grouped k-fold split is seeded)
+and another initialisation and augmentation. Training runs as ONE Hydra multirun over `seed` and `data.fold`
+(so a launcher such as `hydra/launcher=joblib` runs jobs in parallel), into `OUT/seed<s>/fold<k>`; then every
+fold is calibrated on its own validation split and evaluated on its own test fold, and each repeat's folds are
+pooled with a series bootstrap (`crossval.aggregate`). The summary gives every repeat's pooled figures and
+their mean, standard deviation, minimum and maximum over repeats: a recipe is only as good as its worst repeat.
+Finished steps are kept, so an interrupted run resumes when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation import crossval
+from lungcnn.fileio import write_json
+
+SUMMARY_FILE = "repeated_cv.json"
+CHECKPOINTS = ("best", "last")
+
+
+def job_dir(out: Path, seed: int, fold: int) -> Path:
+    return out / f"seed{seed}" / f"fold{fold}"
+
+
+def train_folds(out: Path, overrides: Sequence[str], seeds: Sequence[int], folds: int) -> None:
+    """The multirun that trains every (seed, fold) job not finished yet; Hydra's launcher decides how."""
+    seed_list = ",".join(str(s) for s in seeds)
+    fold_list = ",".join(str(k) for k in range(folds))
+    cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"seed={seed_list}", f"data.n_folds={folds}",
+           f"data.fold={fold_list}", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}",
+           "hydra.sweep.subdir=seed${seed}/fold${data.fold}"]
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training the folds failed (exit {done.returncode}): {' '.join(cmd)}")
+
+
+def calibrate_and_evaluate(job: Path, ckpt: str, calibration: Mapping[str, Any], report: str) -> None:
+    """Calibrate one fold's checkpoint on its validation split and evaluate it on its test fold (skipped if done)."""
+    from lungcnn.calibrate import calibrate
+    from lungcnn.evaluate import evaluate
+
+    if (job / report / crossval.PREDICTIONS).is_file():
+        return
+    calibrated = job / "checkpoints" / f"{ckpt}.{report}.ckpt"
+    calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, **calibration)
+    evaluate(calibrated, out_dir=str(job / report), n_resamples=200)
+
+
+def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds: int = 5, first_seed: int = 0,
+        ckpt: str = "best", calibration: Mapping[str, Any] | None = None, report: str = "report",
+        n_resamples: int = 1000) -> dict[str, Any]:
+    """Train (what is missing), calibrate, evaluate and pool R x K folds; write and return the summary.
+
+    Args:
+        out: the run folder (`OUT/seed<s>/fold<k>` per job, `OUT/repeated_cv.json`).
+        overrides: Hydra overrides for `lungcnn.train` (experiment, data.root, launcher...).
+        repeats, folds: R >= 1 seeds from `first_seed`, K >= 2 folds each.
+        ckpt: which checkpoint of each fold: `best` (highest validation AUC) or `last`.
+        calibration: keyword arguments of `lungcnn.calibrate.calibrate` (method, decision, target_sensitivity...).
+        report: each fold's report folder name (another name re-evaluates the same folds another way).
+    """
+    if repeats < 1 or folds < 2:
+        raise LungCNNInputError(f"repeated CV needs repeats >= 1 and folds >= 2, got {repeats} x {folds}")
+    if ckpt not in CHECKPOINTS:
+        raise LungCNNInputError(f"--ckpt must be one of {CHECKPOINTS}, got {ckpt!r}")
+    out = Path(out)
+    seeds = list(range(first_seed, first_seed + repeats))
+    jobs = {(s, k): job_dir(out, s, k) for s in seeds for k in range(folds)}
+    if any(not (j / "metrics.json").is_file() for j in jobs.values()):
+        train_folds(out, overrides, seeds, folds)
+    for job in jobs.values():
+        calibrate_and_evaluate(job, ckpt, dict(calibration or {}), report)
+    per_repeat = {s: crossval.aggregate([jobs[s, k] for k in range(folds)], n_resamples, seed=0, report_dir=report)
+                  for s in seeds}
+    summary = {"out": str(out), "repeats": repeats, "folds": folds, "seeds": seeds, "checkpoint": ckpt,
+               "calibration": dict(calibration or {}), "overrides": list(overrides),
+               "per_repeat": {str(s): crossval.plain(v["pooled"]) for s, v in per_repeat.items()},
+               "over_repeats": spread(per_repeat)}
+    write_json(out / (SUMMARY_FILE if report == "report" else f"repeated_cv_{report}.json"), summary)
+    return summary
+
+
+def spread(per_repeat: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, std (ddof=1), min and max over repeats of every pooled figure (calibrated, operating point)."""
+    rows: dict[str, list[float]] = {}
+    for summary in per_repeat.values():
+        pooled = summary["pooled"]
+        for part in ("calibrated", "operating_point"):
+            for key, value in (pooled.get(part) or {}).get("metrics", {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    rows.setdefault(f"{part}/{key}", []).append(float(value))
+    out = {}
+    for key, values in rows.items():
+        v = np.array([x for x in values if not math.isnan(x)])
+        out[key] = {"mean": float(v.mean()) if v.size else math.nan, "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+                    "min": float(v.min()) if v.size else math.nan, "max": float(v.max()) if v.size else math.nan,
+                    "values": values}
+    return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    r = summary["repeats"]
+    lines = [f"repeated grouped CV: {r} repeat(s) x {summary['folds']} folds, seeds {summary['seeds']}",
+             f"{'pooled figure':<36}{'mean':>8}{'std':>8}{'min':>8}{'max':>8}   per repeat"]
+    for key, s in summary["over_repeats"].items():
+        per = " ".join(f"{v:.3f}" for v in s["values"])
+        lines.append(f"{key:<36}" + "".join(f"{s[k]:>8.3f}" for k in ("mean", "std", "min", "max")) + f"   {per}")
+    return "\n".join(lines)
