@@ -14,7 +14,7 @@ def _train(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_multirun_gives_one_run_directory_per_job(tiny_root, tmp_path):
-    done = _train(["-m", "model.head_lr=1e-3,3e-4", *tiny_overrides(tiny_root), "+trainer.fast_dev_run=true",
+    done = _train(["-m", "model.head_lr=1e-3,3e-4", *tiny_overrides(tiny_root), "trainer.fast_dev_run=true",
                    f"hydra.sweep.dir={tmp_path}"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
@@ -23,13 +23,13 @@ def test_multirun_gives_one_run_directory_per_job(tiny_root, tmp_path):
 
 def test_optuna_search_runs_trials(tiny_root, tmp_path):
     done = _train(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
-                   *tiny_overrides(tiny_root), "+trainer.fast_dev_run=true", f"hydra.sweep.dir={tmp_path}"])
+                   *tiny_overrides(tiny_root), "trainer.fast_dev_run=true", f"hydra.sweep.dir={tmp_path}"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "optimization_results.yaml").is_file()
 
 
 def test_ddp_on_cpu_with_two_processes(tiny_root, tmp_path):
-    done = _train(["trainer=ddp", *tiny_overrides(tiny_root), "+trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}"])
+    done = _train(["trainer=ddp", *tiny_overrides(tiny_root), "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "metrics.json").is_file()
     assert "GLOBAL_RANK: 1" in done.stderr + done.stdout or "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in (

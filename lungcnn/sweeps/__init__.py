@@ -1,0 +1,1 @@
+"""Sweeps: sharing the cores among parallel jobs, the value returned to a sweeper, and the sweep report."""
