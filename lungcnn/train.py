@@ -26,12 +26,10 @@ from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
 from lungcnn.models.backbone import normalization_for
-from lungcnn.sweeps.launchers import quiet_schema_matching
 from lungcnn.sweeps.objective import objective_value, sweeper_direction
 from lungcnn.sweeps.resources import apply_core_share
 
 log = logging.getLogger(__name__)
-quiet_schema_matching()
 
 
 def build_datamodule(cfg: DictConfig, num_workers: int | None = None) -> L.LightningDataModule:
