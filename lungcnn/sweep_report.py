@@ -21,7 +21,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", help="an Optuna storage URL (hydra.sweeper.storage), instead of a folder")
     parser.add_argument("--study", help="the study name (hydra.sweeper.study_name), with --storage")
     parser.add_argument("--out", help="output folder (default: MULTIRUN_DIR/report; required with --storage)")
-    parser.add_argument("--metric", help="the objective (default: the jobs' optimized_metric; for a study, a label for its value)")
+    parser.add_argument("--metric", help="the objective (default: the jobs' optimized_metric; "
+                        "for a study, a label for its value)")
     parser.add_argument("--direction", choices=DIRECTIONS, help="default: the sweeper's direction, else maximize")
     return parser.parse_args(argv)
 

@@ -84,7 +84,7 @@ def from_multirun(folder: str | Path, metric: str | None = None, direction: str 
         rows.append(row)
         reruns.append([o for o in overrides if not o.lstrip("+~").startswith(NOT_RERUN)])
     frame = pd.DataFrame(rows)
-    return SweepTable(frame, _swept(frame, rows), metric, direction, str(folder), reruns)
+    return SweepTable(frame, _swept(frame), metric, direction, str(folder), reruns)
 
 
 def from_study(storage: str, study_name: str, metric: str = "objective") -> SweepTable:
@@ -115,7 +115,7 @@ def from_study(storage: str, study_name: str, metric: str = "objective") -> Swee
     if not rows:
         raise LungCNNInputError(f"study {study_name!r} in {storage} has no trials yet")
     frame = pd.DataFrame(rows)
-    return SweepTable(frame, _swept(frame, rows), metric, direction, storage, reruns)
+    return SweepTable(frame, _swept(frame), metric, direction, storage, reruns)
 
 
 def write_report(table: SweepTable, out_dir: str | Path) -> list[Path]:
@@ -139,13 +139,17 @@ def format_markdown(table: SweepTable, best: int | None) -> str:
     lines = [f"# Sweep report: {table.source}", "",
              f"{len(table.rows)} job(s); objective {table.objective} ({table.direction}); "
              f"swept: {', '.join(table.params) or 'nothing'}.", ""]
+    fixed = [c for c in _override_columns(table.rows) if c not in table.params]
+    if fixed:
+        first = table.rows.iloc[0]
+        lines += ["Same in every job: " + ", ".join(f"`{c}={_cell(first[c])}`" for c in fixed) + ".", ""]
     if best is None:
         lines += ["**Best configuration:** none: no job measured the objective (see the note column).", ""]
     else:
         row = table.rows.loc[best]
-        lines += [f"**Best configuration:** {row['job']}, {table.objective} = {_cell(row['objective'])}", "",
+        lines += [f"**Best configuration:** job {row['job']}, {table.objective} = {_cell(row['objective'])}", "",
                   f"    python -m lungcnn.train {' '.join(table.overrides[best])}", ""]
-    columns = list(table.rows.columns)
+    columns = ["job", *table.params, "status", "objective", "note", *(c for c in table.rows.columns if "/" in c)]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join("---" for _ in columns) + "|")
     for _, row in table.rows.iterrows():
@@ -163,7 +167,7 @@ def plot_objective(table: SweepTable, param: str, path: Path) -> None:
     numeric = pd.to_numeric(x, errors="coerce")
     if numeric.notna().all() and x.map(lambda v: not isinstance(v, bool)).all():
         positions = numeric
-        if (numeric > 0).all() and numeric.max() / numeric.min() >= 100:
+        if (numeric > 0).all() and numeric.max() / numeric.min() >= 10:
             ax.set_xscale("log")
     else:
         labels = sorted({str(v) for v in x}, key=_natural_key)
@@ -207,10 +211,13 @@ def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
 
 
-def _swept(frame: pd.DataFrame, rows: list[dict[str, Any]]) -> list[str]:
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("job", "status", "objective", "note")
-            and "/" not in k]
-    return [k for k in keys if frame[k].astype(str).nunique(dropna=False) > 1]
+def _override_columns(frame: pd.DataFrame) -> list[str]:
+    # Metric columns are "split/name"; the others are bookkeeping.
+    return [c for c in frame.columns if c not in ("job", "status", "objective", "note") and "/" not in c]
+
+
+def _swept(frame: pd.DataFrame) -> list[str]:
+    return [c for c in _override_columns(frame) if frame[c].astype(str).nunique(dropna=False) > 1]
 
 
 def _direction(direction: str | None, hydra_yaml: Any) -> str:
