@@ -121,6 +121,12 @@ def test_each_job_gets_its_share_of_the_cores(launcher, cores, expected):
     assert cpus_for_job(launcher, cores) == expected
 
 
+def test_a_sweeper_that_hands_over_fewer_jobs_leaves_each_more_cores():
+    assert cpus_for_job({"n_jobs": 2}, 8, batch=1) == 8  # Optuna with n_jobs=1: one trial at a time
+    assert cpus_for_job({"n_jobs": 4}, 8, batch=2) == 4
+    assert cpus_for_job({"cpus_per_task": 2}, 8, batch=1) == 2  # submitit: what the user asked for
+
+
 def test_loader_workers_fit_in_the_share():
     assert core_share(4, {"n_jobs": 2}, cores=8).loader_workers == 3
     assert core_share(4, {"n_jobs": 2}, cores=2).loader_workers == 0

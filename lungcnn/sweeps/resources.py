@@ -34,12 +34,13 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cpus_for_job(launcher: Mapping[str, Any], cores: int) -> int | None:
+def cpus_for_job(launcher: Mapping[str, Any], cores: int, batch: int | None = None) -> int | None:
     """Cores one job may use under `launcher` (a `hydra.launcher` config); None when it runs jobs one at a time.
 
     Args:
         launcher: the launcher's config: `cpus_per_task` (submitit) or `n_jobs` (joblib; -1 = one job per core).
         cores: cores available to the process.
+        batch: the most jobs the sweeper hands the launcher at once (Optuna's `n_jobs`), if it limits them.
     """
     per_task = launcher.get("cpus_per_task")
     if per_task is not None:
@@ -54,10 +55,13 @@ def cpus_for_job(launcher: Mapping[str, Any], cores: int) -> int | None:
         raise LungCNNInputError("hydra.launcher.n_jobs must not be 0 (a count, or -1 for one job per core)")
     if at_once < 0:  # joblib's convention: -1 = every core, -2 = all but one, ...
         at_once = max(cores + 1 + at_once, 1)
+    if batch is not None and batch > 0:
+        at_once = min(at_once, batch)
     return max(cores // at_once, 1)
 
 
-def core_share(requested_workers: int, launcher: Mapping[str, Any], cores: int | None = None) -> CoreShare | None:
+def core_share(requested_workers: int, launcher: Mapping[str, Any], cores: int | None = None,
+               batch: int | None = None) -> CoreShare | None:
     """One job's share of the cores under `launcher`, or None when the job has the machine to itself.
 
     Loader workers are capped at the job's cores minus the one its training loop keeps busy.
@@ -66,8 +70,9 @@ def core_share(requested_workers: int, launcher: Mapping[str, Any], cores: int |
         requested_workers: `data.num_workers` as configured.
         launcher: the running sweep's `hydra.launcher` config.
         cores: cores available to the process (default: the affinity mask).
+        batch: the most jobs the sweeper hands the launcher at once, if it limits them.
     """
-    cpus = cpus_for_job(launcher, available_cores() if cores is None else cores)
+    cpus = cpus_for_job(launcher, available_cores() if cores is None else cores, batch)
     if cpus is None:
         return None
     return CoreShare(threads=cpus, loader_workers=min(requested_workers, cpus - 1))
@@ -75,7 +80,8 @@ def core_share(requested_workers: int, launcher: Mapping[str, Any], cores: int |
 
 def apply_core_share(requested_workers: int) -> int:
     """Under a parallel launcher, limit torch's threads to this job's share; return the loader workers it may start."""
-    share = core_share(requested_workers, _running_launcher())
+    launcher, batch = _running_sweep()
+    share = core_share(requested_workers, launcher, batch=batch)
     if share is None:
         return requested_workers
     torch.set_num_threads(share.threads)
@@ -84,10 +90,13 @@ def apply_core_share(requested_workers: int) -> int:
     return share.loader_workers
 
 
-def _running_launcher() -> Mapping[str, Any]:
+def _running_sweep() -> tuple[Mapping[str, Any], int | None]:
+    """The running sweep's launcher config and the sweeper's batch size (Optuna: n_jobs; basic: max_batch_size)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return {}
-    return HydraConfig.get().launcher
+        return {}, None
+    hydra = HydraConfig.get()
+    batch = hydra.sweeper.get("n_jobs") or hydra.sweeper.get("max_batch_size")
+    return hydra.launcher, int(batch) if batch else None
