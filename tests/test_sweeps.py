@@ -143,6 +143,7 @@ def test_objective_never_passes_off_an_unmeasured_value():
     assert math.isnan(objective_value(result, "val/roc_auc", fast_dev_run=True, direction=None))
     with pytest.raises(LungCNNInputError, match="val/roc_auc"):
         objective_value(result, "val/auroc", fast_dev_run=False, direction="maximize")
+    assert math.isnan(objective_value(result, "val/auroc", fast_dev_run=False, direction=None))  # nothing optimises
     with pytest.raises(LungCNNInputError):
         objective_value(result, "roc_auc", fast_dev_run=False, direction="maximize")
 

@@ -41,8 +41,12 @@ def objective_value(result: Mapping[str, Any], optimized_metric: str, *, fast_de
         return worst
     metrics = result.get(split) or {}
     if name not in metrics:
-        raise LungCNNInputError(f"optimized_metric={optimized_metric!r} was not computed; this run has "
-                                f"{', '.join(f'{split}/{k}' for k in sorted(metrics)) or f'no {split} metrics'}")
+        message = (f"optimized_metric={optimized_metric!r} was not computed; this run has "
+                   f"{', '.join(f'{split}/{k}' for k in sorted(metrics)) or f'no {split} metrics'}")
+        if direction is None:  # no sweeper optimises it (a single run, a grid sweep): the run itself succeeded
+            log.warning(message)
+            return worst
+        raise LungCNNInputError(message)
     value = float(metrics[name])
     if math.isnan(value):
         log.warning("%s is NaN (undefined on this split); the sweeper gets %s", optimized_metric, worst)
