@@ -27,14 +27,17 @@ from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
 from lungcnn.models.backbone import normalization_for
+from lungcnn.sweeps.objective import objective_value, sweeper_direction
+from lungcnn.sweeps.resources import apply_core_share
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+def build_datamodule(cfg: DictConfig, num_workers: int | None = None) -> L.LightningDataModule:
     default_mean, default_std = normalization_for(cfg.model.backbone)
+    workers = cfg.data.num_workers if num_workers is None else num_workers
     return instantiate(cfg.data, mean=cfg.data.mean or default_mean, std=cfg.data.std or default_std,
-                       _convert_="all")
+                       num_workers=workers, _convert_="all")
 
 
 def build_model(cfg: DictConfig, datamodule) -> L.LightningModule:
@@ -53,7 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path not in (None, "last"):
         load_checkpoint(ckpt_path)  # a foreign or code-carrying file stops here, in one line, before any work
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
+    # A job of a parallel sweep takes its share of the cores (threads, loader workers); alone it takes them all.
+    datamodule = build_datamodule(cfg, num_workers=apply_core_share(cfg.data.num_workers))
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
@@ -125,12 +129,11 @@ def _finish_wandb() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @friendly_errors
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     result = train(cfg)
-    value = {"val": result["val"], "test": result.get("test", {})}
-    split, _, key = str(cfg.optimized_metric).partition("/")
-    return value.get(split, {}).get(key)
+    return objective_value(result, cfg.optimized_metric, fast_dev_run=bool(cfg.trainer.get("fast_dev_run")),
+                           direction=sweeper_direction())
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root
 
 def test_fast_dev_run_strong_augmentation_experiment(three_class_root, tmp_path):
     cfg = make_cfg(tmp_path, ["experiment=iqothnccd_3class_strong_aug", *tiny_overrides(three_class_root),
-                              "+trainer.fast_dev_run=true"])
+                              "trainer.fast_dev_run=true"])
     assert len(cfg.data.augment) == 6 and cfg.model.task == "multiclass"
     train(cfg)
 

@@ -20,7 +20,7 @@ from .conftest import SHARED_DATA, make_cfg, tiny_overrides
 
 @pytest.mark.parametrize("experiment", ["demo", "iqothnccd", "paper"])
 def test_fast_dev_run_every_experiment(experiment, tiny_root, tmp_path):
-    cfg = make_cfg(tmp_path, [f"experiment={experiment}", *tiny_overrides(tiny_root), "+trainer.fast_dev_run=true"])
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", *tiny_overrides(tiny_root), "trainer.fast_dev_run=true"])
     result = train(cfg)
     assert set(result["test"]) >= {"accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc"}
     assert (tmp_path / "split.csv").is_file() and (tmp_path / "metrics.json").is_file()
@@ -82,7 +82,7 @@ def test_short_run_on_real_images(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_smoke(tiny_root, tmp_path):
-    cfg = make_cfg(tmp_path, ["trainer=gpu", *tiny_overrides(tiny_root), "+trainer.fast_dev_run=true"])
+    cfg = make_cfg(tmp_path, ["trainer=gpu", *tiny_overrides(tiny_root), "trainer.fast_dev_run=true"])
     assert "roc_auc" in train(cfg)["test"]
 
 
