@@ -68,7 +68,8 @@ def jpeg_lossless_sv1(image: np.ndarray, precision: int) -> bytes:
         if byte == 0xFF:
             entropy.append(0x00)
     h, w = image.shape
-    sof = b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([precision]) + h.to_bytes(2, "big") + w.to_bytes(2, "big") + b"\x01\x01\x11\x00"
+    size = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    sof = b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([precision]) + size + b"\x01\x01\x11\x00"
     counts = [0] * 16
     counts[4] = 17
     dht = b"\xff\xc4" + (36).to_bytes(2, "big") + b"\x00" + bytes(counts) + bytes(range(17))
@@ -250,7 +251,8 @@ def test_predict_writes_the_series_table_without_patient_tags(trained_ckpt, tiny
     shutil.move(study / "benign", tmp_path / "benign")
     out, series_out = tmp_path / "slices.csv", tmp_path / "series.csv"
     with caplog.at_level(logging.INFO):
-        assert predict_cli.main([str(study), str(tmp_path / "benign"), "--ckpt", str(ckpt), "--out", str(out), "--series-out", str(series_out),
+        assert predict_cli.main([str(study), str(tmp_path / "benign"), "--ckpt", str(ckpt), "--out", str(out),
+                                 "--series-out", str(series_out),
                                  "--groups", str(tmp_path / "groups.csv"), "--backend", "torch", "--workers", "0",
                                  "--no-progress"]) == 0
     slices = list(csv.DictReader(open(out, encoding="utf-8")))
