@@ -22,7 +22,7 @@ from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Series, Source, group
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.uploads import UploadLimits, UploadResult
+from lungcnn.inference.uploads import UploadLimits, UploadResult, format_percent
 from lungcnn.inference.uploads import _add_heatmap as add_heatmap
 from lungcnn.inference.uploads import _one_sentence as one_sentence
 from lungcnn.spec import ModelSpec
@@ -157,3 +157,14 @@ def study_csv(predictor: Predictor, study: Study) -> bytes:
     target = predictor.spec.series_target
     rows = [s.result.row(target) for s in study.series]
     return pd.DataFrame(rows, columns=schema.series_columns(target)).to_csv(index=False).encode("utf-8")
+
+
+def series_explanation(predictor: Predictor, result: SeriesResult) -> str:
+    """Sentences (Markdown) saying why the series result is what it is, and which slice to look at first."""
+    spec = predictor.spec
+    side = "at or above" if result.probability >= spec.series_threshold else "below"
+    top = result.most_suspicious
+    return (f"Reported as **{result.decision}** because the series probability ({spec.series.describe()}) is "
+            f"{format_percent(result.probability)}, {side} the series threshold of **{format_percent(spec.series_threshold)}**. "
+            f"Most suspicious slice: **{Path(result.names[top]).name}** (slice {top + 1} of {len(result.names)}, "
+            f"{format_percent(result.probabilities[top])}).")
