@@ -1,7 +1,8 @@
-"""`python -m lungcnn.cv summary|compare ...`: pool and compare grouped k-fold cross-validations.
+"""`python -m lungcnn.cv summary|compare|series ...`: pool and compare grouped k-fold cross-validations.
 
     python -m lungcnn.cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
     python -m lungcnn.cv compare base=outputs/cv/base "flip TTA=outputs/cv/base:report_tta" --markdown
+    python -m lungcnn.cv series --multirun outputs/cv/base      # series-level AUC of each series rule
 
 `summary` prints per-fold mean ± std and pooled figures with series-bootstrap intervals and writes
 cv_summary.json (`lungcnn.evaluation.crossval`); `compare` gives paired differences from the first
@@ -32,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="paired comparison of cross-validations on the same folds")
     c.add_argument("variants", nargs="+", help="NAME=MULTIRUN_DIR[:REPORT_DIR]; the first is the baseline")
     c.add_argument("--out", help="write the comparison as JSON")
-    for q in (s, c):
+    r = sub.add_parser("series", help="series-level figures of each series rule (lungcnn.evaluation.series_level)")
+    r.add_argument("--multirun", required=True, help="a Hydra multirun folder of one cross-validation")
+    r.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
+    r.add_argument("--out", help="write the figures as JSON")
+    for q in (s, c, r):
         q.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
         q.add_argument("--seed", type=int, default=0)
     return p
@@ -45,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lungcnn.evaluation.compare import compare, markdown
 
         result = compare(args.variants, args.n_resamples, args.seed)
+        print(markdown(result), flush=True)
+        out = args.out
+    elif args.command == "series":
+        from lungcnn.evaluation.series_level import from_multirun, markdown
+
+        result = from_multirun(args.multirun, report_dir=args.report_dir, n_resamples=args.n_resamples, seed=args.seed)
         print(markdown(result), flush=True)
         out = args.out
     else:
