@@ -79,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
               "backend": predictor.backend.name, "machine": platform.machine()}
     print(f"page answer for {args.slices} slices: median {report['median_s']:.2f} s over {args.runs} runs "
           f"({', '.join(f'{t:.2f}' for t in times)}); {report['cpus_allowed']} CPUs allowed, {report['backend']} backend")
-    if args.out:
+    if args.out:  # the figures as JSON, beside the printed line
         write_json(args.out, report)
-        print(f"wrote {args.out}")
     return 0
 
 
