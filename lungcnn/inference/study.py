@@ -9,6 +9,7 @@ the page shows (`add_heatmaps`), since Grad-CAM costs several times a slice's cl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from lungcnn.inference.uploads import UploadLimits, UploadResult, format_percent
 from lungcnn.inference.uploads import _add_heatmap as add_heatmap
 from lungcnn.inference.uploads import _one_sentence as one_sentence
 from lungcnn.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,11 @@ def _classify_series(predictor: Predictor, series: Series, limits: UploadLimits)
             image = predictor.load(source.data, name=source.name, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
         except LungCNNInputError as e:
             slices.append(UploadResult(source.name, False, one_sentence(str(e), source.name), **base))
+            continue
+        except Exception:  # a decoder bug on one slice must not lose the series
+            log.exception("unexpected error reading slice %r", source.name)
+            slices.append(UploadResult(source.name, False, f"{source.name}: this file could not be analysed because of "
+                                                           "an unexpected error.", **base))
             continue
         images.append(image)
         slices.append(UploadResult(source.name, True, image=image, **base))
