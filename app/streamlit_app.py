@@ -18,6 +18,15 @@ from streamlit.errors import StreamlitSecretNotFoundError
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.study import (
+    SHOWN_SLICES,
+    Study,
+    StudySeries,
+    add_heatmaps,
+    analyse_study,
+    series_explanation,
+    study_csv,
+)
 from lungcnn.inference.uploads import (
     CALIBRATED_MEANS,
     ENV_CHECKPOINT,
@@ -30,6 +39,7 @@ from lungcnn.inference.uploads import (
     choose_checkpoint,
     decision_explanation,
     display_table,
+    format_percent,
     headline,
     model_card,
     results_csv,
@@ -216,6 +226,64 @@ def show_result(predictor: Predictor, r: UploadResult, with_cam: bool) -> None:
             st.caption(("Calibrated: yes. " + CALIBRATED_MEANS) if r.calibrated else ("Calibrated: no. " + UNCALIBRATED_MEANS))
 
 
+SERIES_MODE = "One patient's series (many slices, or a zip)"
+
+
+def analyse_study_once(predictor: Predictor, files: list, ckpt_key: tuple) -> Study:
+    """Analyse the uploaded series once per (checkpoint, files); reruns (the slider) reuse it and its heat maps."""
+    cache: dict = st.session_state.setdefault("studies", {})
+    key = (ckpt_key, tuple(f.file_id for f in files))
+    if key not in cache:
+        cache.clear()
+        limits = UploadLimits(max_bytes=int(st.get_option("server.maxUploadSize")) * MIB)
+        with st.spinner(f"Analysing {len(files)} uploaded files…"):
+            cache[key] = analyse_study(predictor, [(f.name, f.getvalue()) for f in files], limits=limits)
+    return cache[key]
+
+
+def show_study(predictor: Predictor, study: Study, with_cam: bool) -> None:
+    for r in study.refused:
+        st.error(md(r.message or "This file could not be analysed."))
+    if not study.series:
+        st.warning("No images were found in the upload.")
+        return
+    st.download_button("Download series results (CSV)", study_csv(predictor, study), file_name="lungcnn_series.csv",
+                       mime="text/csv", on_click="ignore")
+    for i, series in enumerate(study.series):
+        show_series(predictor, series, with_cam, i, len(study.series))
+
+
+def show_series(predictor: Predictor, series: StudySeries, with_cam: bool, index: int, count: int) -> None:
+    result = series.result
+    n, bad = len(result.names), result.counts.get("n_unreadable", 0)
+    st.subheader(f"Series {index + 1} of {count}" if count > 1 else "Series result")
+    with st.container(border=True):
+        st.caption(f"Series: {md(result.key)} · {n} slices" + (f", {bad} could not be read" if bad else ""))
+        if result.decision is None:
+            st.error(f"None of the {n} slices of this series could be read; the reasons are listed below.")
+        else:
+            colour = COLOURS.get(result.decision, "blue")
+            st.markdown(f"Series result: :{colour}-badge[**{result.decision.upper()}**]")
+            st.metric(f"Series probability of {predictor.spec.series_target}", format_percent(result.probability))
+            st.markdown(series_explanation(predictor, result))
+    ranked = result.ranked[:SHOWN_SLICES]
+    if with_cam:
+        add_heatmaps(predictor, series, ranked)
+    if ranked:
+        st.markdown(f"##### The {len(ranked)} most suspicious slices")
+        for i in ranked:
+            show_result(predictor, series.slices[i], with_cam)
+    if n > 1:
+        st.markdown("##### Scroll through the series")
+        position = st.slider("Slice, in body order", 1, n, value=(result.most_suspicious or 0) + 1, key=f"slice-{index}")
+        if with_cam:
+            add_heatmaps(predictor, series, [position - 1])
+        show_result(predictor, series.slices[position - 1], with_cam)
+    if bad:
+        with st.expander(f"{bad} slices could not be read"):
+            st.markdown("\n".join(f"- {md(r.message or r.name)}" for r in series.slices if not r.ok))
+
+
 def main() -> None:
     st.set_page_config(page_title="Lung CT image check", page_icon="🫁", layout="wide")
     st.title("Lung CT image check")
@@ -243,6 +311,12 @@ def main() -> None:
         return
     with_cam = sidebar(predictor, ckpt)
     show_model_card(predictor)
+    if st.radio("What are you uploading?", ["Separate images", SERIES_MODE], horizontal=True) == SERIES_MODE:
+        files = st.file_uploader("Upload all slices of one series (DICOM files from the PACS export, with or without "
+                                 "a suffix), or one zip of them", type=None, accept_multiple_files=True, key="series")
+        if files:
+            show_study(predictor, analyse_study_once(predictor, files, (str(ckpt), stat.st_mtime_ns)), with_cam)
+        return
     files = st.file_uploader("Upload lung CT images (JPEG, PNG, BMP, TIFF or DICOM); several at once is fine",
                              type=list(UPLOAD_TYPES), accept_multiple_files=True)
     if not files:

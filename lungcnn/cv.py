@@ -1,13 +1,15 @@
-"""`python -m lungcnn.cv run|summary|compare ...`: repeated grouped cross-validation, the project's yardstick.
+"""`python -m lungcnn.cv run|summary|compare|series ...`: repeated grouped cross-validation, the project's yardstick.
 
     python -m lungcnn.cv run outputs/rcv --repeats 3 --folds 5 experiment=iqothnccd data.root=...
     python -m lungcnn.cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
     python -m lungcnn.cv compare base=outputs/rcv/seed0 "flip TTA=outputs/rcv/seed0:report_tta"
+    python -m lungcnn.cv series --multirun outputs/rcv/seed0     # series-level AUC of each series rule
 
 `run` trains R x K folds as one Hydra multirun (pass `hydra/launcher=joblib` to run jobs in parallel),
 calibrates and evaluates each fold and pools each repeat (`lungcnn.evaluation.repeated`); `summary` pools one
 k-fold run (`lungcnn.evaluation.crossval`); `compare` gives paired differences from the first variant on the
-same folds (`lungcnn.evaluation.compare`).
+same folds (`lungcnn.evaluation.compare`); `series` scores each series rule on one CV run
+(`lungcnn.evaluation.series_level`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="paired comparison of cross-validations on the same folds")
     c.add_argument("variants", nargs="+", help="NAME=MULTIRUN_DIR[:REPORT_DIR]; the first is the baseline")
     c.add_argument("--out", help="write the comparison as JSON")
-    for q in (r, s, c):
+    e = sub.add_parser("series", help="series-level figures of each series rule (lungcnn.evaluation.series_level)")
+    e.add_argument("--multirun", required=True, help="a Hydra multirun folder of one cross-validation")
+    e.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
+    e.add_argument("--out", help="write the figures as JSON")
+    for q in (r, s, c, e):
         q.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
         q.add_argument("--seed", type=int, default=0)
     return p
@@ -65,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lungcnn.evaluation.compare import compare, markdown
 
         result = compare(args.variants, args.n_resamples, args.seed)
+        print(markdown(result), flush=True)
+        out = args.out
+    elif args.command == "series":
+        from lungcnn.evaluation.series_level import from_multirun, markdown
+
+        result = from_multirun(args.multirun, report_dir=args.report_dir, n_resamples=args.n_resamples, seed=args.seed)
         print(markdown(result), flush=True)
         out = args.out
     else:

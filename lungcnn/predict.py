@@ -1,4 +1,4 @@
-"""`lungcnn-predict PATH... --ckpt CKPT [--out predictions.csv] [--backend auto|torch|onnx]`.
+"""`lungcnn-predict PATH... --ckpt CKPT [--out predictions.csv] [--series-out series.csv] [--backend auto|torch|onnx]`.
 
 Classifies image files and folders (DICOM included) into a CSV, one row per image, in lungcnn's prediction
 schema (`lungcnn.inference.schema`); the work is `lungcnn.inference.batch.predict`.
@@ -20,6 +20,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     parser.add_argument("--ckpt", required=True, help="a lungcnn checkpoint (.ckpt) or an exported .onnx with its sidecar")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (atomically; default: %(default)s)")
+    parser.add_argument("--series-out", default=None, metavar="CSV",
+                        help="also write one row per series (DICOM series, --groups groups, else folders or zips)")
+    parser.add_argument("--groups", default=None, metavar="CSV",
+                        help="file,group CSV (paths relative to it) grouping non-DICOM images into series")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: PyTorch on a GPU, else onnxruntime on CPU (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -42,13 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lungcnn.inference.batch import predict
 
     summary = predict(args.paths, args.ckpt, args.out, args.backend, args.batch_size, args.workers, args.devices,
-                      args.strategy, args.num_nodes, progress=not args.no_progress)
+                      args.strategy, args.num_nodes, progress=not args.no_progress, series_out=args.series_out,
+                      groups=args.groups)
     if summary.get("classified") is None:
         return 0  # not the rank that wrote the file
     print(f"lungcnn-predict: {summary['images']} images ({summary['classified']} classified, "
           f"{summary['unreadable']} unreadable) in {summary['seconds']:.2f} s = {summary['images_per_s']:.1f} images/s "
           f"after {summary['startup_s']:.2f} s start-up ({summary['backend']} backend, {summary['workers']} workers); "
-          f"wrote {summary['out']}", flush=True)
+          f"wrote {summary['out']}" + (f" and {summary['series']} series to {args.series_out}" if "series" in summary else ""),
+          flush=True)
     return 0
 
 

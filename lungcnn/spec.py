@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lungcnn.aggregation import AGGREGATIONS
 from lungcnn.data.io import LungWindow
 from lungcnn.data.transforms import check_model_input, check_normalisation
 from lungcnn.errors import LungCNNInputError
@@ -196,6 +197,44 @@ class DecisionRule:
 
 
 @dataclass(frozen=True)
+class SeriesRule:
+    """A series' slice outputs -> one series probability and decision (`lungcnn.aggregation`).
+
+    The calibrated P(target) of the readable slices is aggregated by `method`; the series is reported as
+    `target` when that reaches `threshold`.
+
+    Args:
+        method: one of `lungcnn.aggregation.AGGREGATIONS` (max, topk_mean, noisy_or, mean).
+        k: slices averaged by `topk_mean` (>= 1; fewer when the series has fewer readable slices).
+        threshold: series threshold in [0, 1], or None for the slice decision threshold (0.5 without one).
+        target: the class whose probability is aggregated, or None for the last class (the binary positive).
+    """
+
+    method: str = "topk_mean"
+    k: int = 3
+    threshold: float | None = None
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in AGGREGATIONS:
+            raise LungCNNInputError(f"series aggregation must be one of {sorted(AGGREGATIONS)}, got {self.method!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise LungCNNInputError(f"series top-k must be an integer >= 1, got {self.k!r}")
+        if self.threshold is not None:
+            t = _finite(self.threshold, "series threshold")
+            if not 0.0 <= t <= 1.0:
+                raise LungCNNInputError(f"series threshold must be in [0, 1], got {self.threshold}")
+            object.__setattr__(self, "threshold", t)
+        if self.target is not None and (not isinstance(self.target, str) or not self.target):
+            raise LungCNNInputError(f"series target must be a class name, got {self.target!r}")
+
+    def describe(self) -> str:
+        """The rule in words for people ("mean of the 3 most suspicious slices")."""
+        return {"max": "the most suspicious slice", "topk_mean": f"mean of the {self.k} most suspicious slices",
+                "noisy_or": "noisy-OR over all slices", "mean": "mean over all slices"}[self.method]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A trained model's full description; see the module docstring.
 
@@ -205,6 +244,7 @@ class ModelSpec:
         data: where the training data came from (plain types: `note`, `train_class_counts`, `imbalance`, ...).
         metrics: test figures as text for the model card; metric_values: the same figures as numbers.
         created: ISO timestamp of training.
+        series: how slice outputs make a series result (older checkpoints get the default rule).
     """
 
     task: Task
@@ -216,6 +256,7 @@ class ModelSpec:
     metrics: Mapping[str, str] = field(default_factory=dict)
     metric_values: Mapping[str, float] = field(default_factory=dict)
     created: str = ""
+    series: SeriesRule = field(default_factory=SeriesRule)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, Task):
@@ -232,6 +273,8 @@ class ModelSpec:
         if self.decision.priority is not None and (self.task.outputs == 1 or self.decision.priority not in self.class_names):
             raise LungCNNInputError(f"decision priority {self.decision.priority!r} is not one of the classes "
                                     f"{list(self.class_names)} of a {self.task.name} model")
+        if self.series.target is not None and self.series.target not in self.task.class_names:
+            raise LungCNNInputError(f"series target {self.series.target!r} is not one of the classes {list(self.class_names)}")
         object.__setattr__(self, "data", dict(self.data or {}))
         object.__setattr__(self, "metrics", {str(a): str(b) for a, b in (self.metrics or {}).items()})
         object.__setattr__(self, "metric_values", {str(a): float(b) for a, b in (self.metric_values or {}).items()})
@@ -248,6 +291,17 @@ class ModelSpec:
     @property
     def is_calibrated(self) -> bool:
         return self.calibration.method != "none"
+
+    @property
+    def series_target(self) -> str:
+        """The class a series result is about (the series rule's target, else the last class)."""
+        return self.series.target or self.class_names[-1]
+
+    @property
+    def series_threshold(self) -> float:
+        if self.series.threshold is not None:
+            return self.series.threshold
+        return self.decision.threshold if self.task.thresholded else 0.5
 
     def replace(self, **changes: Any) -> ModelSpec:
         return dataclasses.replace(self, **changes)
@@ -285,6 +339,7 @@ class ModelSpec:
             "metrics": self.metrics,
             "metric_values": self.metric_values,
             "created": self.created,
+            "series": dataclasses.asdict(self.series),
         })
 
     @classmethod
@@ -307,6 +362,7 @@ class ModelSpec:
                 metrics=meta.get("metrics") or {},
                 metric_values=meta.get("metric_values") or {},
                 created=str(meta.get("created") or ""),
+                series=SeriesRule(**_only(meta.get("series") or {}, SeriesRule)),
             )
         except LungCNNInputError as e:
             raise LungCNNInputError(f"{source}: {e}") from None

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lungcnn.checks import require_number
+from lungcnn.data.dicom_codecs import pixel_array
 from lungcnn.errors import LungCNNInputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -164,7 +165,7 @@ def _read_dicom(data: bytes, name: str, window: LungWindow, max_pixels: int) -> 
         raise LungCNNInputError(f"{name}: the DICOM image has no pixels ({cols}x{rows})")
     _check_pixels(name, cols, rows, max_pixels, extra=max(frames, 1) * max(samples, 1))
     try:
-        pixels = np.asarray(ds.pixel_array, dtype=np.float64)
+        pixels = np.asarray(pixel_array(ds), dtype=np.float64)
     except Exception as e:  # pydicom raises many types: missing decoder, size mismatch, bad tags
         raise LungCNNInputError(f"{name}: cannot decode the DICOM pixel data ({type(e).__name__}: {e})") from None
     photometric = tags["photometric"]

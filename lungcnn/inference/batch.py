@@ -23,17 +23,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.data.io import SUPPORTED_SUFFIXES
+from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Source, group_series, read_groups, sources_from_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.onnx_export import cpu_count
 from lungcnn.inference.predictor import Prediction, Predictor
+from lungcnn.inference.study import summarise
 
 
 # -- inputs ------------------------------------------------------------------------------------------
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:
     """Named files as given (any suffix: the reader says why one is unreadable), folders searched recursively.
 
-    In folders: supported suffixes, plus DICOM files by their marker (series are often named without
+    In folders: supported suffixes and zips, plus DICOM files by their marker (series are often named without
     a suffix or with a UID); hidden files and folders (.DS_Store, ._x.jpg) are skipped. Duplicates dropped.
     """
     files: list[Path] = []
@@ -59,7 +61,7 @@ def _hidden(relative: Path) -> bool:
 
 
 def _wanted(path: Path) -> bool:
-    if path.suffix.lower() in SUPPORTED_SUFFIXES:
+    if path.suffix.lower() in SUPPORTED_SUFFIXES or path.suffix.lower() == ZIP_SUFFIX:
         return True
     try:
         with open(path, "rb") as f:
@@ -83,21 +85,22 @@ class Batch(NamedTuple):
 
 
 class ImageFiles(Dataset):
-    """Files -> the Predictor's (S, S) uint8 image, or the reason the file could not be read (never raises)."""
+    """Sources (files, zip members) -> the Predictor's (S, S) uint8 image, or why it could not be read (never raises)."""
 
-    def __init__(self, files: Sequence[Path], predictor: Predictor) -> None:
-        self.files, self.predictor = list(files), predictor
+    def __init__(self, sources: Sequence[Source], predictor: Predictor) -> None:
+        self.sources, self.predictor = list(sources), predictor
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.sources)
 
     def __getitem__(self, i: int) -> Item:
+        source = self.sources[i]
         try:
-            return Item(i, self.predictor.load(self.files[i]), None)
+            return Item(i, self.predictor.load(source.content, name=source.name), None)
         except LungCNNInputError as e:
             return Item(i, None, str(e))
         except Exception as e:  # a decoder bug on one odd file must not end a run over thousands
-            return Item(i, None, f"{self.files[i]}: could not be read ({type(e).__name__}: {e})")
+            return Item(i, None, f"{source.name}: could not be read ({type(e).__name__}: {e})")
 
 
 def collate(items: list[Item]) -> Batch:
@@ -125,17 +128,17 @@ def single_threaded_opencv() -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def make_loader(files: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(ImageFiles(files, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
+def make_loader(sources: Sequence[Source], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(ImageFiles(sources, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate, prefetch_factor=4 if workers else None)
 
 
 # -- output ------------------------------------------------------------------------------------------
-def batch_predictions(predictor: Predictor, files: Sequence[Path], index: Sequence[int], logits: np.ndarray,
+def batch_predictions(predictor: Predictor, names: Sequence[str], index: Sequence[int], logits: np.ndarray,
                       failed: Sequence[tuple[int, str]]) -> list[tuple[int, Prediction]]:
     """One batch's results in file order: classified images and unreadable files interleaved."""
-    done = list(zip(index, predictor.from_logits(logits, [str(files[i]) for i in index]))) if len(index) else []
-    done += [(i, Prediction(str(files[i]), error=reason)) for i, reason in failed]
+    done = list(zip(index, predictor.from_logits(logits, [names[i] for i in index]))) if len(index) else []
+    done += [(i, Prediction(names[i], error=reason)) for i, reason in failed]
     return sorted(done, key=lambda pair: pair[0])
 
 
@@ -147,8 +150,11 @@ def default_workers() -> int:
 
 def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "predictions.csv", backend: str = "auto",
             batch_size: int = 32, workers: int | None = None, devices: int | str | None = None,
-            strategy: str | None = None, num_nodes: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Classify every image under `paths` and write `out` atomically; return counts and timings."""
+            strategy: str | None = None, num_nodes: int = 1, progress: bool = True, series_out: str | Path | None = None,
+            groups: str | Path | None = None) -> dict[str, Any]:
+    """Classify every image under `paths` (zips opened in memory) and write `out` atomically; return counts and
+    timings. `series_out` also writes one row per series (`lungcnn.data.series` groups them; `groups` is a
+    file,group CSV for images without DICOM series tags)."""
     started = time.perf_counter()
     if batch_size < 1:
         raise LungCNNInputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -157,28 +163,36 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
     out = Path(out)
     if out.is_dir():
         raise LungCNNInputError(f"--out {out} is a folder; give a file name such as {out / 'predictions.csv'}")
+    if series_out is not None and (Path(series_out).is_dir() or Path(series_out).resolve() == out.resolve()):
+        raise LungCNNInputError(f"--series-out {series_out} must be a file name other than --out, e.g. series.csv")
     lightning = devices is not None or strategy is not None
     if lightning and backend == "onnx":
         raise LungCNNInputError("--devices/--strategy run the PyTorch network under Lightning; use --backend torch or auto")
-    files = collect_files(paths)
+    group_table = read_groups(groups) if groups is not None else None
+    sources = sources_from_files(collect_files(paths), ArchiveLimits())
+    if not sources:
+        raise LungCNNInputError(f"no images found in {', '.join(map(str, paths))} (the zip files hold none)")
+    names = [s.name for s in sources]
     workers = default_workers() if workers is None else workers
     if lightning:
         predictor = Predictor.from_checkpoint(ckpt, "torch")
     else:
         predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True)
-    loader = make_loader(files, predictor, batch_size, workers)
+    loader = make_loader(sources, predictor, batch_size, workers)
     ready = time.perf_counter()
     with single_threaded_opencv():
         if lightning:
             from lungcnn.inference.distributed import run_lightning
 
-            counts = run_lightning(predictor, files, loader, out, devices, strategy, num_nodes, progress)
+            counts = run_lightning(predictor, names, loader, out, devices, strategy, num_nodes, progress)
         else:
-            counts = _run_plain(predictor, files, loader, out, progress)
+            counts = _run_plain(predictor, names, loader, out, progress)
+    if series_out is not None and counts is not None:
+        counts = {**counts, "series": write_series(predictor, sources, group_table, out, series_out)}
     seconds = time.perf_counter() - ready
-    summary = {"images": len(files), **(counts or {}), "out": str(out), "backend": "lightning" if lightning else
+    summary = {"images": len(sources), **(counts or {}), "out": str(out), "backend": "lightning" if lightning else
                predictor.backend.name, "workers": workers, "batch_size": batch_size,
-               "startup_s": ready - started, "seconds": seconds, "images_per_s": len(files) / seconds if seconds else None}
+               "startup_s": ready - started, "seconds": seconds, "images_per_s": len(sources) / seconds if seconds else None}
     return summary
 
 
@@ -188,13 +202,23 @@ def progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled, mininterval=0.5, dynamic_ncols=True)
 
 
-def _run_plain(predictor: Predictor, files: Sequence[Path], loader: DataLoader, out: Path, progress: bool) -> dict[str, int]:
-    with schema.Writer(out, predictor.task) as writer, progress_bar(len(files), progress) as bar:
+def _run_plain(predictor: Predictor, names: Sequence[str], loader: DataLoader, out: Path, progress: bool) -> dict[str, int]:
+    with schema.Writer(out, predictor.task) as writer, progress_bar(len(names), progress) as bar:
         for batch in loader:
             logits = predictor.logits(batch.images.numpy(), batch_size=max(len(batch.index), 1)) if len(batch.index) else None
-            for _, p in batch_predictions(predictor, files, batch.index.tolist(), logits, batch.failed):
+            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed):
                 writer.write(p)
             bar.update(len(batch.index) + len(batch.failed))
     return writer.counts
 
 
+
+
+def write_series(predictor: Predictor, sources: Sequence[Source], groups: dict | None, slices_csv: Path,
+                 series_out: str | Path) -> int:
+    """The series table from the slice table just written (so every backend's rows are summarised alike)."""
+    target = predictor.spec.series_target
+    probabilities = schema.read_slice_probabilities(slices_csv, target)
+    results = [summarise(predictor.spec, s.key, [x.name for x in s.sources], [probabilities[x.name] for x in s.sources])
+               for s in group_series(sources, groups)]
+    return schema.write_series_csv(series_out, target, (r.row(target) for r in results))

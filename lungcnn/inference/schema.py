@@ -15,6 +15,17 @@ means the same thing in every table:
 | `error` | why the file could not be read (empty otherwise) |
 
 Files that could not be read keep their row, with only `file` and `error` filled.
+
+The series table (`lungcnn-predict --series-out`, the page's series result), one row per series:
+
+| column | meaning |
+|---|---|
+| `series` | the SeriesInstanceUID, the group name (`--groups`) or the folder / zip |
+| `n_slices` | images in the series, readable or not |
+| `series_probability_<class>` | the checkpoint's series rule over the slices' calibrated P(class) |
+| `decision` | `<class>` at or above the series threshold, else the other class (binary) or `not <class>` |
+| `most_suspicious_slice` | the slice with the highest P(class) |
+| `n_unreadable` | slices that could not be read (`SERIES_COUNTS`: per-series tallies; a domain guard adds its own) |
 """
 
 from __future__ import annotations
@@ -36,6 +47,11 @@ if TYPE_CHECKING:
 FILE, LABEL, DECISION, ERROR = "file", "label", "decision", "error"
 PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", "logit"
 SHOWN = ("file", "decision", "probability", "error")  # what the page shows (and its download carries)
+
+
+SERIES, N_SLICES, MOST_SUSPICIOUS, N_UNREADABLE = "series", "n_slices", "most_suspicious_slice", "n_unreadable"
+SERIES_PROBABILITY = "series_probability_"
+SERIES_COUNTS = (N_UNREADABLE,)
 
 
 def probability_column(class_name: str, calibrated: bool = True) -> str:
@@ -147,3 +163,39 @@ class Table:
         if unknown:
             raise LungCNNInputError(f"{column}s {unknown} are not among the predicted classes {self.class_names}")
         return self.frame[column].map(index).to_numpy("int64")
+
+
+# -- the series table -------------------------------------------------------------------------------------
+def series_probability_column(target: str) -> str:
+    return SERIES_PROBABILITY + target
+
+
+def series_columns(target: str) -> list[str]:
+    return [SERIES, N_SLICES, series_probability_column(target), DECISION, MOST_SUSPICIOUS, *SERIES_COUNTS]
+
+
+def series_row(target: str, series: str, n_slices: int, probability: float, decision: str | None,
+               most_suspicious: str | None, counts: dict[str, int]) -> dict[str, Any]:
+    """One series as {column: value}; a series with no readable slice has no probability, decision or slice."""
+    out: dict[str, Any] = {SERIES: series, N_SLICES: n_slices, **{c: counts.get(c, 0) for c in SERIES_COUNTS}}
+    if decision is not None:
+        out.update({series_probability_column(target): probability, DECISION: decision, MOST_SUSPICIOUS: most_suspicious})
+    return out
+
+
+def write_series_csv(path: str | Path, target: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Write the series table atomically; return the number of series."""
+    n = 0
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, series_columns(target), restval="")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+            n += 1
+    return n
+
+
+def read_slice_probabilities(path: str | Path, target: str) -> dict[str, float]:
+    """{file: calibrated P(target)} from a prediction table; NaN for a file that could not be read."""
+    frame = pd.read_csv(path, dtype={FILE: str, ERROR: str}, keep_default_na=False, na_values={probability_column(target): [""]})
+    return dict(zip(frame[FILE], frame[probability_column(target)].astype("float64")))
