@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lungcnn.calibrate import calibrate
 from lungcnn.inference import schema
 from lungcnn.inference.gradcam import gradcam
 from lungcnn.inference.predictor import Predictor
@@ -35,13 +34,6 @@ APP = ROOT / "app" / "streamlit_app.py"
 @pytest.fixture(scope="module")
 def predictor(trained_ckpt) -> Predictor:
     return Predictor.from_checkpoint(trained_ckpt)
-
-
-@pytest.fixture(scope="module")
-def calibrated_ckpt(trained_ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cal") / "cal.ckpt"
-    calibrate(trained_ckpt, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +202,10 @@ def test_model_card_says_what_is_known_and_what_is_not(predictor, calibrated_ckp
     assert card["details"]["Image size the model sees"] == "64 x 64 pixels"
     cal = Predictor.from_checkpoint(calibrated_ckpt)
     spec = cal.spec.replace(data={"note": "synthetic demo data (drawn phantoms)"}, metrics={"roc_auc": "0.912"})
-    card = model_card(Predictor(spec, cal.net))
+    card = model_card(Predictor(spec, cal.net, cal.backend))
     assert card["synthetic"] and "synthetic" in card["warning"]
+    assert "training images" in card["details"]["Out-of-domain check"] and "series" in card["details"]["Out-of-domain check"]
+    assert "cannot tell" in model_card(predictor)["details"]["Out-of-domain check"]  # uncalibrated: no guard
     assert card["details"]["Calibration"].startswith("temperature scaling")
     assert "at or above" in card["details"]["Decision threshold"]
     assert card["metrics"] == {"ROC AUC": "0.912"}
@@ -283,3 +277,20 @@ def test_page_upload_shows_results_and_per_file_errors(monkeypatch, calibrated_c
 def test_page_without_heat_map(monkeypatch, calibrated_ckpt, ct_png):
     at = run_page(monkeypatch, calibrated_ckpt, [("scan.png", ct_png, "image/png")], with_cam=False)
     assert len(at.get("image")) == 1 and not at.error
+
+
+def test_page_gives_no_result_for_an_image_out_of_domain(monkeypatch, calibrated_ckpt, ct_png):
+    from pydicom.data import get_testdata_file
+
+    from lungcnn.inference.uploads import NOT_IN_DOMAIN
+    from tests.conftest import photo_png
+
+    mr = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    files = [("scan.png", ct_png, "image/png"), ("brain.dcm", mr, "application/dicom"), ("photo.png", photo_png(), "image/png")]
+    at = run_page(monkeypatch, calibrated_ckpt, files)
+    assert [w.value for w in at.warning] == [NOT_IN_DOMAIN, NOT_IN_DOMAIN]
+    assert [m.label for m in at.metric] == ["Probability of malignancy"]  # the CT slice only: no number for the others
+    assert len(at.get("image")) == 2 + 2  # the slice and its heat map; the two flagged images without one
+    table = at.dataframe[0].value
+    assert list(table["decision"][1:]) == ["out of domain"] * 2 and list(table["in_domain"]) == ["true", "false", "false"]
+    assert (table.iloc[1:][[c for c in table.columns if c.startswith("P(")]] == "").all().all()
