@@ -20,12 +20,12 @@ from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sen
 from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
 from lungcnn.calibration.prior import prior_shift
 from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
-from lungcnn.models.guard import split_state
 from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.metrics import binary_metrics
 from lungcnn.inference.predictor import Predictor
+from lungcnn.models.guard import split_state
 from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec
 
 log = logging.getLogger(__name__)

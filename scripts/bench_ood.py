@@ -166,7 +166,8 @@ def main() -> None:
     write_json(args.out, result)
     for key in ("test_split", "val_split", "ood_pydicom", "ood_matplotlib", "ood_drawn", "ood_all"):
         r = result[key]
-        print(f"{key:<16} flagged {r['flagged']:>3}/{r['n']:<3} = {r['share']:.3f} (95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})")
+        lo, hi = r["ci95"]
+        print(f"{key:<16} flagged {r['flagged']:>3}/{r['n']:<3} = {r['share']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
     print(f"AUROC test vs OOD {result['auroc_test_vs_ood']:.4f}; scores {result['scores']}")
     print(f"missed OOD: {result['ood_missed']}")
     print(f"images/s {ips}; guard cost {result['guard_cost']}; goal {result['goal']}")

@@ -14,9 +14,10 @@ from lungcnn.evaluation.report import clopper_pearson
 from lungcnn.spec import ModelSpec
 
 
-def domain_report(spec: ModelSpec, probs: np.ndarray, labels: np.ndarray, in_domain: np.ndarray) -> dict[str, Any] | None:
-    """Share flagged (with its 95% Clopper-Pearson interval; `n` >= 1 readable images) and accuracy / balanced accuracy on all rows and
-    on in-domain rows under the spec's decision rule; None when the checkpoint has no guard."""
+def domain_report(spec: ModelSpec, probs: np.ndarray, labels: np.ndarray,
+                  in_domain: np.ndarray) -> dict[str, Any] | None:
+    """Share flagged (95% Clopper-Pearson interval; `n` >= 1 readable images) and accuracy / balanced accuracy
+    on all rows and on in-domain rows under the spec's decision rule; None when the checkpoint has no guard."""
     if spec.guard is None:
         return None
     in_domain = np.asarray(in_domain, bool)

@@ -4,9 +4,9 @@ It applies the checkpoint's `ModelSpec`: preprocessing (read -> window -> pad/re
 the spec's calibration and decision rule on the task's probabilities, so those exist in one place only.
 Every image gets a calibrated probability per class and a decision, and, when the checkpoint has a
 domain guard (`spec.DomainGuard`), a domain score: an image unlike the training images is decided
-`out of domain` (its probabilities are kept for research, never shown as an answer). Only the logits
-and domain scores come from a pluggable backend (`TorchBackend`, or onnxruntime via `lungcnn.inference.onnx_export.OnnxBackend`), so every
-runtime shares the same pixels and calibration.
+`out of domain` (its probabilities are kept for research, never shown as an answer). Only the
+logits and domain scores come from a pluggable backend (`TorchBackend`, or onnxruntime via
+`lungcnn.inference.onnx_export.OnnxBackend`), so every runtime shares the same pixels and calibration.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class Backend(Protocol):
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
-def guarded_forward(net: torch.nn.Module, guard: torch.nn.Module | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def guarded_forward(net: torch.nn.Module, guard: torch.nn.Module | None,
+                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, domain scores or None) of a LungNet and its guard, from one pass through the backbone."""
     if guard is None:
         return net(x), None

@@ -8,9 +8,9 @@ means the same thing in every table:
 |---|---|
 | `file` | the image (a path, or the uploaded file's name) |
 | `label` | the true class name (evaluation only) |
-| `decision` | the class the checkpoint's decision rule reports, or `out of domain` when the domain guard flags the image (empty when the file could not be read) |
-| `in_domain` | `true` when the image looks like the training images (the checkpoint's domain guard), `false` when flagged; empty without a guard |
-| `domain_score` | the guard's score (kNN distance of the pooled features to the training images; above the checkpoint's threshold = flagged) |
+| `decision` | the class the decision rule reports; `out of domain` when the guard flags the image; empty if unread |
+| `in_domain` | `true`: the image looks like the training images (the domain guard); `false`: flagged; empty: no guard |
+| `domain_score` | the guard's score (kNN distance of pooled features to the training images'; > threshold = flagged) |
 | `probability_<class>` | calibrated probability of each class (the checkpoint's calibration) |
 | `uncalibrated_probability_<class>` | the network's own probability of each class |
 | `logit` / `logit_<class>` | the raw output: one logit (binary) or one per class |
