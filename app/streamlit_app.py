@@ -31,6 +31,7 @@ from lungcnn.inference.uploads import (
     CALIBRATED_MEANS,
     ENV_CHECKPOINT,
     MIB,
+    NOT_IN_DOMAIN,
     UNCALIBRATED_MEANS,
     UPLOAD_TYPES,
     UploadLimits,
@@ -210,6 +211,11 @@ def show_result(predictor: Predictor, r: UploadResult, with_cam: bool) -> None:
         st.markdown(f"##### {md(r.name)}")
         if not r.ok:
             st.error(md(r.message or "This file could not be analysed."))
+            return
+        if not r.answered:  # the domain guard flagged it: the image, one sentence, no number or heat map
+            left, right = st.columns([1, 2.4], gap="medium")
+            left.image(r.image, caption="The image as the model sees it", width="stretch", clamp=True)
+            right.warning(NOT_IN_DOMAIN, icon=":material/block:")
             return
         pred = r.prediction
         left, middle, right = st.columns([1, 1, 1.4], gap="medium")

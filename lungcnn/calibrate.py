@@ -1,7 +1,8 @@
 """Calibrate: `python -m lungcnn.calibrate ckpt=PATH [calibration.method=temperature|isotonic]`.
 
 Fits the calibration on the validation split's outputs (never the test split), chooses the operating
-threshold for `target_sensitivity`, and writes a new calibrated checkpoint; the original is untouched.
+threshold for `target_sensitivity`, fits the domain guard (bank: training split; threshold: the validation
+split's new patients), and writes a new calibrated checkpoint; the original is untouched.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
+from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
 from lungcnn.calibration.prior import prior_shift
 from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.cli import friendly_errors
@@ -23,6 +25,7 @@ from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.metrics import binary_metrics
 from lungcnn.inference.predictor import Predictor
+from lungcnn.models.guard import split_state
 from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the check
 
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
-              prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto") -> ModelSpec:
+              prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto",
+              guard: GuardConfig | None = None) -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
     One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
@@ -46,7 +50,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     `tta` ("none" | "flip") is recorded in the checkpoint and used by every consumer of it; "auto" is
     flip for K-class checkpoints (it raised balanced accuracy in cross-validation) and none for binary
     ones (no measured gain there, and it halves prediction throughput).
+    `guard` (`GuardConfig`, default: fitted) replaces any domain guard the input checkpoint had.
     """
+    guard = guard or GuardConfig()
     ckpt = Path(ckpt)
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(".ckpt") + ".calibrated.ckpt")
     if method not in METHODS:
@@ -58,11 +64,12 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     if out.resolve() == ckpt.resolve() or (out.exists() and not overwrite):
         raise LungCNNInputError(f"{out} exists; pass overwrite=true or another out=PATH (the input checkpoint is never replaced)")
     spec, state = load_checkpoint(ckpt)
+    state = split_state(state)[0]
     one_output = spec.task.outputs == 1
     if not one_output and method == "isotonic":
         raise LungCNNInputError("isotonic calibration is for the binary task; use calibration.method=temperature")
     tta = ("none" if one_output else "flip") if tta == "auto" else tta
-    uncalibrated = spec.replace(calibration=Calibration(tta=tta), decision=DecisionRule())
+    uncalibrated = spec.replace(calibration=Calibration(tta=tta), decision=DecisionRule(), guard=None)
     predictor = Predictor(uncalibrated, build_network(spec, state))
     frame = labelled_files(spec.data, spec.class_names, "val", data_root)
     images, errors = predictor.read(list(frame["path"]))
@@ -93,6 +100,10 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
             rule = dataclasses.replace(rule, threshold=first.threshold, priority=spec.class_names[cancer])
         details["decision"] = decision
     calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
+    if guard.enabled:
+        domain, tensors = fit_guard_on_splits(predictor, images, guard, "validation images (unseen patients)"
+                                              if data_root is None else f"images of {data_root}")
+        calibrated, state = calibrated.replace(guard=domain), {**state, **tensors}
     if details.get("message"):
         log.warning("%s", details["message"])
     save_checkpoint(out, calibrated, state)
@@ -120,7 +131,9 @@ def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
     if rule.weights is None or rule.priority:
         operating += f", threshold = {rule.threshold:.4f} (target sensitivity {target})"
     operating += f", test-time augmentation {c.tta}" if c.tta != "none" else ""
-    return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}"
+    guarded = (f"\ndomain guard: kNN (k={spec.guard.k}) distance threshold {spec.guard.threshold:.4f} "
+               f"({spec.guard.details['validation_flagged']:.1%} of validation images flagged)" if spec.guard else "")
+    return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}{guarded}"
 
 
 def _prior_shift(spec: ModelSpec) -> float | list[float]:
@@ -135,7 +148,8 @@ def _prior_shift(spec: ModelSpec) -> float | list[float]:
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite,
-              cfg.calibration.prior_correction, cfg.calibration.decision, cfg.calibration.tta)
+              cfg.calibration.prior_correction, cfg.calibration.decision, cfg.calibration.tta,
+              GuardConfig(**OmegaConf.to_container(cfg.calibration.guard)))
 
 
 if __name__ == "__main__":

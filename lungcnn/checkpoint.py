@@ -42,15 +42,30 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
 
 
 def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """The LungNet a spec describes, with its weights, in eval mode."""
+    """The LungNet a spec describes, with its weights, in eval mode (the guard's tensors are left out)."""
+    from lungcnn.models.guard import split_state
     from lungcnn.models.net import LungNet
 
     net = LungNet(spec.network.backbone, spec.task.outputs, spec.network.hidden, spec.network.dropout, pretrained="none")
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(split_state(state)[0], strict=True)
     except RuntimeError as e:
         raise LungCNNInputError(f"checkpoint weights do not fit a {spec.network.backbone} LungNet: {str(e)[:300]}") from None
     return net.eval()
+
+
+def build_guard(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module | None:
+    """The domain guard's scoring module (`KnnDistance`) a spec describes, or None when it has no guard."""
+    from lungcnn.models.guard import KnnDistance, split_state
+
+    if spec.guard is None:
+        return None
+    bank = split_state(state)[1].get("bank")
+    guard = spec.guard
+    if bank is None or tuple(bank.shape) != (guard.bank_size, guard.feature_dim):
+        raise LungCNNInputError(f"the checkpoint's domain guard expects a ({guard.bank_size}, {guard.feature_dim}) "
+                                f"reference bank, found {None if bank is None else tuple(bank.shape)}; re-run lungcnn.calibrate")
+    return KnnDistance(bank, guard.k).eval()
 
 
 def save_checkpoint(path: str | Path, spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> None:

@@ -19,7 +19,9 @@ from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import build_report
+from lungcnn.evaluation.domain import domain_report, domain_summary
 from lungcnn.evaluation.multiclass_report import build_multiclass_report
+from lungcnn.fileio import write_json
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
 from lungcnn.spec import ModelSpec
@@ -47,7 +49,10 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
                   data_note=f"{spec.data_note}; {int(ok.sum())} images"
                   + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
     report, cells, summary = REPORTS[spec.task.name](records, spec, common)
-    print(summary + f"\nreport: {out / 'report.md'}", flush=True)
+    inside = [p.in_domain is not False for p in predictions if p.ok]
+    report["domain_guard"] = domain_report(spec, records["prob_cal"], labels[ok], inside)
+    write_json(out / "report.json", report)
+    print(summary + "\n" + domain_summary(report["domain_guard"]) + f"\nreport: {out / 'report.md'}", flush=True)
     if data_root is None and spec.is_calibrated:
         _record_in_model_card(ckpt, cells, f"{int(ok.sum())} test images ({where})")
     return report

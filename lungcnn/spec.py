@@ -196,6 +196,57 @@ class DecisionRule:
         return self.weights is not None and len(set(self.weights)) > 1
 
 
+GUARD_METHODS = ("knn",)
+
+
+@dataclass(frozen=True)
+class DomainGuard:
+    """When not to answer: an image whose domain score exceeds `threshold` is out of the model's domain.
+
+    The score (`lungcnn.models.guard.KnnDistance`) is the distance of the image's L2-normalised pooled backbone
+    features to the k-th nearest of `bank_size` training images' (the bank is in the checkpoint's state).
+    The threshold is chosen on images of series the model never saw (the grouped validation split: new
+    patients), never on training slices, whose neighbours in the bank are near copies of themselves.
+
+    Args:
+        method: `knn`.
+        k: the neighbour whose distance is the score (>= 1, <= bank_size).
+        threshold: the largest score still in the domain (> 0).
+        feature_dim: width of the pooled features (the bank's second axis).
+        bank_size: how many training images the bank holds.
+        fitted_on: what the bank and the threshold came from, in words (shown on the model card).
+        details: how the threshold was chosen (plain types: quantile, margin, validation scores' summary).
+    """
+
+    method: str = "knn"
+    k: int = 1
+    threshold: float = 1.0
+    feature_dim: int = 1
+    bank_size: int = 1
+    fitted_on: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in GUARD_METHODS:
+            raise LungCNNInputError(f"domain guard method must be one of {GUARD_METHODS}, got {self.method!r}")
+        for name in ("k", "feature_dim", "bank_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LungCNNInputError(f"domain guard {name} must be an integer >= 1, got {value!r}")
+        if self.k > self.bank_size:
+            raise LungCNNInputError(f"domain guard k={self.k} exceeds its bank of {self.bank_size} images")
+        t = _finite(self.threshold, "domain guard threshold")
+        if t <= 0:
+            raise LungCNNInputError(f"domain guard threshold must be > 0, got {self.threshold}")
+        object.__setattr__(self, "threshold", t)
+        object.__setattr__(self, "fitted_on", str(self.fitted_on))
+        object.__setattr__(self, "details", dict(self.details or {}))
+
+    def in_domain(self, scores: Any) -> np.ndarray:
+        """Boolean per score: True where the image is like the training images."""
+        return np.asarray(scores, np.float64) <= self.threshold
+
+
 @dataclass(frozen=True)
 class SeriesRule:
     """A series' slice outputs -> one series probability and decision (`lungcnn.aggregation`).
@@ -241,6 +292,7 @@ class ModelSpec:
     Args:
         task: the task bound to its class names (`lungcnn.task.make_task`).
         network, preprocessing, calibration, decision: the parts above.
+        guard: the applicability-domain guard (`DomainGuard`), or None (no guard fitted: every image answered).
         data: where the training data came from (plain types: `note`, `train_class_counts`, `imbalance`, ...).
         metrics: test figures as text for the model card; metric_values: the same figures as numbers.
         created: ISO timestamp of training.
@@ -252,6 +304,7 @@ class ModelSpec:
     preprocessing: Preprocessing
     calibration: Calibration = field(default_factory=Calibration)
     decision: DecisionRule = field(default_factory=DecisionRule)
+    guard: DomainGuard | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, str] = field(default_factory=dict)
     metric_values: Mapping[str, float] = field(default_factory=dict)
@@ -275,6 +328,8 @@ class ModelSpec:
                                     f"{list(self.class_names)} of a {self.task.name} model")
         if self.series.target is not None and self.series.target not in self.task.class_names:
             raise LungCNNInputError(f"series target {self.series.target!r} is not one of the classes {list(self.class_names)}")
+        if self.guard is not None and not isinstance(self.guard, DomainGuard):
+            raise TypeError(f"ModelSpec.guard must be a DomainGuard or None, got {type(self.guard).__name__}")
         object.__setattr__(self, "data", dict(self.data or {}))
         object.__setattr__(self, "metrics", {str(a): str(b) for a, b in (self.metrics or {}).items()})
         object.__setattr__(self, "metric_values", {str(a): float(b) for a, b in (self.metric_values or {}).items()})
@@ -335,6 +390,7 @@ class ModelSpec:
             "preprocessing": dataclasses.asdict(self.preprocessing),
             "calibration": dataclasses.asdict(self.calibration),
             "decision": dataclasses.asdict(self.decision),
+            "guard": None if self.guard is None else dataclasses.asdict(self.guard),
             "data": self.data,
             "metrics": self.metrics,
             "metric_values": self.metric_values,
@@ -358,6 +414,7 @@ class ModelSpec:
                 preprocessing=Preprocessing(**_only(meta["preprocessing"], Preprocessing)),
                 calibration=Calibration(**_only(meta.get("calibration") or {}, Calibration)),
                 decision=DecisionRule(**_only(meta.get("decision") or {}, DecisionRule)),
+                guard=None if meta.get("guard") is None else DomainGuard(**_only(meta["guard"], DomainGuard)),
                 data=meta.get("data") or {},
                 metrics=meta.get("metrics") or {},
                 metric_values=meta.get("metric_values") or {},

@@ -46,3 +46,37 @@ def trained_ckpt(tiny_root, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     result = train(make_cfg(run_dir, tiny_overrides(tiny_root)))
     return Path(result["best_checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def calibrated_ckpt(trained_ckpt, tmp_path_factory) -> Path:
+    """The tiny run calibrated as the README says (temperature, threshold, domain guard)."""
+    from lungcnn.calibrate import calibrate
+
+    out = tmp_path_factory.mktemp("cal") / "cal.ckpt"
+    calibrate(trained_ckpt, out)
+    return out
+
+
+def photo_png(size: tuple[int, int] = (96, 128)) -> bytes:
+    """A colour 'photograph' drawn with Pillow: sky gradient, a sun, a house, a caption."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    h, w = size
+    sky = np.zeros((h, w, 3), np.uint8)
+    sky[..., 0] = np.linspace(60, 200, h)[:, None]
+    sky[..., 1] = np.linspace(120, 230, h)[:, None]
+    sky[..., 2] = 250
+    im = Image.fromarray(sky)
+    draw = ImageDraw.Draw(im)
+    draw.ellipse((w - 40, 8, w - 10, 38), fill=(255, 210, 0))
+    draw.rectangle((20, h // 2, 70, h - 5), fill=(170, 40, 30))
+    draw.polygon([(15, h // 2), (45, h // 4), (75, h // 2)], fill=(90, 50, 20))
+    draw.rectangle((0, h - 12, w, h), fill=(40, 160, 40))
+    draw.text((5, 5), "holiday", fill=(0, 0, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lungcnn.calibrate import calibrate
 from lungcnn.inference import schema, uploads
 from lungcnn.inference.gradcam import gradcam
 from lungcnn.inference.predictor import Predictor
@@ -41,13 +40,6 @@ OIDC = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret":
 @pytest.fixture(scope="module")
 def predictor(trained_ckpt) -> Predictor:
     return Predictor.from_checkpoint(trained_ckpt)
-
-
-@pytest.fixture(scope="module")
-def calibrated_ckpt(trained_ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cal") / "cal.ckpt"
-    calibrate(trained_ckpt, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -175,13 +167,13 @@ def test_results_table_and_csv(predictor, ct_png):
     table = pd.read_csv(io.BytesIO(results_csv(predictor, results)), keep_default_na=False)
     # The page's download is lungcnn's prediction schema, cut to what the page shows.
     assert list(table.columns) == schema.columns(predictor.task, shown_only=True)
-    assert list(table.columns) == ["file", "decision", "probability_benign", "probability_malignant", "error"]
+    assert list(table.columns) == ["file", "decision", "in_domain", "probability_benign", "probability_malignant", "error"]
     assert float(table.loc[0, "probability_malignant"]) == pytest.approx(results[0].p_malignant)
     assert table.loc[0, "decision"] == results[0].prediction.decision and table.loc[0, "error"] == ""
     assert table.loc[1, "probability_malignant"] == "" and "empty" in table.loc[1, "error"]
     assert list(table["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
     shown = display_table(predictor, results)  # the page's table: the same columns, written for people
-    assert list(shown.columns) == ["file", "decision", "P(benign)", "P(malignant)", "error"]
+    assert list(shown.columns) == ["file", "decision", "in_domain", "P(benign)", "P(malignant)", "error"]
     assert shown.loc[0, "P(malignant)"] == format_percent(results[0].p_malignant) and shown.loc[1, "P(malignant)"] == ""
     assert format_percent(0.0) == "< 0.1%" and format_percent(1.0) == "> 99.9%" and format_percent(0.2111) == "21.1%"
 
@@ -194,8 +186,10 @@ def test_model_card_says_what_is_known_and_what_is_not(predictor, calibrated_ckp
     assert card["details"]["Image size the model sees"] == "64 x 64 pixels"
     cal = Predictor.from_checkpoint(calibrated_ckpt)
     spec = cal.spec.replace(data={"note": "synthetic demo data (drawn phantoms)"}, metrics={"roc_auc": "0.912"})
-    card = model_card(Predictor(spec, cal.net))
+    card = model_card(Predictor(spec, cal.net, cal.backend))
     assert card["synthetic"] and "synthetic" in card["warning"]
+    assert "training images" in card["details"]["Out-of-domain check"] and "series" in card["details"]["Out-of-domain check"]
+    assert "cannot tell" in model_card(predictor)["details"]["Out-of-domain check"]  # uncalibrated: no guard
     assert card["details"]["Calibration"].startswith("temperature scaling")
     assert "at or above" in card["details"]["Decision threshold"]
     assert card["metrics"] == {"ROC AUC": "0.912"}
@@ -413,3 +407,20 @@ def test_the_csv_has_the_columns_the_page_shows(predictor, ct_png):
     shown, csv = display_table(predictor, results), pd.read_csv(io.BytesIO(results_csv(predictor, results)))
     assert list(csv.columns) == schema.columns(predictor.task, shown_only=True)
     assert _as_shown(csv.columns) == list(shown.columns)
+
+
+def test_page_gives_no_result_for_an_image_out_of_domain(monkeypatch, calibrated_ckpt, ct_png):
+    from pydicom.data import get_testdata_file
+
+    from lungcnn.inference.uploads import NOT_IN_DOMAIN
+    from tests.conftest import photo_png
+
+    mr = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    files = [("scan.png", ct_png, "image/png"), ("brain.dcm", mr, "application/dicom"), ("photo.png", photo_png(), "image/png")]
+    at = run_page(monkeypatch, calibrated_ckpt, files)
+    assert [w.value for w in at.warning if "synthetic" not in w.value] == [NOT_IN_DOMAIN, NOT_IN_DOMAIN]
+    assert [m.label for m in at.metric] == ["Probability of malignancy"]  # the CT slice only: no number for the others
+    assert len(at.get("image")) == 2 + 2  # the slice and its heat map; the two flagged images without one
+    table = at.dataframe[0].value
+    assert list(table["decision"][1:]) == ["out of domain"] * 2 and list(table["in_domain"]) == ["true", "false", "false"]
+    assert (table.iloc[1:][[c for c in table.columns if c.startswith("P(")]] == "").all().all()

@@ -58,7 +58,10 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
     assert list(rows[0]) == schema.columns(make_task("binary", ["benign", "malignant"]), labelled=True)
     labels = np.array([int(r["label"] == "malignant") for r in rows])
     probs = np.array([float(r["probability_malignant"]) for r in rows])
-    assert all(r["decision"] == ("malignant" if p >= report["threshold_calibrated"] else "benign") for r, p in zip(rows, probs))
+    assert all(r["decision"] == ("out of domain" if r["in_domain"] == "false" else "malignant"
+                                 if p >= report["threshold_calibrated"] else "benign") for r, p in zip(rows, probs))
+    assert report["domain_guard"]["n"] == len(rows) and report["domain_guard"]["flagged"] == sum(
+        r["in_domain"] == "false" for r in rows)
     again = binary_metrics(probs, labels, report["threshold_calibrated"])
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["accuracy"] == pytest.approx(

@@ -46,7 +46,10 @@ BMP = _encode(_RNG.integers(0, 255, (6, 5, 3), np.uint8), "BMP")
 DICOM_PATH = get_testdata_file("CT_small.dcm")
 with open(DICOM_PATH, "rb") as _f:
     DICOM = _f.read()
-VALID = {"png": PNG, "png16": PNG16, "jpeg": JPEG, "tiff": TIFF, "bmp": BMP, "dicom": DICOM}
+with open(get_testdata_file("examples_jpeg2k.dcm"), "rb") as _f:
+    DICOM_J2K_COLOUR = _f.read()  # 480x640 YBR_RCT JPEG 2000: once read with its axes taken wrongly (640x3)
+VALID = {"png": PNG, "png16": PNG16, "jpeg": JPEG, "tiff": TIFF, "bmp": BMP, "dicom": DICOM,
+         "dicom_j2k_colour": DICOM_J2K_COLOUR}
 
 
 def _check(data: bytes, name: str = "upload", window: LungWindow = LungWindow()) -> None:
@@ -102,7 +105,7 @@ def test_random_byte_flips(kind, flips):
     buf = bytearray(VALID[kind])
     for position, value in flips:
         buf[position % len(buf)] = value
-    _check(bytes(buf), "scan.dcm" if kind == "dicom" else "upload")
+    _check(bytes(buf), "scan.dcm" if kind.startswith("dicom") else "upload")
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

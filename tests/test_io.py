@@ -72,6 +72,28 @@ def test_real_ct_dicom_is_lung_windowed(tmp_path):
     assert not np.allclose(narrow, image)
 
 
+@pytest.mark.parametrize("name, shape", [("examples_jpeg2k.dcm", (480, 640)), ("examples_rgb_color.dcm", (240, 320)),
+                                         ("examples_ybr_color.dcm", (240, 320))])
+def test_colour_dicom_is_read_as_one_gray_frame_with_its_axes_from_the_tags(name, shape):
+    """Colour (RGB, YBR_FULL_422 multi-frame, YBR_RCT JPEG 2000): rows x columns, luma as for colour rasters."""
+    path = get_testdata_file(name)
+    image = read_image(path)
+    _check(image, shape)
+    rgb = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    rgb = rgb[len(rgb) // 2] if rgb.ndim == 4 else rgb
+    luma = rgb @ [0.299, 0.587, 0.114]
+    np.testing.assert_allclose(image, (luma - luma.min()) / (luma.max() - luma.min()), atol=1e-5)
+
+
+def test_dicom_whose_pixels_do_not_fit_its_tags_is_refused(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
+    ds.SamplesPerPixel = 1  # the data still holds three samples per pixel
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path)
+    with pytest.raises(LungCNNInputError, match="samples|pixel"):
+        read_image(path)
+
+
 def test_dicom_without_pixels_is_refused(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     del ds.PixelData

@@ -99,9 +99,9 @@ def test_decision_rules() -> None:
 
 def test_schema_columns_and_rows_share_names() -> None:
     binary, three = make_task("binary", ("benign", "malignant")), make_task("multiclass", THREE)
-    assert schema.columns(binary) == ["file", "decision", "probability_benign", "probability_malignant",
-                                      "uncalibrated_probability_benign", "uncalibrated_probability_malignant",
-                                      "logit", "error"]
+    assert schema.columns(binary) == ["file", "decision", "in_domain", "domain_score", "probability_benign",
+                                      "probability_malignant", "uncalibrated_probability_benign",
+                                      "uncalibrated_probability_malignant", "logit", "error"]
     assert schema.columns(three, labelled=True)[:3] == ["file", "label", "decision"]
     assert [f"logit_{c}" for c in THREE] == schema.logit_columns(three)
     for task in (binary, three):
@@ -109,10 +109,16 @@ def test_schema_columns_and_rows_share_names() -> None:
         assert set(shown) <= set(schema.columns(task))
     p = Prediction("a.png", (0.4,), {"benign": 0.4, "malignant": 0.6}, {"benign": 0.5, "malignant": 0.5}, "malignant")
     assert schema.row(binary, p, "benign") == {"file": "a.png", "label": "benign", "error": "", "decision": "malignant",
+                                               "in_domain": "",
                                                "probability_benign": 0.4, "probability_malignant": 0.6,
                                                "uncalibrated_probability_benign": 0.5,
                                                "uncalibrated_probability_malignant": 0.5, "logit": 0.4}
     assert schema.row(binary, Prediction("b.png", error="unreadable")) == {"file": "b.png", "error": "unreadable"}
+    flagged = Prediction("c.png", (3.0,), {"benign": 0.1, "malignant": 0.9}, {"benign": 0.1, "malignant": 0.9},
+                         "out of domain", domain_score=1.2, in_domain=False)
+    assert schema.row(binary, flagged)["domain_score"] == 1.2 and schema.row(binary, flagged)["probability_malignant"] == 0.9
+    assert schema.row(binary, flagged, shown_only=True) == {"file": "c.png", "error": "", "decision": "out of domain",
+                                                            "in_domain": "false"}  # the page shows no number
 
 
 def test_schema_table_reads_back_what_was_written(tmp_path) -> None:

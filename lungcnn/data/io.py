@@ -169,14 +169,7 @@ def _read_dicom(data: bytes, name: str, window: LungWindow, max_pixels: int) -> 
     except Exception as e:  # pydicom raises many types: missing decoder, size mismatch, bad tags
         raise LungCNNInputError(f"{name}: cannot decode the DICOM pixel data ({type(e).__name__}: {e})") from None
     photometric = tags["photometric"]
-    if pixels.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") and pixels.shape[-1] == 3:
-        pixels = pixels.mean(axis=-1)
-    elif pixels.ndim == 3:  # multi-frame: the middle slice stands for the series
-        pixels = pixels[pixels.shape[0] // 2]
-    if pixels.ndim == 4:
-        pixels = pixels[pixels.shape[0] // 2].mean(axis=-1)
-    if pixels.ndim != 2 or min(pixels.shape) < 1:
-        raise LungCNNInputError(f"{name}: unexpected DICOM pixel array shape {pixels.shape}")
+    pixels = _one_gray_frame(pixels, rows, cols, frames, samples, name)
     if not np.isfinite(pixels).all():
         raise LungCNNInputError(f"{name}: the DICOM pixel data contains NaN or infinite values")
     if tags["modality"] != "CT" and tags["intercept"] is None:
@@ -185,6 +178,27 @@ def _read_dicom(data: bytes, name: str, window: LungWindow, max_pixels: int) -> 
         return 1.0 - image if photometric == "MONOCHROME1" else image
     image = window.apply(pixels * tags["slope"] + (tags["intercept"] or 0.0))
     return 1.0 - image if photometric == "MONOCHROME1" else image
+
+
+# ITU-R BT.601 luma, as Pillow's convert("L") weighs a colour JPEG or PNG.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _one_gray_frame(pixels: np.ndarray, rows: int, cols: int, frames: int, samples: int, name: str) -> np.ndarray:
+    """pydicom's pixel array -> one (rows, cols) gray frame, its axes read from the tags, never guessed from the
+    shape: (frames,) rows, cols (, samples). Colour comes as RGB (pydicom converts YBR_FULL/_422 and the JPEG 2000
+    decoders undo YBR_RCT/_ICT), weighed to gray as colour rasters are; several frames: the middle one."""
+    expected = ((frames,) if frames > 1 else ()) + (rows, cols) + ((samples,) if samples > 1 else ())
+    if pixels.shape != expected:
+        raise LungCNNInputError(f"{name}: the DICOM pixel data has shape {pixels.shape}, its tags say {expected} "
+                                "(frames, rows, columns, samples); refusing to guess")
+    if frames > 1:
+        pixels = pixels[frames // 2]
+    if samples == 3:
+        pixels = pixels @ LUMA
+    elif samples != 1:
+        raise LungCNNInputError(f"{name}: DICOM images with {samples} samples per pixel are not supported (1 or 3)")
+    return pixels
 
 
 def _dicom_tags(ds, name: str) -> dict:

@@ -206,12 +206,13 @@ def _interval(iv: list[float | None]) -> str:
 def _exact_intervals(cf: Mapping[str, int]) -> dict[str, tuple[float, float]]:
     """Clopper–Pearson intervals for sensitivity and specificity (NaN where the class is absent)."""
     return {
-        "sensitivity": _clopper_pearson(cf["tp"], cf["tp"] + cf["fn"]),
-        "specificity": _clopper_pearson(cf["tn"], cf["tn"] + cf["fp"]),
+        "sensitivity": clopper_pearson(cf["tp"], cf["tp"] + cf["fn"]),
+        "specificity": clopper_pearson(cf["tn"], cf["tn"] + cf["fp"]),
     }
 
 
-def _clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) 1 - alpha interval of a share k / n; NaN for n = 0."""
     if n == 0:
         return (math.nan, math.nan)
     lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))

@@ -135,9 +135,9 @@ def make_loader(sources: Sequence[Source], predictor: Predictor, batch_size: int
 
 # -- output ------------------------------------------------------------------------------------------
 def batch_predictions(predictor: Predictor, names: Sequence[str], index: Sequence[int], logits: np.ndarray,
-                      failed: Sequence[tuple[int, str]]) -> list[tuple[int, Prediction]]:
+                      failed: Sequence[tuple[int, str]], domain_scores: np.ndarray | None = None) -> list[tuple[int, Prediction]]:
     """One batch's results in file order: classified images and unreadable files interleaved."""
-    done = list(zip(index, predictor.from_logits(logits, [names[i] for i in index]))) if len(index) else []
+    done = list(zip(index, predictor.from_logits(logits, [names[i] for i in index], domain_scores))) if len(index) else []
     done += [(i, Prediction(names[i], error=reason)) for i, reason in failed]
     return sorted(done, key=lambda pair: pair[0])
 
@@ -205,8 +205,9 @@ def progress_bar(total: int, enabled: bool):
 def _run_plain(predictor: Predictor, names: Sequence[str], loader: DataLoader, out: Path, progress: bool) -> dict[str, int]:
     with schema.Writer(out, predictor.task) as writer, progress_bar(len(names), progress) as bar:
         for batch in loader:
-            logits = predictor.logits(batch.images.numpy(), batch_size=max(len(batch.index), 1)) if len(batch.index) else None
-            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed):
+            logits, scores = (predictor.forward(batch.images.numpy(), batch_size=max(len(batch.index), 1))
+                              if len(batch.index) else (None, None))
+            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores):
                 writer.write(p)
             bar.update(len(batch.index) + len(batch.failed))
     return writer.counts

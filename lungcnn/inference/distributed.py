@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from lungcnn.inference import schema
 from lungcnn.inference.batch import Batch, batch_predictions, progress_bar
-from lungcnn.inference.predictor import Prediction, Predictor, tta_logits
+from lungcnn.inference.predictor import Prediction, Predictor, guarded_forward, tta_logits
 
 
 def run_lightning(predictor: Predictor, files: Sequence[Path], loader: DataLoader, out: Path,
@@ -45,17 +45,20 @@ class PredictionModule(L.LightningModule):
     def __init__(self, predictor: Predictor, files: Sequence[Path], out: Path) -> None:
         super().__init__()
         self.net = predictor.net
+        self.guard = getattr(predictor.backend, "guard", None)  # the domain guard (a module: Lightning moves it)
         self.register_buffer("lut", torch.from_numpy(predictor.lut.T.copy()), persistent=False)  # (256, 3)
         self.predictor, self.files, self.out = predictor, list(files), out
-        self.results: list[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]] = []
+        self.results: list[tuple[list[int], np.ndarray | None, list[tuple[int, str]], np.ndarray | None]] = []
         self.counts: dict[str, int] | None = None
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
-        logits = None
+        logits = scores = None
         if len(batch.index):
             x = self.lut[batch.images.long()].permute(0, 3, 1, 2)  # (n, S, S, 3) -> (n, 3, S, S)
-            logits = tta_logits(self.net, x, self.predictor.tta).float().cpu().numpy()
-        self.results.append((batch.index.cpu().tolist(), logits, list(batch.failed)))
+            plain, scores = guarded_forward(self.net, self.guard, x)
+            logits = tta_logits(self.net, x, self.predictor.tta, plain=plain).float().cpu().numpy()
+            scores = None if scores is None else scores.float().cpu().numpy()
+        self.results.append((batch.index.cpu().tolist(), logits, list(batch.failed), scores))
 
     def on_predict_epoch_end(self) -> None:
         parts = [self.results]
@@ -66,8 +69,8 @@ class PredictionModule(L.LightningModule):
             return
         merged: dict[int, Prediction] = {}  # keyed by file: a DistributedSampler pads ranks with repeats
         for part in parts:
-            for index, logits, failed in part:
-                merged.update(batch_predictions(self.predictor, self.files, index, logits, failed))
+            for index, logits, failed, scores in part:
+                merged.update(batch_predictions(self.predictor, self.files, index, logits, failed, scores))
         self.counts = schema.write_csv(self.out, self.predictor.task, [p for _, p in sorted(merged.items())])
 
 

@@ -11,6 +11,9 @@ decision rule from the sidecar and never needs the checkpoint again. The graph t
   must apply the map in ``meta.calibration`` (the Predictor does).
 - ``logit``: the raw logit(s). The Predictor calibrates from these through the same spec, so both outputs
   come from one definition; the tests check that they agree.
+- ``domain_score`` (only when the checkpoint has a domain guard): the guard's kNN distance, computed in the
+  graph from the same pooled features with the reference bank as a constant; an image is in the domain when
+  it is <= ``meta.guard.threshold``.
 
 Both files are written atomically; the sidecar, written last, records the .onnx file's SHA-256, so a
 half-replaced pair is detected on load instead of silently mixing an old graph with new metadata.
@@ -30,28 +33,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungcnn.checkpoint import build_network, load_checkpoint
+from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_bytes, write_json
 from lungcnn.spec import ModelSpec
 from lungcnn.task import Task
 
 FORMAT = "lungcnn-onnx/2"
-INPUT, PROBABILITY, LOGIT = "image", "probability", "logit"
+INPUT, PROBABILITY, LOGIT, DOMAIN = "image", "probability", "logit", "domain_score"
 OPSET = 17
 
 
 class CalibratedNet(nn.Module):
-    """net -> (probability, logit): the task's probabilities with the spec's prior shift and temperature."""
+    """net -> (probability, logit[, domain_score]): the task's probabilities with the spec's prior shift and
+    temperature, and the domain guard's score when a guard is given."""
 
-    def __init__(self, net: nn.Module, task: Task, shift: float | tuple[float, ...] = 0.0, temperature: float = 1.0) -> None:
+    def __init__(self, net: nn.Module, task: Task, shift: float | tuple[float, ...] = 0.0, temperature: float = 1.0,
+                 guard: nn.Module | None = None) -> None:
         super().__init__()
-        self.net, self.task, self.temperature = net, task, float(temperature)
+        self.net, self.task, self.temperature, self.guard = net, task, float(temperature), guard
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit = self.net(x)
-        return self.task.probabilities(logit, self.shift, self.temperature), logit
+    @property
+    def output_names(self) -> list[str]:
+        return [PROBABILITY, LOGIT] + ([DOMAIN] if self.guard is not None else [])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from lungcnn.inference.predictor import guarded_forward
+
+        logit, score = guarded_forward(self.net, self.guard, x)
+        probability = self.task.probabilities(logit, self.shift, self.temperature)
+        return (probability, logit) if score is None else (probability, logit, score)
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -76,39 +88,43 @@ def export_onnx(ckpt: str | Path, out_path: str | Path | None = None) -> tuple[P
     if out.resolve() == ckpt.resolve():
         raise LungCNNInputError(f"{out}: refusing to overwrite the checkpoint with its export")
     spec, state = load_checkpoint(ckpt)
-    data = onnx_bytes(build_network(spec, state), spec)
+    data = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state))
     write_bytes(out, data)
     sidecar = sidecar_path(out)
     write_json(sidecar, sidecar_record(spec, out, hashlib.sha256(data).hexdigest(), source=ckpt))
     return out, sidecar
 
 
-def onnx_bytes(net: nn.Module, spec: ModelSpec) -> bytes:
+def onnx_bytes(net: nn.Module, spec: ModelSpec, guard: nn.Module | None = None) -> bytes:
     """The serialised graph, checked against PyTorch on a sample batch before anything is written."""
+    if (guard is None) != (spec.guard is None):
+        raise ValueError("the spec's domain guard and the guard module passed must both be present or both absent")
     size = spec.preprocessing.image_size
-    model = CalibratedNet(net.eval(), spec.task, spec.calibration.graph_shift, spec.calibration.graph_temperature).eval()
+    model = CalibratedNet(net.eval(), spec.task, spec.calibration.graph_shift, spec.calibration.graph_temperature,
+                          guard).eval()
+    names = model.output_names
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter (dynamo=False) is deprecated but needs no onnxscript and handles this
         # plain CNN; its tracer also warns about the static `shape[-1] == 1` check in LungNet.forward.
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample,), buffer, input_names=[INPUT], output_names=[PROBABILITY, LOGIT],
-                          dynamic_axes={INPUT: {0: "batch"}, PROBABILITY: {0: "batch"}, LOGIT: {0: "batch"}},
+        torch.onnx.export(model, (sample,), buffer, input_names=[INPUT], output_names=names,
+                          dynamic_axes={name: {0: "batch"} for name in (INPUT, *names)},
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     data = buffer.getvalue()
     _check_export(data, model, sample)
     return data
 
 
-def _check_export(data: bytes, model: nn.Module, sample: torch.Tensor) -> None:
+def _check_export(data: bytes, model: CalibratedNet, sample: torch.Tensor) -> None:
     import onnx
 
     onnx.checker.check_model(onnx.load_from_string(data))
     with torch.no_grad():
         expected = [t.numpy() for t in model(sample)]
-    got = make_session(data).run([PROBABILITY, LOGIT], {INPUT: sample.numpy()})
-    for name, a, b in zip((PROBABILITY, LOGIT), got, expected):
+    got = make_session(data).run(model.output_names, {INPUT: sample.numpy()})
+    for name, a, b in zip(model.output_names, got, expected):
         if a.shape != b.shape or not np.allclose(a, b, atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"ONNX export check failed: output {name!r} differs from PyTorch "
                                f"(max |diff| {np.abs(a - b).max() if a.shape == b.shape else 'shape'})")
@@ -128,7 +144,9 @@ def sidecar_record(spec: ModelSpec, onnx_path: Path, onnx_sha256: str, source: P
             "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32",
                       "preprocessing": "gray uint8 image from meta.preprocessing, replicated to 3 channels, "
                                        "(value / 255 - mean) / std per channel"},
-            "outputs": {"probability": PROBABILITY, "logit": LOGIT},
+            "outputs": {"probability": PROBABILITY, "logit": LOGIT, **({"domain_score": DOMAIN} if spec.guard else {})},
+            "domain_score": ("the domain guard's kNN distance of the image's pooled features to the training bank; in "
+                             "the domain when <= meta.guard.threshold" if spec.guard else None),
             "temperature_in_graph": calibration.graph_temperature,
             "logit_shift_in_graph": calibration.graph_shift,
             "probability": (f"the {spec.task.name} task's probabilities of the logits; apply the isotonic map "
@@ -242,6 +260,13 @@ class OnnxBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([LOGIT], {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, domain scores or None when the graph has no guard) from one run."""
+        if DOMAIN not in {o.name for o in self.session.get_outputs()}:
+            return self.logits(batch), None
+        logit, score = self.session.run([LOGIT, DOMAIN], {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})
+        return logit, score
+
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probability, logit) as the graph computes them: for checks and external-use parity."""
         probability, logit = self.session.run([PROBABILITY, LOGIT], {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})
@@ -255,5 +280,8 @@ def load_onnx(path: str | Path, threads: int | None = None, spin: bool = False) 
     """(model spec, backend) from an .onnx file and its sidecar."""
     _, spec = read_sidecar(path)
     backend = OnnxBackend(path, threads, spin)
-    backend.session  # noqa: B018 - open now, so a broken file fails here rather than mid-run
+    has_guard = DOMAIN in {o.name for o in backend.session.get_outputs()}  # opens it now: a broken file fails here
+    if has_guard != (spec.guard is not None):
+        raise LungCNNInputError(f"{path}: the graph {'has' if has_guard else 'lacks'} a domain score but its sidecar "
+                                f"{'lacks' if has_guard else 'has'} a domain guard; re-export with `lungcnn-export`")
     return spec, backend

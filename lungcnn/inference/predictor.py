@@ -2,9 +2,11 @@
 
 It applies the checkpoint's `ModelSpec`: preprocessing (read -> window -> pad/resize -> normalise), then
 the spec's calibration and decision rule on the task's probabilities, so those exist in one place only.
-Every image gets a calibrated probability per class and a decision. Only the logits come from a
-pluggable backend (`TorchBackend`, or onnxruntime via `lungcnn.inference.onnx_export.OnnxBackend`), so every
-runtime shares the same pixels and calibration.
+Every image gets a calibrated probability per class and a decision, and, when the checkpoint has a
+domain guard (`spec.DomainGuard`), a domain score: an image unlike the training images is decided
+`out of domain` (its probabilities are kept for research, never shown as an answer). Only the
+logits and domain scores come from a pluggable backend (`TorchBackend`, or onnxruntime via
+`lungcnn.inference.onnx_export.OnnxBackend`), so every runtime shares the same pixels and calibration.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import cv2
 import numpy as np
 import torch
 
-from lungcnn.checkpoint import build_network, load_checkpoint
+from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
 from lungcnn.data.io import MAX_BYTES, MAX_PIXELS
 from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
 from lungcnn.spec import TTA_MODES, ModelSpec
+
+OUT_OF_DOMAIN = "out of domain"  # the decision of an image the domain guard flags
 
 
 @dataclass
@@ -30,6 +34,8 @@ class Prediction:
     """One image's result (`lungcnn.inference.schema` writes it as a table row), or why it could not be read.
 
     `probabilities` are calibrated by the checkpoint, `uncalibrated` the network's own; both per class name.
+    `domain_score`/`in_domain`: the guard's score and verdict (NaN/None when the checkpoint has no guard);
+    a flagged image's `decision` is `OUT_OF_DOMAIN`.
     """
 
     file: str
@@ -38,10 +44,17 @@ class Prediction:
     uncalibrated: dict[str, float] = field(default_factory=dict)
     decision: str = ""
     error: str | None = None
+    domain_score: float = float("nan")
+    in_domain: bool | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def answered(self) -> bool:
+        """Read, and not flagged by the domain guard: a result may be shown."""
+        return self.ok and self.in_domain is not False
 
     @property
     def confidence(self) -> float:
@@ -53,11 +66,23 @@ BACKENDS = ("torch", "onnx", "auto")
 
 
 class Backend(Protocol):
-    """Normalised images (N, 3, S, S) float32 -> logits (N,) binary or (N, K): the only part a runtime swaps."""
+    """Normalised images (N, 3, S, S) float32 -> logits (N,) binary or (N, K), and the domain guard's scores (N,)
+    (None without a guard): the only part a runtime swaps."""
 
     name: str
 
     def logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def guarded_forward(net: torch.nn.Module, guard: torch.nn.Module | None,
+                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, domain scores or None) of a LungNet and its guard, from one pass through the backbone."""
+    if guard is None:
+        return net(x), None
+    features = net.backbone(x)
+    return net.logits_of(features), guard(features)
 
 
 class TorchBackend:
@@ -65,32 +90,40 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", channels_last: bool = False) -> None:
+    def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", channels_last: bool = False,
+                 guard: torch.nn.Module | None = None) -> None:
         self.device, self.channels_last = torch.device(device), channels_last
         self.net = net.eval().to(self.device)
+        self.guard = guard.eval().to(self.device) if guard is not None else None
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # outside inference_mode: parameters stay normal tensors
 
     @torch.inference_mode()
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).float().cpu().numpy()
+        logits, scores = guarded_forward(self.net, self.guard, x)
+        return logits.float().cpu().numpy(), None if scores is None else scores.float().cpu().numpy()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch)[0]
 
 
-def tta_logits(logits_fn: Any, x: Any, tta: str = "none") -> Any:
+def tta_logits(logits_fn: Any, x: Any, tta: str = "none", plain: Any = None) -> Any:
     """Logits of a normalised batch (N, 3, S, S), numpy or torch, averaged over its test-time views.
 
     `none`: the image only. `flip`: the mean of the image's and its left-right mirror's logits (lungs are
     roughly mirror-symmetric and training flips them too). Set at calibration time, so the temperature is
-    fitted on the same averaged logits that are later served.
+    fitted on the same averaged logits that are later served. `plain`: the image's own logits when the
+    caller already has them (the domain guard's pass), so they are not computed twice.
     """
+    plain = logits_fn(x) if plain is None else plain
     if tta == "none":
-        return logits_fn(x)
+        return plain
     if tta == "flip":
         mirrored = torch.flip(x, dims=[-1]) if isinstance(x, torch.Tensor) else np.ascontiguousarray(x[..., ::-1])
-        return (logits_fn(x) + logits_fn(mirrored)) / 2
+        return (plain + logits_fn(mirrored)) / 2
     raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")  # ModelSpec checked it
 
 
@@ -107,15 +140,20 @@ class Predictor:
         spec: the model spec (preprocessing, task, calibration, decision rule).
         net: the PyTorch network (needed for Grad-CAM; None when the logits come from onnxruntime only).
         backend: where logits come from; default: the network under PyTorch.
+        guard: the domain guard's scoring module for the default PyTorch backend (`checkpoint.build_guard`);
+            required when the spec has a guard and no backend is given.
     """
 
-    def __init__(self, spec: ModelSpec, net: torch.nn.Module | None = None, backend: Backend | None = None) -> None:
+    def __init__(self, spec: ModelSpec, net: torch.nn.Module | None = None, backend: Backend | None = None,
+                 guard: torch.nn.Module | None = None) -> None:
         if backend is None and net is None:
             raise ValueError("Predictor needs a network or a backend")
+        if backend is None and spec.guard is not None and guard is None:
+            raise ValueError("the spec has a domain guard: pass its module (checkpoint.build_guard) or a backend")
         self.spec = spec
         self.task = spec.task
         self.net = net.eval() if net is not None else None  # the PyTorch network (Grad-CAM); None for onnx
-        self.backend: Backend = backend if backend is not None else TorchBackend(net)
+        self.backend: Backend = backend if backend is not None else TorchBackend(net, guard=guard)
         pre = spec.preprocessing
         self.image_size, self.window, self.crop = pre.image_size, pre.window, pre.crop
         self.lut = normalisation_lut(pre.mean, pre.std)
@@ -149,7 +187,7 @@ class Predictor:
             return cls(spec, net, backend=onnx_backend)
         spec, state = load_checkpoint(path)
         net = build_network(spec, state)
-        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last))
+        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)))
 
     # -- pixels --------------------------------------------------------------------------------------
     def load(self, source: str | Path | bytes, name: str | None = None, *,
@@ -183,25 +221,44 @@ class Predictor:
 
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, S, S) uint8 -> logits (N,) for one output or (N, K), with the checkpoint's test-time augmentation."""
-        out = [tta_logits(self.backend.logits, self.normalise(images[i : i + batch_size]), self.tta)
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else self.task.empty_logits()
+        return self.forward(images, batch_size)[0]
+
+    def forward(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, S, S) uint8 -> (logits as `logits` gives them, domain scores (N,) or None without a guard).
+
+        The guard scores the image as it is (its mirror, under flip TTA, only adds to the logits)."""
+        logits, scores = [], []
+        for i in range(0, len(images), batch_size):
+            x = self.normalise(images[i : i + batch_size])
+            plain, score = self.backend.forward(x)
+            logits.append(tta_logits(self.backend.logits, x, self.tta, plain=plain))
+            scores.append(score)
+        if not logits:
+            return self.task.empty_logits(), (None if self.spec.guard is None else np.zeros(0, np.float32))
+        return np.concatenate(logits), (None if any(s is None for s in scores) else np.concatenate(scores))
 
     # -- results --------------------------------------------------------------------------------------
-    def from_logits(self, logits: np.ndarray, names: list[str]) -> list[Prediction]:
-        """Logits from any backend (or Lightning's trainer.predict) -> Predictions, calibrated and decided."""
+    def from_logits(self, logits: np.ndarray, names: list[str], domain_scores: np.ndarray | None = None) -> list[Prediction]:
+        """Logits (and domain scores) from any backend or Lightning's trainer.predict -> Predictions, calibrated
+        and decided; an image the guard flags is decided `OUT_OF_DOMAIN`."""
         task, spec = self.task, self.spec
+        if spec.guard is not None and domain_scores is None:
+            raise ValueError("this checkpoint has a domain guard: its scores must come with the logits")
         calibrated = spec.probabilities(logits)
         per_class = task.class_probabilities(calibrated)
         raw = task.class_probabilities(spec.probabilities(logits, calibrated=False))
-        decisions = spec.decide(calibrated)
+        decisions = [self.class_names[d] for d in spec.decide(calibrated)]
         rows = np.asarray(logits, np.float64).reshape(len(names), -1)
+        scores = np.full(len(names), np.nan) if domain_scores is None else np.asarray(domain_scores, np.float64)
+        inside = [None] * len(names) if spec.guard is None else spec.guard.in_domain(scores).tolist()
         return [Prediction(name, tuple(map(float, z)), dict(zip(self.class_names, map(float, c))),
-                           dict(zip(self.class_names, map(float, r))), self.class_names[d])
-                for name, z, c, r, d in zip(names, rows, per_class, raw, decisions)]
+                           dict(zip(self.class_names, map(float, r))), d if ok is not False else OUT_OF_DOMAIN,
+                           domain_score=float(s), in_domain=ok)
+                for name, z, c, r, d, s, ok in zip(names, rows, per_class, raw, decisions, scores, inside)]
 
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
-        return self.from_logits(self.logits(images), names)
+        logits, scores = self.forward(images)
+        return self.from_logits(logits, names, scores)
 
     def read(self, sources: list[str | Path]) -> tuple[np.ndarray, list[str | None]]:
         """Read and preprocess files: the readable images stacked (n, S, S) uint8, and per source its error or None."""
@@ -220,8 +277,8 @@ class Predictor:
         `names` (default: the sources), and the readable images' logits in order."""
         names = [str(s) for s in sources] if names is None else names
         images, errors = self.read(sources)
-        logits = self.logits(images)
-        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None]))
+        logits, scores = self.forward(images)
+        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None], scores))
         return [next(done) if e is None else Prediction(n, error=e) for n, e in zip(names, errors)], logits
 
     def predict_files(self, sources: list[str | Path]) -> list[Prediction]:

@@ -8,13 +8,16 @@ means the same thing in every table:
 |---|---|
 | `file` | the image (a path, or the uploaded file's name) |
 | `label` | the true class name (evaluation only) |
-| `decision` | the class the checkpoint's decision rule reports (empty when the file could not be read) |
+| `decision` | the class the decision rule reports; `out of domain` when the guard flags the image; empty if unread |
+| `in_domain` | `true`: the image looks like the training images (the domain guard); `false`: flagged; empty: no guard |
+| `domain_score` | the guard's score (kNN distance of pooled features to the training images'; > threshold = flagged) |
 | `probability_<class>` | calibrated probability of each class (the checkpoint's calibration) |
 | `uncalibrated_probability_<class>` | the network's own probability of each class |
 | `logit` / `logit_<class>` | the raw output: one logit (binary) or one per class |
 | `error` | why the file could not be read (empty otherwise) |
 
-Files that could not be read keep their row, with only `file` and `error` filled.
+Files that could not be read keep their row, with only `file` and `error` filled. A flagged image keeps its
+probabilities in the full table (for research); the page's table (`shown_only`) leaves them blank.
 
 The series table (`lungcnn-predict --series-out`, the page's series result), one row per series:
 
@@ -45,8 +48,9 @@ if TYPE_CHECKING:
     from lungcnn.task import Task
 
 FILE, LABEL, DECISION, ERROR = "file", "label", "decision", "error"
+IN_DOMAIN, DOMAIN_SCORE = "in_domain", "domain_score"
 PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", "logit"
-SHOWN = ("file", "decision", "probability", "error")  # what the page shows (and its download carries)
+SHOWN = ("file", "decision", "in_domain", "probability", "error")  # what the page shows (and its download carries)
 
 
 SERIES, N_SLICES, MOST_SUSPICIOUS, N_UNREADABLE = "series", "n_slices", "most_suspicious_slice", "n_unreadable"
@@ -66,20 +70,26 @@ def columns(task: Task, *, labelled: bool = False, shown_only: bool = False) -> 
     """The table's header for `task`; `labelled` adds `label`; `shown_only` keeps what the page shows."""
     names = task.class_names
     if shown_only:
-        return [FILE, DECISION, *[probability_column(c) for c in names], ERROR]
-    return [FILE, *([LABEL] if labelled else []), DECISION, *[probability_column(c) for c in names],
+        return [FILE, DECISION, IN_DOMAIN, *[probability_column(c) for c in names], ERROR]
+    return [FILE, *([LABEL] if labelled else []), DECISION, IN_DOMAIN, DOMAIN_SCORE, *[probability_column(c) for c in names],
             *[probability_column(c, calibrated=False) for c in names], *logit_columns(task), ERROR]
 
 
 def row(task: Task, prediction: Prediction, label: str | None = None, *, shown_only: bool = False) -> dict[str, Any]:
-    """One prediction as {column: value}; an unreadable file's row has `file` and `error` only."""
+    """One prediction as {column: value}; an unreadable file's row has `file` and `error` only, and a flagged
+    image's `shown_only` row no probabilities."""
     out: dict[str, Any] = {FILE: prediction.file, ERROR: prediction.error or ""}
     if label is not None:
         out[LABEL] = label
     if not prediction.ok:
         return out
     out[DECISION] = prediction.decision
+    out[IN_DOMAIN] = "" if prediction.in_domain is None else str(bool(prediction.in_domain)).lower()
+    if not shown_only and prediction.in_domain is not None:
+        out[DOMAIN_SCORE] = prediction.domain_score
     for c in task.class_names:
+        if shown_only and prediction.in_domain is False:
+            break
         out[probability_column(c)] = prediction.probabilities[c]
         if not shown_only:
             out[probability_column(c, calibrated=False)] = prediction.uncalibrated[c]
@@ -144,7 +154,14 @@ class Table:
 
     @classmethod
     def read(cls, path: str | Path) -> Table:
-        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, ERROR: str}), str(path))
+        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, IN_DOMAIN: str, ERROR: str}), str(path))
+
+    @property
+    def in_domain(self):
+        """Boolean mask of the rows the domain guard accepted (all True for a table without a guard's verdicts)."""
+        if IN_DOMAIN not in self.frame:
+            return pd.Series(True, index=self.frame.index)
+        return self.frame[IN_DOMAIN].fillna("").astype(str) != "false"
 
     def probabilities(self, calibrated: bool = True):
         """(N, K) per-class probabilities."""

@@ -23,7 +23,7 @@ from lungcnn.data.io import MAX_PIXELS
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Prediction, Predictor
-from lungcnn.spec import Calibration
+from lungcnn.spec import Calibration, DomainGuard
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ CALIBRATED_MEANS = (
     "Calibrated means the percentage was adjusted on held-out cases so that, of images given about 30%, about 3 in 10 "
     "were malignant."
 )
+NOT_IN_DOMAIN = (
+    "This image does not look like the lung CT slices this model was trained on, so no result is given."
+)
+NO_GUARD = "none: this model cannot tell when an image is unlike its training images, and answers every image"
 UNCALIBRATED_MEANS = (
     "This model is not calibrated: its percentages were not checked against held-out cases and may be over- or "
     "under-confident."
@@ -72,6 +76,11 @@ class UploadResult:
     calibrated: bool = False
 
     @property
+    def answered(self) -> bool:
+        """Read and in the model's domain: the page may show a result (a flagged image shows NOT_IN_DOMAIN)."""
+        return self.ok and self.prediction is not None and self.prediction.answered
+
+    @property
     def p_malignant(self) -> float:
         """Calibrated P(malignant), or NaN for a failed file or a checkpoint without that class."""
         if self.prediction is None:
@@ -95,7 +104,7 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes, *, with_cam: bo
         return UploadResult(name, False, f"{name}: this file could not be analysed because of an unexpected error; "
                                          "please try another file or tell the system administrator.", **base)
     result = UploadResult(name, True, image=image, prediction=prediction, **base)
-    if with_cam:
+    if with_cam and result.answered:  # no heat map for an image the model gives no result on
         _add_heatmap(predictor, result)
     return result
 
@@ -265,7 +274,8 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "Calibration": _calibration_text(spec.calibration),
         "Decision threshold": _threshold_text(predictor),
         "Image size the model sees": f"{pre.image_size} x {pre.image_size} pixels",
-        "CT window": f"level {pre.window.level:g} HU, width {pre.window.width:g} HU",
+        "CT window (DICOM)": f"level {pre.window.level:g} HU, width {pre.window.width:g} HU",
+        "Out-of-domain check": _guard_text(spec.guard),
         "Network": spec.network.backbone,
         "Created": _date_text(spec.created),
         "Test results": "see below" if metrics else "not recorded",
@@ -285,6 +295,13 @@ def _calibration_text(calibration: Calibration) -> str:
     if calibration.method == "temperature":
         return f"temperature scaling (T = {calibration.temperature:.2f}){fitted}"
     return f"{calibration.method}{fitted}"
+
+
+def _guard_text(guard: DomainGuard | None) -> str:
+    if guard is None:
+        return NO_GUARD
+    return (f"images unlike the training images get no result: distance to the {guard.k}-nearest of {guard.bank_size} "
+            f"training images' features above {guard.threshold:.3f} ({guard.fitted_on})")
 
 
 def _threshold_text(predictor: Predictor) -> str:

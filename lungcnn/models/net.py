@@ -36,5 +36,9 @@ class LungNet(nn.Module):
         self.head = ClassifierHead(self.backbone.num_features, hidden, dropout, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(x))
+        return self.logits_of(self.backbone(x))
+
+    def logits_of(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N, F) -> logits; the domain guard reads the same features."""
+        logits = self.head(features)
         return logits.squeeze(-1) if logits.shape[-1] == 1 else logits

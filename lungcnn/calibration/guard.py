@@ -1,0 +1,113 @@
+"""Fit the applicability-domain guard: a reference bank from training images, a threshold from unseen series.
+
+The bank is the pooled backbone features of the training split's images. The threshold must come from
+images of series the bank does not hold: scoring a training slice against a bank that holds it (or its
+neighbouring near-copies) gives distances near 0 and a threshold that rejects new patients. Two sources of
+such "new patient" scores are pooled: every training image scored against the bank without its own series
+(leave-one-series-out, using the split's groups), and the validation split's images (other patients: the
+split is grouped). A validation split alone is small (80 images of ~15 series on IQ-OTH/NCCD) and missed the
+tail of new patients' scores; the leave-one-series-out scores add every training series. The threshold is
+the `quantile` of the pooled scores times `margin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lungcnn.checks import require_bool, require_int, require_number
+from lungcnn.errors import LungCNNInputError
+from lungcnn.models.guard import KnnDistance, guard_state, pooled_features
+from lungcnn.spec import DomainGuard
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """calibration.guard: how the domain guard is fitted.
+
+    Args:
+        enabled: fit a guard (true by default: a checkpoint without one answers every image, MR and photos too).
+        k: score = distance to the k-th nearest training image (1 = nearest).
+        quantile: the quantile of the new-patient scores the threshold starts from, in (0, 1].
+        margin: factor (>= 1) on that quantile.
+    """
+
+    enabled: bool = True
+    k: int = 1
+    quantile: float = 0.99
+    margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_bool("calibration.guard.enabled", self.enabled)
+        require_int("calibration.guard.k", self.k, 1)
+        require_number("calibration.guard.quantile", self.quantile, 0, 1, low_open=True, high_open=False)
+        require_number("calibration.guard.margin", self.margin, 1, None, low_open=False)
+
+
+def fit_guard_on_splits(predictor, val_images: np.ndarray, config: GuardConfig, val_note: str,
+                        batch_size: int = 32) -> tuple[DomainGuard, dict[str, torch.Tensor]]:
+    """The guard of a Predictor's (PyTorch) network: bank from the checkpoint's training split (with its series
+    from the split file), threshold from leave-one-series-out training scores and `val_images` ((N, S, S) uint8
+    as `Predictor.read` gives them, from unseen series)."""
+    from lungcnn.data.catalog import labelled_files
+
+    spec = predictor.spec
+    train = labelled_files(spec.data, list(spec.class_names), "train")
+    train_images, errors = predictor.read(list(train["path"]))
+    groups = _series(spec.data.get("split_file"), train["file"])[[e is None for e in errors]]
+
+    def batches(images: np.ndarray):
+        return (predictor.normalise(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
+
+    return fit_guard(predictor.net, batches(train_images), groups, batches(val_images), config, val_note)
+
+
+def _series(split_file: str | None, files: pd.Series) -> np.ndarray:
+    """Each training file's series (the split file's `group`); without groups, each image is its own series."""
+    if split_file:
+        saved = pd.read_csv(split_file, dtype={"file": str, "group": str})
+        if "group" in saved:
+            return files.map(dict(zip(saved["file"], saved["group"], strict=False))).fillna(files).to_numpy(str)
+    return files.to_numpy(str)
+
+
+def leave_series_out_scores(bank: torch.Tensor, groups: Sequence[str], k: int) -> np.ndarray:
+    """Each bank image's score against the bank without its own series (NaN where fewer than k images remain)."""
+    unit = torch.nn.functional.normalize(bank.float(), dim=1)
+    similarity = unit @ unit.T
+    groups = np.asarray(groups)
+    similarity[torch.from_numpy(groups[:, None] == groups[None, :])] = -torch.inf
+    kth = torch.topk(similarity, min(k, len(unit)), dim=1).values[:, -1]
+    return torch.sqrt(torch.clamp(2 - 2 * kth, min=0)).double().numpy()  # -inf -> inf: dropped below
+
+
+def fit_guard(net: torch.nn.Module, train_batches: Iterable[np.ndarray], groups: Sequence[str],
+              val_batches: Iterable[np.ndarray], config: GuardConfig,
+              val_note: str) -> tuple[DomainGuard, dict[str, torch.Tensor]]:
+    """(the spec's DomainGuard, its tensors for the checkpoint state) from normalised image batches."""
+    bank = pooled_features(net, train_batches)
+    if len(bank) < config.k or len(groups) != len(bank):
+        raise LungCNNInputError(f"the domain guard needs at least k={config.k} readable training images, found {len(bank)}")
+    module = KnnDistance(bank, config.k)
+    with torch.inference_mode():
+        val = module(pooled_features(net, val_batches)).double().numpy()
+    held_out = leave_series_out_scores(bank, groups, config.k)
+    held_out = held_out[np.isfinite(held_out)]
+    scores = np.concatenate([held_out, val])
+    if len(val) == 0:
+        raise LungCNNInputError("the domain guard's threshold needs validation images; none could be read")
+    threshold = float(np.quantile(scores, config.quantile) * config.margin)
+    details = {"quantile": config.quantile, "margin": config.margin, "validation_images": len(val),
+               "leave_series_out_images": len(held_out), "series": len(set(groups)),
+               "validation_flagged": float(np.mean(val > threshold)),
+               "new_patient_scores": {q: float(np.quantile(scores, p)) for q, p in
+                                      (("min", 0), ("median", 0.5), ("p95", 0.95), ("max", 1))}}
+    guard = DomainGuard("knn", config.k, threshold, int(bank.shape[1]), int(bank.shape[0]),
+                        f"{len(bank)} training images of {len(set(groups))} series; threshold: {config.margin:g} x the "
+                        f"{config.quantile:g} quantile of the scores of {len(held_out)} training images against the "
+                        f"other series and of {len(val)} {val_note}", details)
+    return guard, guard_state(module)
