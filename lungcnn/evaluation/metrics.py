@@ -29,6 +29,7 @@ from torchmetrics.functional.classification import (
 )
 
 from lungcnn.errors import LungCNNInputError
+from lungcnn.task import decide_multiclass
 
 N_BINS = 15  # equal-width calibration bins, used for ECE/MCE everywhere (and the reliability plot)
 METRIC_KEYS = (
@@ -206,22 +207,6 @@ def multiclass_metrics(probs: Any, labels: Any, class_names: Sequence[str],
 def is_weighted_rule(decision_weights: Sequence[float] | None) -> bool:
     """True when the weights can change a decision, i.e. argmax(P * w) is not simply argmax(P)."""
     return decision_weights is not None and len(set(float(w) for w in decision_weights)) > 1
-
-
-def decide_multiclass(probs: np.ndarray, decision_weights: Sequence[float] | None = None) -> np.ndarray:
-    """(N, K) probabilities -> (N,) class indices: argmax of P(k) * w_k (w = 1: the most probable class).
-
-    w_k = 1 / prior_k gives the decision that maximises expected balanced accuracy (every class's
-    sensitivity counts the same), which is what lungcnn.calibrate records for K-class models.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if decision_weights is None:
-        return p.argmax(axis=1)
-    w = np.asarray(decision_weights, dtype=np.float64)  # (K,), or (N, K): one rule per image (pooled CV folds)
-    if w.shape not in ((p.shape[1],), p.shape) or not np.all(np.isfinite(w)) or (w <= 0).any():
-        raise LungCNNInputError(f"decision weights must be {p.shape[1]} positive numbers (per image or for all), "
-                                f"got shape {w.shape}")
-    return (p * w).argmax(axis=1)
 
 
 def bin_indices(probs: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
