@@ -283,3 +283,18 @@ def test_page_upload_shows_results_and_per_file_errors(monkeypatch, calibrated_c
 def test_page_without_heat_map(monkeypatch, calibrated_ckpt, ct_png):
     at = run_page(monkeypatch, calibrated_ckpt, [("scan.png", ct_png, "image/png")], with_cam=False)
     assert len(at.get("image")) == 1 and not at.error
+
+
+def test_page_runs_an_int8_onnx_model_without_heat_maps(monkeypatch, calibrated_ckpt, ct_png, tiny_root):
+    from lungcnn.inference.quantize import quantize_onnx
+
+    # min_agreement 0: this test is about the page serving an int8 file; parity is tested in test_predict.
+    model = quantize_onnx(calibrated_ckpt, data_root=tiny_root, calibration_images=8, min_agreement=0)[0]
+    at = run_page(monkeypatch, model, [("scan.png", ct_png, "image/png")])
+    assert not at.error and at.toggle[0].value is False and at.toggle[0].disabled
+    from lungcnn.inference.uploads import format_percent
+
+    served = Predictor.from_checkpoint(model, "auto")
+    expected = served.predict_images(served.load(ct_png, "scan.png")[None], ["scan.png"])[0]
+    assert at.metric[0].value == format_percent(expected.probabilities["malignant"])
+    assert len(at.get("image")) == 1  # the model's view only

@@ -19,7 +19,8 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.export import main as export_main
 from lungcnn.inference import batch as predict_mod
 from lungcnn.inference import schema
-from lungcnn.inference.onnx_export import export_onnx, load_onnx, read_sidecar, sidecar_path
+from lungcnn.inference.onnx_export import export_onnx
+from lungcnn.inference.onnx_runtime import load_onnx, read_sidecar, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.quantize import parity_path
 from lungcnn.models.net import LungNet
@@ -307,10 +308,27 @@ def test_int8_export_refuses_a_model_whose_decisions_disagree(warm_ckpt, tiny_ro
     median = float(np.median(p))
     ckpt = tmp_path / "split.ckpt"  # threshold at the median: half the fp32 decisions either way
     save_checkpoint(ckpt, spec.replace(decision=DecisionRule(median)), state)
-    # Calibrated on near-black images the int8 ranges are far too narrow: its outputs barely depend on the image.
-    monkeypatch.setattr(quantize, "calibration_batches", lambda predictor, images: iter([predictor.normalise(images[:8]) * 0 - 2]))
+    # Calibrated on flat images the int8 ranges are far too narrow: its outputs barely depend on the image.
+    flat = lambda predictor, images: iter([predictor.normalise(images[:8]) * 0 - 2])  # noqa: E731
+    monkeypatch.setattr(quantize, "calibration_batches", flat)
     with pytest.raises(SystemExit) as exit_info:
         export_main(["--ckpt", str(ckpt), "--quantize", "int8", "--data-root", str(tiny_root)])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "int8 decisions agree with fp32 on" in err and "not written" in err and len(err.strip().splitlines()) == 1
+    assert exit_info.value.code == 2 and "int8 decisions agree with fp32 on" in err and "not written" in err
+    assert len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("split.int8*"))
+
+
+def test_the_onnx_predict_path_imports_neither_torch_nor_lightning(int8_model, folder, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from lungcnn.predict import main; "
+            f"rc = main([{str(folder)!r}, '--ckpt', {str(int8_model)!r}, '--out', {str(tmp_path / 'p.csv')!r}, "
+            "'--workers', '1', '--no-progress']); "
+            "print(rc, sorted(m for m in ('torch', 'lightning', 'albumentations') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
+    assert len(_rows(tmp_path / "p.csv")) == 12

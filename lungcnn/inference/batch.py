@@ -2,30 +2,32 @@
 
 Files and folders (searched recursively; DICOM files without a known suffix are found by their "DICM"
 marker) -> one row per image in lungcnn's prediction schema (`lungcnn.inference.schema`): calibrated
-probabilities, the decision, or the reason the file could not be read. DataLoader worker processes decode
-and preprocess (`Predictor.load`, the same code as training) while the main process runs the model, so
-decoding overlaps inference. The CSV is written atomically: a failed or interrupted run leaves the
+probabilities, the decision, or the reason the file could not be read. Worker processes decode and
+preprocess a batch each (`Predictor.load`, the same code as training) while the main process runs the
+model, so decoding overlaps inference; a plain process pool rather than torch's DataLoader, so an .onnx
+model runs without importing torch. The CSV is written atomically: a failed or interrupted run leaves the
 previous file untouched, never half a file. With `devices`/`strategy` the network runs under Lightning's
 `trainer.predict` (`lungcnn.inference.distributed`), so many GPUs or nodes use Lightning's strategies.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.data.io import SUPPORTED_SUFFIXES
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
-from lungcnn.inference.onnx_export import cpu_count
+from lungcnn.inference.onnx_runtime import cpu_count
 from lungcnn.inference.predictor import Prediction, Predictor
 
 
@@ -77,34 +79,60 @@ class Item(NamedTuple):
 class Batch(NamedTuple):
     """Readable images stacked for the model, plus the unreadable files' (index, reason)."""
 
-    index: torch.Tensor  # (n,) int64, positions in the file list of `images`
-    images: torch.Tensor  # (n, S, S) uint8
+    index: np.ndarray  # (n,) int64, positions in the file list of `images`
+    images: np.ndarray  # (n, S, S) uint8
     failed: list[tuple[int, str]]
 
 
-class ImageFiles(Dataset):
-    """Files -> the Predictor's (S, S) uint8 image, or the reason the file could not be read (never raises)."""
-
-    def __init__(self, files: Sequence[Path], predictor: Predictor) -> None:
-        self.files, self.predictor = list(files), predictor
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> Item:
-        try:
-            return Item(i, self.predictor.load(self.files[i]), None)
-        except LungCNNInputError as e:
-            return Item(i, None, str(e))
-        except Exception as e:  # a decoder bug on one odd file must not end a run over thousands
-            return Item(i, None, f"{self.files[i]}: could not be read ({type(e).__name__}: {e})")
+def read_item(predictor: Predictor, files: Sequence[Path], i: int) -> Item:
+    """File i -> the Predictor's (S, S) uint8 image, or the reason the file could not be read (never raises)."""
+    try:
+        return Item(i, predictor.load(files[i]), None)
+    except LungCNNInputError as e:
+        return Item(i, None, str(e))
+    except Exception as e:  # a decoder bug on one odd file must not end a run over thousands
+        return Item(i, None, f"{files[i]}: could not be read ({type(e).__name__}: {e})")
 
 
 def collate(items: list[Item]) -> Batch:
     ok = [item for item in items if item.error is None]
-    images = torch.from_numpy(np.stack([item.image for item in ok])) if ok else torch.zeros((0, 0, 0), dtype=torch.uint8)
-    return Batch(torch.tensor([item.index for item in ok], dtype=torch.int64), images,
+    images = np.stack([item.image for item in ok]) if ok else np.zeros((0, 0, 0), np.uint8)
+    return Batch(np.array([item.index for item in ok], np.int64), images,
                  [(item.index, item.error) for item in items if item.error is not None])
+
+
+_worker: tuple[Predictor, Sequence[Path]] | None = None  # each decoding process's predictor and file list
+
+
+def _start_worker(predictor: Predictor, files: Sequence[Path]) -> None:
+    global _worker
+    _worker = predictor, files
+
+
+def _read_batch(indices: range) -> Batch:
+    predictor, files = _worker
+    return collate([read_item(predictor, files, i) for i in indices])
+
+
+def decoded_batches(files: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> Iterator[Batch]:
+    """Batches of decoded files in order, `workers` processes decoding up to 4 batches each ahead of the model.
+
+    The window is bounded, so memory stays flat however many files there are; 0 workers decode in this process.
+    """
+    chunks = [range(i, min(i + batch_size, len(files))) for i in range(0, len(files), batch_size)]
+    if not workers:
+        yield from (collate([read_item(predictor, files, i) for i in chunk]) for chunk in chunks)
+        return
+    methods = multiprocessing.get_all_start_methods()  # fork: the workers inherit the predictor, nothing is pickled
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(predictor, files)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_read_batch, chunk))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @contextmanager
@@ -123,11 +151,6 @@ def single_threaded_opencv() -> Iterator[None]:
         yield
     finally:
         cv2.setNumThreads(before)
-
-
-def make_loader(files: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(ImageFiles(files, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate, prefetch_factor=4 if workers else None)
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -166,15 +189,15 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
         predictor = Predictor.from_checkpoint(ckpt, "torch")
     else:
         predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True)
-    loader = make_loader(files, predictor, batch_size, workers)
     ready = time.perf_counter()
     with single_threaded_opencv():
         if lightning:
-            from lungcnn.inference.distributed import run_lightning
+            from lungcnn.inference.distributed import make_loader, run_lightning
 
+            loader = make_loader(files, predictor, batch_size, workers)
             counts = run_lightning(predictor, files, loader, out, devices, strategy, num_nodes, progress)
         else:
-            counts = _run_plain(predictor, files, loader, out, progress)
+            counts = _run_plain(predictor, files, decoded_batches(files, predictor, batch_size, workers), out, progress)
     seconds = time.perf_counter() - ready
     summary = {"images": len(files), **(counts or {}), "out": str(out), "backend": "lightning" if lightning else
                predictor.backend.name, "workers": workers, "batch_size": batch_size,
@@ -188,10 +211,11 @@ def progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled, mininterval=0.5, dynamic_ncols=True)
 
 
-def _run_plain(predictor: Predictor, files: Sequence[Path], loader: DataLoader, out: Path, progress: bool) -> dict[str, int]:
+def _run_plain(predictor: Predictor, files: Sequence[Path], batches: Iterable[Batch], out: Path,
+               progress: bool) -> dict[str, int]:
     with schema.Writer(out, predictor.task) as writer, progress_bar(len(files), progress) as bar:
-        for batch in loader:
-            logits = predictor.logits(batch.images.numpy(), batch_size=max(len(batch.index), 1)) if len(batch.index) else None
+        for batch in batches:
+            logits = predictor.logits(batch.images, batch_size=max(len(batch.index), 1)) if len(batch.index) else None
             for _, p in batch_predictions(predictor, files, batch.index.tolist(), logits, batch.failed):
                 writer.write(p)
             bar.update(len(batch.index) + len(batch.failed))

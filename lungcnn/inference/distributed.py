@@ -14,11 +14,34 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.inference import schema
-from lungcnn.inference.batch import Batch, batch_predictions, progress_bar
+from lungcnn.inference.batch import Batch, batch_predictions, collate, progress_bar, read_item
 from lungcnn.inference.predictor import Prediction, Predictor, tta_logits
+
+
+class ImageFiles(Dataset):
+    """Files -> `batch.read_item` (the image or why it is unreadable), for Lightning's distributed samplers."""
+
+    def __init__(self, files: Sequence[Path], predictor: Predictor) -> None:
+        self.files, self.predictor = list(files), predictor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return read_item(self.predictor, self.files, i)
+
+
+def _collate(items: list) -> Batch:
+    batch = collate(items)  # as tensors, so Lightning moves them to each device
+    return Batch(torch.from_numpy(batch.index), torch.from_numpy(batch.images), batch.failed)
+
+
+def make_loader(files: Sequence[Path], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(ImageFiles(files, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=_collate, prefetch_factor=4 if workers else None)
 
 
 def run_lightning(predictor: Predictor, files: Sequence[Path], loader: DataLoader, out: Path,

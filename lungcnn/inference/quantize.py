@@ -27,7 +27,8 @@ import numpy as np
 from lungcnn.checks import require_choice, require_int, require_number
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_bytes, write_json
-from lungcnn.inference.onnx_export import INPUT, OnnxBackend, onnx_bytes, sha256, sidecar_path, sidecar_record
+from lungcnn.inference.onnx_export import onnx_bytes, sidecar_record
+from lungcnn.inference.onnx_runtime import INPUT, OnnxBackend, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.spec import ModelSpec
 
