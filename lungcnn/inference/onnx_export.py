@@ -12,9 +12,10 @@ decision rule from the sidecar and never needs the checkpoint again. The graph t
 - ``logit``: the raw logit(s). The Predictor calibrates from these through the same spec, so both outputs
   come from one definition; the tests check that they agree.
 
-Reading the pair back and running it (`load_onnx`, `OnnxBackend`) is `lungcnn.inference.onnx_runtime`,
-which imports no torch. Both files are written atomically; the sidecar, written last, records the .onnx file's SHA-256, so a
-half-replaced pair is detected on load instead of silently mixing an old graph with new metadata.
+Both files are written atomically; the sidecar, written last, records the .onnx file's SHA-256, so a
+half-replaced pair is detected on load instead of silently mixing an old graph with new metadata. Reading
+the pair back and running it (`load_onnx`, `OnnxBackend`) is `lungcnn.inference.onnx_runtime`, which
+imports no torch.
 """
 
 from __future__ import annotations

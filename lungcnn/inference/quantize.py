@@ -143,8 +143,7 @@ def _quantize(fp32: Path, out: Path, predictor: Predictor, calibration: tuple[np
     quantize_static(str(prepared), str(out), _Reader(calibration_batches(predictor, calibration[0])),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                    nodes_to_exclude=float_nodes(onnx.load(str(prepared))),
-                    extra_options={"CalibTensorRangeSymmetric": False})
+                    nodes_to_exclude=float_nodes(onnx.load(str(prepared))))
 
 
 def float_nodes(model: Any) -> list[str]:
