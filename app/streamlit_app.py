@@ -163,8 +163,10 @@ def checkpoint_help(path: Path, problem: str) -> None:
 def sidebar(predictor: Predictor, ckpt: Path) -> bool:
     with st.sidebar:
         st.header("Settings")
-        with_cam = st.toggle("Show heat map", value=True,
-                             help="Colours the areas of the image that most influenced the result (Grad-CAM).")
+        has_net = predictor.net is not None  # an exported .onnx model has no gradients to draw a heat map from
+        with_cam = st.toggle("Show heat map", value=has_net, disabled=not has_net,
+                             help="Colours the areas of the image that most influenced the result (Grad-CAM)."
+                             + ("" if has_net else " Needs the model's .ckpt file, not its .onnx export."))
         st.header("How to read the results")
         st.markdown(
             "- **Probability of malignancy**: how likely the model thinks the image shows a malignant lesion.\n"

@@ -13,15 +13,24 @@ asks the task; it does not branch on the task's name.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from lungcnn.errors import LungCNNInputError
+
+if TYPE_CHECKING:  # torch is imported by the training and PyTorch paths only: onnxruntime needs none of it
+    import torch
+    from torch import nn
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether `x` is a torch tensor, without importing torch (if torch is not loaded, nothing is a tensor)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(x, torch_module.Tensor)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,8 @@ class Task:
         raise NotImplementedError
 
     # -- probabilities ------------------------------------------------------------------------------------
-    def activation(self, z: torch.Tensor) -> torch.Tensor:
+    def activation(self, z: Any) -> Any:
+        """The output activation of a torch tensor (traced into ONNX) or a float64 numpy array."""
         raise NotImplementedError
 
     def probabilities(self, logits: Any, shift: float | Sequence[float] = 0.0, temperature: float = 1.0) -> Any:
@@ -78,18 +88,20 @@ class Task:
 
         Args:
             logits: (N,) binary or (N, K), a torch tensor (autograd and ONNX export go through) or a numpy
-                array (computed in float64, returned as numpy).
+                array (computed in float64 with numpy, so onnxruntime's hosts need no torch).
             shift: the prior correction added before the temperature (a number, or one per class).
             temperature: T > 0.
 
         Returns:
             binary: P(positive) (N,); K classes: (N, K) rows summing to 1; of the input's kind.
         """
-        if isinstance(logits, torch.Tensor):
+        if is_tensor(logits):
+            import torch
+
             shift_t = torch.as_tensor(shift, dtype=logits.dtype, device=logits.device)
             return self.activation((logits + shift_t) / temperature)
-        z = torch.from_numpy(np.asarray(logits, dtype=np.float64))
-        return self.activation((z + torch.as_tensor(shift, dtype=torch.float64)) / float(temperature)).numpy()
+        z = np.asarray(logits, dtype=np.float64)
+        return self.activation((z + np.asarray(shift, dtype=np.float64)) / float(temperature))
 
     def class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         """`probabilities`' output -> (N, K): one column per class, in `class_names` order."""
@@ -150,7 +162,9 @@ class BinaryTask(Task):
         return self.class_names[1]
 
     def make_loss(self, pos_weight: float | None = None, class_weights: Sequence[float] | None = None) -> nn.Module:
-        return nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
+        import torch
+
+        return torch.nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
 
     def make_metrics(self):
         return _binary_metrics()
@@ -158,8 +172,10 @@ class BinaryTask(Task):
     def targets(self, y: torch.Tensor) -> torch.Tensor:
         return y.float()
 
-    def activation(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(z)
+    def activation(self, z: Any) -> Any:
+        if is_tensor(z):
+            return z.sigmoid()
+        return np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow for large |z|
 
     def class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         p = np.asarray(probs, dtype=np.float64)
@@ -181,7 +197,9 @@ class MulticlassTask(Task):
         return self.num_classes
 
     def make_loss(self, pos_weight: float | None = None, class_weights: Sequence[float] | None = None) -> nn.Module:
-        return nn.CrossEntropyLoss(weight=None if class_weights is None else torch.tensor(class_weights))
+        import torch
+
+        return torch.nn.CrossEntropyLoss(weight=None if class_weights is None else torch.tensor(class_weights))
 
     def make_metrics(self):
         return _multiclass_metrics(self.num_classes)
@@ -189,8 +207,11 @@ class MulticlassTask(Task):
     def targets(self, y: torch.Tensor) -> torch.Tensor:
         return y.long()
 
-    def activation(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(z, dim=-1)
+    def activation(self, z: Any) -> Any:
+        if is_tensor(z):
+            return z.softmax(dim=-1)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
     def class_probabilities(self, probs: np.ndarray) -> np.ndarray:
         return np.asarray(probs, dtype=np.float64)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from lungcnn.data.synthetic import render_patient
 from lungcnn.fileio import write_json
-from lungcnn.inference.onnx_export import cpu_count
+from lungcnn.inference.onnx_runtime import cpu_count
 
 SUMMARY = re.compile(r"(\d+) images \((\d+) classified, (\d+) unreadable\) in ([\d.]+) s = ([\d.]+) images/s "
                      r"after ([\d.]+) s start-up \((\w+) backend, (\d+) workers\)")

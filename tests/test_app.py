@@ -424,3 +424,18 @@ def test_page_gives_no_result_for_an_image_out_of_domain(monkeypatch, calibrated
     table = at.dataframe[0].value
     assert list(table["decision"][1:]) == ["out of domain"] * 2 and list(table["in_domain"]) == ["true", "false", "false"]
     assert (table.iloc[1:][[c for c in table.columns if c.startswith("P(")]] == "").all().all()
+
+
+def test_page_runs_an_int8_onnx_model_without_heat_maps(monkeypatch, calibrated_ckpt, ct_png, tiny_root):
+    from lungcnn.inference.quantize import quantize_onnx
+
+    # min_agreement 0: this test is about the page serving an int8 file; parity is tested in test_predict.
+    model = quantize_onnx(calibrated_ckpt, data_root=tiny_root, calibration_images=8, min_agreement=0)[0]
+    at = run_page(monkeypatch, model, [("scan.png", ct_png, "image/png")])
+    assert not at.error and at.toggle[0].value is False and at.toggle[0].disabled
+    from lungcnn.inference.uploads import format_percent
+
+    served = Predictor.from_checkpoint(model, "auto")
+    expected = served.predict_images(served.load(ct_png, "scan.png")[None], ["scan.png"])[0]
+    assert at.metric[0].value == format_percent(expected.probabilities["malignant"])
+    assert len(at.get("image")) == 1  # the model's view only

@@ -19,8 +19,10 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.export import main as export_main
 from lungcnn.inference import batch as predict_mod
 from lungcnn.inference import schema
-from lungcnn.inference.onnx_export import export_onnx, load_onnx, read_sidecar, sidecar_path
+from lungcnn.inference.onnx_export import export_onnx
+from lungcnn.inference.onnx_runtime import load_onnx, read_sidecar, sidecar_path
 from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.quantize import parity_path
 from lungcnn.models.net import LungNet
 from lungcnn.spec import Calibration, DecisionRule
 from lungcnn.task import make_task
@@ -253,3 +255,80 @@ def test_onnx_predictor_can_keep_the_torch_network_for_grad_cam(warm_ckpt, tiny_
                                [p.confidence for p in plain.predict_files(files)], atol=1e-4)
     cam = gradcam(fast, fast.load(files[0]))
     assert cam.heatmap.shape == (64, 64) and np.isfinite(cam.heatmap).all()
+
+
+# -- int8 ----------------------------------------------------------------------------------------------
+def _fp32_probabilities(ckpt: Path, root: Path):
+    spec, state = load_checkpoint(ckpt)
+    fp32 = Predictor(spec, build_network(spec, state))
+    return spec, state, spec.probabilities(fp32.logits(_images(fp32, root, 30)))
+
+
+@pytest.fixture(scope="module")
+def int8_model(warm_ckpt, tiny_root) -> Path:
+    """Quantised through `lungcnn-export --quantize int8`, calibrated and compared on the tiny set.
+
+    The 2-epoch tiny model has probabilities a hair from its threshold, so its threshold is moved into the
+    widest gap between them: then only an int8 error larger than a real model's margin flips a decision.
+    """
+    spec, state, p = _fp32_probabilities(warm_ckpt, tiny_root)
+    p = np.sort(p)
+    gap = int(np.argmax(np.diff(p)))
+    ckpt = warm_ckpt.with_name("gap.ckpt")
+    save_checkpoint(ckpt, spec.replace(decision=DecisionRule(float(p[gap] + p[gap + 1]) / 2)), state)
+    assert export_main(["--ckpt", str(ckpt), "--format", "onnx", "--quantize", "int8", "--data-root", str(tiny_root),
+                        "--calibration-images", "24"]) == 0
+    return ckpt.with_suffix(".int8.onnx")
+
+
+def test_int8_export_keeps_head_in_float_and_reports_parity(int8_model, tiny_root):
+    import onnx
+
+    record, spec = read_sidecar(int8_model)
+    report = json.loads(parity_path(int8_model).read_text())
+    assert record["quantization"] == report and report["images"] == 30 and report["calibration_images"] == 24
+    assert report["decision_agreement"] >= 0.99
+    graph = onnx.load(str(int8_model)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised
+    head = [n for n in graph.node if n.op_type in ("Gemm", "MatMul", "Sigmoid")]
+    assert head and not any(i.endswith(("_quantized", "_DequantizeLinear_Output")) for n in head for i in n.input)
+    # The report's figures are what the two graphs give on those images.
+    fp32, int8 = Predictor.from_checkpoint(int8_model.with_name("gap.ckpt")), Predictor.from_checkpoint(int8_model, "auto")
+    images = np.stack([fp32.load(p) for p in sorted(tiny_root.rglob("*.png"))])
+    p32, p8 = (spec.probabilities(p.logits(images)) for p in (fp32, int8))
+    assert np.abs(p32 - p8).max() == pytest.approx(report["max_probability_change"], abs=1e-6)
+    assert np.mean(spec.decide(p32) == spec.decide(p8)) == report["decision_agreement"]
+
+
+def test_int8_export_refuses_a_model_whose_decisions_disagree(warm_ckpt, tiny_root, tmp_path, monkeypatch, capsys):
+    from lungcnn.inference import quantize
+
+    spec, state, p = _fp32_probabilities(warm_ckpt, tiny_root)
+    median = float(np.median(p))
+    ckpt = tmp_path / "split.ckpt"  # threshold at the median: half the fp32 decisions either way
+    save_checkpoint(ckpt, spec.replace(decision=DecisionRule(median)), state)
+    # Calibrated on flat images the int8 ranges are far too narrow: its outputs barely depend on the image.
+    flat = lambda predictor, images: iter([predictor.normalise(images[:8]) * 0 - 2])  # noqa: E731
+    monkeypatch.setattr(quantize, "calibration_batches", flat)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--ckpt", str(ckpt), "--quantize", "int8", "--data-root", str(tiny_root)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "int8 decisions agree with fp32 on" in err and "not written" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("split.int8*"))
+
+
+def test_the_onnx_predict_path_imports_neither_torch_nor_lightning(int8_model, folder, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from lungcnn.predict import main; "
+            f"rc = main([{str(folder)!r}, '--ckpt', {str(int8_model)!r}, '--out', {str(tmp_path / 'p.csv')!r}, "
+            "'--workers', '1', '--no-progress']); "
+            "print(rc, sorted(m for m in ('torch', 'lightning', 'albumentations') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
+    assert len(_rows(tmp_path / "p.csv")) == 12

@@ -16,15 +16,17 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
-from albumentations.pytorch import ToTensorV2
 
 from lungcnn.checks import fail, require_choice, require_int
 from lungcnn.data.io import LungWindow, read_image
 from lungcnn.data.lungcrop import crop_to_lungs
+
+if TYPE_CHECKING:  # albumentations imports torch (seconds): only training and its tests need it
+    import albumentations as A
 
 MIN_IMAGE_SIZE = 32
 
@@ -76,6 +78,9 @@ def build_transform(
     albumentations keeps its own random generator, so `seed` is what makes augmentation repeatable.
     `mean`/`std` are data.mean/data.std, or the backbone's own when those are null.
     """
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
     check_normalisation(mean, std)
     return A.Compose(
         [

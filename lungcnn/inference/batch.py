@@ -2,31 +2,33 @@
 
 Files and folders (searched recursively; DICOM files without a known suffix are found by their "DICM"
 marker) -> one row per image in lungcnn's prediction schema (`lungcnn.inference.schema`): calibrated
-probabilities, the decision, or the reason the file could not be read. DataLoader worker processes decode
-and preprocess (`Predictor.load`, the same code as training) while the main process runs the model, so
-decoding overlaps inference. The CSV is written atomically: a failed or interrupted run leaves the
+probabilities, the decision, or the reason the file could not be read. Worker processes decode and
+preprocess a batch each (`Predictor.load`, the same code as training) while the main process runs the
+model, so decoding overlaps inference; a plain process pool rather than torch's DataLoader, so an .onnx
+model runs without importing torch. The CSV is written atomically: a failed or interrupted run leaves the
 previous file untouched, never half a file. With `devices`/`strategy` the network runs under Lightning's
 `trainer.predict` (`lungcnn.inference.distributed`), so many GPUs or nodes use Lightning's strategies.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.data.io import SUPPORTED_SUFFIXES
 from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Source, group_series, read_groups, sources_from_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
-from lungcnn.inference.onnx_export import cpu_count
+from lungcnn.inference.onnx_runtime import cpu_count
 from lungcnn.inference.predictor import Prediction, Predictor
 from lungcnn.inference.study import summarise
 
@@ -79,35 +81,62 @@ class Item(NamedTuple):
 class Batch(NamedTuple):
     """Readable images stacked for the model, plus the unreadable files' (index, reason)."""
 
-    index: torch.Tensor  # (n,) int64, positions in the file list of `images`
-    images: torch.Tensor  # (n, S, S) uint8
+    index: np.ndarray  # (n,) int64, positions in the file list of `images`
+    images: np.ndarray  # (n, S, S) uint8
     failed: list[tuple[int, str]]
 
 
-class ImageFiles(Dataset):
-    """Sources (files, zip members) -> the Predictor's (S, S) uint8 image, or why it could not be read (never raises)."""
-
-    def __init__(self, sources: Sequence[Source], predictor: Predictor) -> None:
-        self.sources, self.predictor = list(sources), predictor
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> Item:
-        source = self.sources[i]
-        try:
-            return Item(i, self.predictor.load(source.content, name=source.name), None)
-        except LungCNNInputError as e:
-            return Item(i, None, str(e))
-        except Exception as e:  # a decoder bug on one odd file must not end a run over thousands
-            return Item(i, None, f"{source.name}: could not be read ({type(e).__name__}: {e})")
+def read_item(predictor: Predictor, sources: Sequence[Source], i: int) -> Item:
+    """Source i (a file or a zip member) -> the Predictor's (S, S) uint8 image, or why it could not be read
+    (never raises)."""
+    source = sources[i]
+    try:
+        return Item(i, predictor.load(source.content, name=source.name), None)
+    except LungCNNInputError as e:
+        return Item(i, None, str(e))
+    except Exception as e:  # a decoder bug on one odd file must not end a run over thousands
+        return Item(i, None, f"{source.name}: could not be read ({type(e).__name__}: {e})")
 
 
 def collate(items: list[Item]) -> Batch:
     ok = [item for item in items if item.error is None]
-    images = torch.from_numpy(np.stack([item.image for item in ok])) if ok else torch.zeros((0, 0, 0), dtype=torch.uint8)
-    return Batch(torch.tensor([item.index for item in ok], dtype=torch.int64), images,
+    images = np.stack([item.image for item in ok]) if ok else np.zeros((0, 0, 0), np.uint8)
+    return Batch(np.array([item.index for item in ok], np.int64), images,
                  [(item.index, item.error) for item in items if item.error is not None])
+
+
+_worker: tuple[Predictor, Sequence[Source]] | None = None  # each decoding process's predictor and sources
+
+
+def _start_worker(predictor: Predictor, sources: Sequence[Source]) -> None:
+    global _worker
+    _worker = predictor, sources
+
+
+def _read_batch(indices: range) -> Batch:
+    predictor, sources = _worker
+    return collate([read_item(predictor, sources, i) for i in indices])
+
+
+def decoded_batches(sources: Sequence[Source], predictor: Predictor, batch_size: int, workers: int) -> Iterator[Batch]:
+    """Batches of decoded files in order, `workers` processes decoding up to 4 batches each ahead of the model.
+
+    The window is bounded, so memory stays flat however many files there are; 0 workers decode in this process.
+    """
+    chunks = [range(i, min(i + batch_size, len(sources))) for i in range(0, len(sources), batch_size)]
+    if not workers:
+        yield from (collate([read_item(predictor, sources, i) for i in chunk]) for chunk in chunks)
+        return
+    methods = multiprocessing.get_all_start_methods()  # fork: the workers inherit the predictor, nothing is pickled
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(predictor, sources)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_read_batch, chunk))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @contextmanager
@@ -126,11 +155,6 @@ def single_threaded_opencv() -> Iterator[None]:
         yield
     finally:
         cv2.setNumThreads(before)
-
-
-def make_loader(sources: Sequence[Source], predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(ImageFiles(sources, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate, prefetch_factor=4 if workers else None)
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -178,15 +202,15 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
         predictor = Predictor.from_checkpoint(ckpt, "torch")
     else:
         predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True)
-    loader = make_loader(sources, predictor, batch_size, workers)
     ready = time.perf_counter()
     with single_threaded_opencv():
         if lightning:
-            from lungcnn.inference.distributed import run_lightning
+            from lungcnn.inference.distributed import make_loader, run_lightning
 
+            loader = make_loader(sources, predictor, batch_size, workers)
             counts = run_lightning(predictor, names, loader, out, devices, strategy, num_nodes, progress)
         else:
-            counts = _run_plain(predictor, names, loader, out, progress)
+            counts = _run_plain(predictor, names, decoded_batches(sources, predictor, batch_size, workers), out, progress)
     if series_out is not None and counts is not None:
         counts = {**counts, "series": write_series(predictor, sources, group_table, out, series_out)}
     seconds = time.perf_counter() - ready
@@ -202,10 +226,11 @@ def progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled, mininterval=0.5, dynamic_ncols=True)
 
 
-def _run_plain(predictor: Predictor, names: Sequence[str], loader: DataLoader, out: Path, progress: bool) -> dict[str, int]:
+def _run_plain(predictor: Predictor, names: Sequence[str], batches: Iterable[Batch], out: Path,
+               progress: bool) -> dict[str, int]:
     with schema.Writer(out, predictor.task) as writer, progress_bar(len(names), progress) as bar:
-        for batch in loader:
-            logits, scores = (predictor.forward(batch.images.numpy(), batch_size=max(len(batch.index), 1))
+        for batch in batches:
+            logits, scores = (predictor.forward(batch.images, batch_size=max(len(batch.index), 1))
                               if len(batch.index) else (None, None))
             for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores):
                 writer.write(p)

@@ -14,14 +14,38 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.inference import schema
-from lungcnn.inference.batch import Batch, batch_predictions, progress_bar
+from lungcnn.inference.batch import Batch, batch_predictions, collate, progress_bar, read_item
 from lungcnn.inference.predictor import Prediction, Predictor, guarded_forward, tta_logits
 
 
-def run_lightning(predictor: Predictor, files: Sequence[Path], loader: DataLoader, out: Path,
+class ImageFiles(Dataset):
+    """Files -> `batch.read_item` (the image or why it is unreadable), for Lightning's distributed samplers."""
+
+    def __init__(self, sources: Sequence, predictor: Predictor) -> None:
+        self.files, self.predictor = list(sources), predictor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return read_item(self.predictor, self.files, i)
+
+
+def _collate(items: list) -> Batch:
+    batch = collate(items)  # as tensors, so Lightning moves them to each device
+    return Batch(torch.from_numpy(batch.index), torch.from_numpy(batch.images), batch.failed)
+
+
+def make_loader(sources: Sequence, predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
+    """Sources (`lungcnn.data.series.Source`: files, zip members) decoded by DataLoader workers."""
+    return DataLoader(ImageFiles(sources, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=_collate, prefetch_factor=4 if workers else None)
+
+
+def run_lightning(predictor: Predictor, files: Sequence[str], loader: DataLoader, out: Path,
                    devices: int | str | None, strategy: str | None, num_nodes: int, progress: bool) -> dict[str, int] | None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep stdout for the summary
     module = PredictionModule(predictor, files, out)
@@ -42,7 +66,7 @@ class PredictionModule(L.LightningModule):
     Normalisation runs on the device from the Predictor's own table (uint8 crosses the bus, not float).
     """
 
-    def __init__(self, predictor: Predictor, files: Sequence[Path], out: Path) -> None:
+    def __init__(self, predictor: Predictor, files: Sequence[str], out: Path) -> None:
         super().__init__()
         self.net = predictor.net
         self.guard = getattr(predictor.backend, "guard", None)  # the domain guard (a module: Lightning moves it)

@@ -6,7 +6,7 @@ Every image gets a calibrated probability per class and a decision, and, when th
 domain guard (`spec.DomainGuard`), a domain score: an image unlike the training images is decided
 `out of domain` (its probabilities are kept for research, never shown as an answer). Only the
 logits and domain scores come from a pluggable backend (`TorchBackend`, or onnxruntime via
-`lungcnn.inference.onnx_export.OnnxBackend`), so every runtime shares the same pixels and calibration.
+`lungcnn.inference.onnx_runtime.OnnxBackend`), so every runtime shares the same pixels and calibration.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
-import torch
 
-from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
 from lungcnn.data.io import MAX_BYTES, MAX_PIXELS
 from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
 from lungcnn.spec import TTA_MODES, ModelSpec
+from lungcnn.task import is_tensor
+
+if TYPE_CHECKING:  # torch only on the PyTorch paths: an .onnx model runs without importing it (seconds)
+    import torch
 
 OUT_OF_DOMAIN = "out of domain"  # the decision of an image the domain guard flags
 
@@ -92,19 +94,23 @@ class TorchBackend:
 
     def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", channels_last: bool = False,
                  guard: torch.nn.Module | None = None) -> None:
+        import torch
+
         self.device, self.channels_last = torch.device(device), channels_last
         self.net = net.eval().to(self.device)
         self.guard = guard.eval().to(self.device) if guard is not None else None
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # outside inference_mode: parameters stay normal tensors
 
-    @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits, scores = guarded_forward(self.net, self.guard, x)
-        return logits.float().cpu().numpy(), None if scores is None else scores.float().cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits, scores = guarded_forward(self.net, self.guard, x)
+            return logits.float().cpu().numpy(), None if scores is None else scores.float().cpu().numpy()
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.forward(batch)[0]
@@ -122,7 +128,7 @@ def tta_logits(logits_fn: Any, x: Any, tta: str = "none", plain: Any = None) -> 
     if tta == "none":
         return plain
     if tta == "flip":
-        mirrored = torch.flip(x, dims=[-1]) if isinstance(x, torch.Tensor) else np.ascontiguousarray(x[..., ::-1])
+        mirrored = x.flip(dims=[-1]) if is_tensor(x) else np.ascontiguousarray(x[..., ::-1])
         return (plain + logits_fn(mirrored)) / 2
     raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")  # ModelSpec checked it
 
@@ -170,21 +176,32 @@ class Predictor:
         `with_net` keeps the PyTorch network too (the app's Grad-CAM) when the logits come from onnxruntime.
         """
         path = Path(path)
+        onnx_file = path.suffix.lower() == ".onnx"
         if backend not in BACKENDS:
             raise LungCNNInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "auto" and onnx_file:
+            backend = "onnx"  # decided before asking torch about GPUs: an .onnx model never imports torch
         if backend == "auto":
-            gpu = device not in (None, "cpu") or (device is None and torch.cuda.is_available())
-            onnx_file = path.suffix.lower() == ".onnx"
-            backend = "onnx" if onnx_file or (not gpu and find_spec("onnxruntime") is not None) else "torch"
-            device = device or ("cuda" if gpu else "cpu")
-        if path.suffix.lower() == ".onnx" and backend != "onnx":
-            raise LungCNNInputError(f"{path}: an .onnx file runs on the onnx backend only; pass its checkpoint for {backend}")
-        if backend == "onnx":
-            from lungcnn.inference.onnx_export import cached_export, load_onnx
+            import torch
 
-            spec, onnx_backend = load_onnx(path if path.suffix.lower() == ".onnx" else cached_export(path), threads)
-            net = build_network(*load_checkpoint(path)) if with_net and path.suffix.lower() != ".onnx" else None
-            return cls(spec, net, backend=onnx_backend)
+            gpu = device not in (None, "cpu") or (device is None and torch.cuda.is_available())
+            backend = "onnx" if not gpu and find_spec("onnxruntime") is not None else "torch"
+            device = device or ("cuda" if gpu else "cpu")
+        if onnx_file and backend != "onnx":
+            raise LungCNNInputError(f"{path}: an .onnx file runs on the onnx backend only; pass its checkpoint for {backend}")
+        if onnx_file:
+            from lungcnn.inference.onnx_runtime import load_onnx
+
+            spec, onnx_backend = load_onnx(path, threads)
+            return cls(spec, backend=onnx_backend)
+        from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
+
+        if backend == "onnx":
+            from lungcnn.inference.onnx_export import cached_export
+            from lungcnn.inference.onnx_runtime import load_onnx
+
+            spec, onnx_backend = load_onnx(cached_export(path), threads)
+            return cls(spec, build_network(*load_checkpoint(path)) if with_net else None, backend=onnx_backend)
         spec, state = load_checkpoint(path)
         net = build_network(spec, state)
         return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)))
@@ -217,6 +234,8 @@ class Predictor:
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         """(N, S, S) uint8 -> (N, 3, S, S) normalised float tensor."""
+        import torch
+
         return torch.from_numpy(self.normalise(images))
 
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

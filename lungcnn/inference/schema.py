@@ -38,12 +38,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import atomic_open
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas only to read tables back: writing rows (lungcnn-predict) needs the csv module alone
+    import pandas as pd
+
     from lungcnn.inference.predictor import Prediction
     from lungcnn.task import Task
 
@@ -149,11 +149,15 @@ class Table:
     def readable(self):
         """Boolean mask of the rows whose file was read (no `error`)."""
         if ERROR not in self.frame:
+            import pandas as pd
+
             return pd.Series(True, index=self.frame.index)
         return self.frame[ERROR].fillna("").astype(str) == ""
 
     @classmethod
     def read(cls, path: str | Path) -> Table:
+        import pandas as pd
+
         return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, IN_DOMAIN: str, ERROR: str}), str(path))
 
     @property

@@ -1,0 +1,187 @@
+"""int8 ONNX: static QDQ quantisation of a checkpoint's network, checked against fp32 before it is written.
+
+`quantize_onnx(ckpt)` exports the fp32 graph (`onnx_export.onnx_bytes`), quantises it with
+onnxruntime.quantization (`quant_pre_process`, then `quantize_static` in QDQ format, per-channel weights,
+percentile activation ranges) calibrated on images of the checkpoint's training split, and keeps every
+node after the last convolution in float: the pooled head, the prior shift, the temperature and the
+probability. Quantising those moved calibrated probabilities by up to 0.5 here (a temperature < 1
+sharpens logit errors), while the convolutions carry almost all the compute.
+
+The int8 graph is then compared with the fp32 graph on the test split (ROC-AUC of both, decision
+agreement, largest change of a calibrated probability). A graph whose decisions agree less than
+`min_agreement` (99%) is refused: nothing is written. Otherwise `<name>.int8.onnx`, its sidecar (the
+usual `lungcnn-onnx/2` record plus a ``quantization`` entry holding the parity report) and
+`<name>.int8.parity.json` are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungcnn.checks import require_choice, require_int, require_number
+from lungcnn.errors import LungCNNInputError
+from lungcnn.fileio import write_bytes, write_json
+from lungcnn.inference.onnx_export import onnx_bytes, sidecar_record
+from lungcnn.inference.onnx_runtime import INPUT, OnnxBackend, sidecar_path
+from lungcnn.inference.predictor import Predictor
+from lungcnn.spec import ModelSpec
+
+CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+MIN_AGREEMENT = 0.99
+CALIBRATION_BATCH = 8
+
+
+def int8_path(ckpt: str | Path) -> Path:
+    """model.ckpt -> model.int8.onnx"""
+    return Path(ckpt).with_suffix(".int8.onnx")
+
+
+def parity_path(onnx_path: Path) -> Path:
+    """model.int8.onnx -> model.int8.parity.json"""
+    return onnx_path.with_suffix(".parity.json")
+
+
+def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_root: str | Path | None = None,
+                  calibration_images: int = 128, method: str = "percentile",
+                  min_agreement: float = MIN_AGREEMENT) -> tuple[Path, Path, dict[str, Any]]:
+    """Quantise a checkpoint to int8 ONNX; return (onnx path, sidecar path, parity report).
+
+    Args:
+        ckpt: a lungcnn checkpoint.
+        out_path: the .onnx to write (default: the checkpoint's name with .int8.onnx).
+        data_root: the data folder when it moved since training (default: the one the checkpoint records);
+            given a folder, calibration and parity use all of its images rather than the recorded splits.
+        calibration_images: how many training images set the activation ranges (spread over the split).
+        method: activation range estimate: percentile (99.999%), entropy or minmax.
+        min_agreement: the smallest share of test images whose int8 decision must equal the fp32 one.
+    """
+    from lungcnn.checkpoint import build_network, load_checkpoint
+
+    ckpt = Path(ckpt)
+    out = Path(out_path) if out_path else int8_path(ckpt)
+    if out.suffix.lower() != ".onnx":
+        raise LungCNNInputError(f"{out}: the ONNX output path must end in .onnx")
+    require_int("--calibration-images", calibration_images, 1)
+    require_choice("--calibration-method", method, CALIBRATION_METHODS)
+    require_number("min_agreement", min_agreement, 0, 1, low_open=False, high_open=False)
+    spec, state = load_checkpoint(ckpt)
+    fp32 = onnx_bytes(build_network(spec, state), spec)
+    with tempfile.TemporaryDirectory(prefix="lungcnn-int8-") as tmp:
+        fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        fp32_file.write_bytes(fp32)
+        reference = Predictor(spec, backend=OnnxBackend(fp32_file))
+        calibration = _images(reference, spec, "train", data_root, calibration_images)
+        _quantize(fp32_file, int8_file, reference, calibration, method, Path(tmp))
+        report = parity(spec, reference, Predictor(spec, backend=OnnxBackend(int8_file)),
+                        _images(reference, spec, "test", data_root))
+        data = int8_file.read_bytes()
+    used = len(calibration[0]) - len(calibration[0]) % min(CALIBRATION_BATCH, len(calibration[0]))
+    report.update(calibration_images=used, calibration_method=method, min_agreement=min_agreement)
+    if report["decision_agreement"] < min_agreement:
+        raise LungCNNInputError(
+            f"{ckpt}: int8 decisions agree with fp32 on {report['decision_agreement']:.1%} of {report['images']} test "
+            f"images (< {min_agreement:.0%}); not written (try more --calibration-images or another --calibration-method)")
+    write_bytes(out, data)
+    write_json(parity_path(out), report)
+    sidecar = sidecar_path(out)
+    record = sidecar_record(spec, out, hashlib.sha256(data).hexdigest(), source=ckpt)
+    record["onnx"]["precision"] = "int8 (static QDQ; head and calibration in float)"
+    record["quantization"] = report
+    write_json(sidecar, record)
+    return out, sidecar, report
+
+
+def _images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
+            limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S) uint8 model inputs and labels of one split (evenly spaced, so every patient range is sampled)."""
+    from lungcnn.data.catalog import labelled_files
+
+    frame = labelled_files(spec.data, list(spec.class_names), split, data_root)
+    if limit is not None and len(frame) > limit:
+        frame = frame.iloc[np.linspace(0, len(frame) - 1, limit).round().astype(int)]
+    images, errors = predictor.read(list(frame["path"]))
+    if any(errors):
+        raise LungCNNInputError(next(e for e in errors if e))
+    return images, frame["label"].to_numpy()
+
+
+def calibration_batches(predictor: Predictor, images: np.ndarray, batch_size: int = CALIBRATION_BATCH) -> Iterator[np.ndarray]:
+    """Normalised calibration batches as the model sees them, all of one size (onnxruntime's histogram
+    collectors fail on a short last batch); the remainder beyond whole batches is left out."""
+    size = min(batch_size, len(images))
+    for i in range(0, len(images) - size + 1, size):
+        yield predictor.normalise(images[i : i + size])
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over `calibration_batches`."""
+
+    def __init__(self, batches: Iterator[np.ndarray]) -> None:
+        self.batches = batches
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def _quantize(fp32: Path, out: Path, predictor: Predictor, calibration: tuple[np.ndarray, np.ndarray], method: str,
+              tmp: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp / "prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    methods = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+               "minmax": CalibrationMethod.MinMax}
+    quantize_static(str(prepared), str(out), _Reader(calibration_batches(predictor, calibration[0])),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                    nodes_to_exclude=float_nodes(onnx.load(str(prepared))))
+
+
+def float_nodes(model: Any) -> list[str]:
+    """Names of the nodes kept in float: everything fed, directly or not, by the last convolution's output."""
+    nodes = list(model.graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    if not convs:
+        raise LungCNNInputError("the network has no convolution to quantise")
+    tainted, kept = set(nodes[convs[-1]].output), []
+    for node in nodes[convs[-1] + 1 :]:  # graph nodes are topologically sorted
+        if tainted.intersection(node.input):
+            tainted.update(node.output)
+            kept.append(node.name)
+    return kept
+
+
+def parity(spec: ModelSpec, fp32: Predictor, int8: Predictor, data: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """fp32 vs int8 on labelled images: ROC-AUC of each, decision agreement, largest calibrated probability change."""
+    images, labels = data
+    if not len(images):
+        raise LungCNNInputError("no test images to compare the int8 model with fp32 on")
+    task = spec.task
+    calibrated = [spec.probabilities(p.logits(images)) for p in (fp32, int8)]
+    probs = [task.class_probabilities(c) for c in calibrated]
+    decisions = [spec.decide(c) for c in calibrated]
+    return {"images": len(images), "roc_auc_fp32": _auc(probs[0], labels), "roc_auc_int8": _auc(probs[1], labels),
+            "decision_agreement": float(np.mean(decisions[0] == decisions[1])),
+            "max_probability_change": float(np.abs(probs[0] - probs[1]).max()),
+            "mean_probability_change": float(np.abs(probs[0] - probs[1]).mean())}
+
+
+def _auc(per_class: np.ndarray, labels: np.ndarray) -> float | None:
+    """Binary: AUC of the positive column; K classes: macro one-vs-rest. None when a class is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < per_class.shape[1]:
+        return None
+    if per_class.shape[1] == 2:
+        return float(roc_auc_score(labels, per_class[:, 1]))
+    return float(roc_auc_score(labels, per_class, multi_class="ovr", average="macro"))
+
