@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
 from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
-from lungcnn.calibration.prior import prior_shift
+from lungcnn.calibration.prior import prior_shift_of
 from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
@@ -77,7 +77,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     logits = predictor.logits(images).astype(np.float64)
     details: dict[str, Any] = {"fitted_on": f"{len(labels)} validation images", "data_root": data_root}
     if method == "temperature":
-        shift = _prior_shift(spec) if prior_correction else 0.0
+        shift = prior_shift_of(spec.data) if prior_correction else 0.0
         fit = fit_temperature(logits + np.asarray(shift), labels)
         details.update(nll_before=fit.nll_before, nll_after=fit.nll_after, message=fit.message)
         calibration = Calibration("temperature", fit.temperature, shift, tta=tta, details=details)
@@ -134,14 +134,6 @@ def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
     guarded = (f"\ndomain guard: kNN (k={spec.guard.k}) distance threshold {spec.guard.threshold:.4f} "
                f"({spec.guard.details['validation_flagged']:.1%} of validation images flagged)" if spec.guard else "")
     return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}{guarded}"
-
-
-def _prior_shift(spec: ModelSpec) -> float | list[float]:
-    counts, imbalance = spec.data.get("train_class_counts"), spec.data.get("imbalance")
-    if not counts or imbalance is None:
-        log.warning("the checkpoint does not record its training class counts: no prior correction")
-        return 0.0
-    return prior_shift(counts, imbalance)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")

@@ -10,12 +10,15 @@ the shifted logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from lungcnn.errors import LungCNNInputError
 
+log = logging.getLogger(__name__)
 BALANCING = ("sampler", "loss")
 
 
@@ -32,3 +35,12 @@ def prior_shift(train_counts: Sequence[int], imbalance: str) -> float | list[flo
     if counts.size == 2:
         return float(shift[1] - shift[0])
     return [float(s) for s in shift]
+
+
+def prior_shift_of(data: Mapping[str, Any]) -> float | list[float]:
+    """`prior_shift` from a checkpoint's training-data record (`spec.data`); 0 when it lacks the counts."""
+    counts, imbalance = data.get("train_class_counts"), data.get("imbalance")
+    if not counts or imbalance is None:
+        log.warning("the checkpoint does not record its training class counts: no prior correction")
+        return 0.0
+    return prior_shift(counts, imbalance)
