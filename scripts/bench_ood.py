@@ -30,7 +30,8 @@ from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.report import clopper_pearson
 from lungcnn.fileio import write_json
-from lungcnn.inference.onnx_export import OnnxBackend, cpu_count, onnx_bytes
+from lungcnn.inference.onnx_export import onnx_bytes
+from lungcnn.inference.onnx_runtime import OnnxBackend, cpu_count
 from lungcnn.inference.predictor import Predictor, TorchBackend
 
 

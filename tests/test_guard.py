@@ -16,7 +16,8 @@ from lungcnn.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.batch import predict
-from lungcnn.inference.onnx_export import export_onnx, load_onnx
+from lungcnn.inference.onnx_export import export_onnx
+from lungcnn.inference.onnx_runtime import load_onnx
 from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
 from lungcnn.models.guard import KnnDistance
 from lungcnn.spec import DomainGuard, ModelSpec
