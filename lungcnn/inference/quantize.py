@@ -61,7 +61,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         method: activation range estimate: percentile (99.999%), entropy or minmax.
         min_agreement: the smallest share of test images whose int8 decision must equal the fp32 one.
     """
-    from lungcnn.checkpoint import build_network, load_checkpoint
+    from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
 
     ckpt = Path(ckpt)
     out = Path(out_path) if out_path else int8_path(ckpt)
@@ -71,7 +71,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     require_choice("--calibration-method", method, CALIBRATION_METHODS)
     require_number("min_agreement", min_agreement, 0, 1, low_open=False, high_open=False)
     spec, state = load_checkpoint(ckpt)
-    fp32 = onnx_bytes(build_network(spec, state), spec)
+    fp32 = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state))
     with tempfile.TemporaryDirectory(prefix="lungcnn-int8-") as tmp:
         fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32_file.write_bytes(fp32)

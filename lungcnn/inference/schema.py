@@ -164,6 +164,8 @@ class Table:
     def in_domain(self):
         """Boolean mask of the rows the domain guard accepted (all True for a table without a guard's verdicts)."""
         if IN_DOMAIN not in self.frame:
+            import pandas as pd
+
             return pd.Series(True, index=self.frame.index)
         return self.frame[IN_DOMAIN].fillna("").astype(str) != "false"
 
@@ -218,5 +220,7 @@ def write_series_csv(path: str | Path, target: str, rows: Iterable[dict[str, Any
 
 def read_slice_probabilities(path: str | Path, target: str) -> dict[str, float]:
     """{file: calibrated P(target)} from a prediction table; NaN for a file that could not be read."""
+    import pandas as pd
+
     frame = pd.read_csv(path, dtype={FILE: str, ERROR: str}, keep_default_na=False, na_values={probability_column(target): [""]})
     return dict(zip(frame[FILE], frame[probability_column(target)].astype("float64")))
