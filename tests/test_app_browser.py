@@ -143,3 +143,29 @@ def test_single_sign_on_round_trip_in_a_real_browser(trained_ckpt, tmp_path):
             server_log = log.read_text()
     assert idp.tokens_issued == 1
     assert f"sign-in succeeded: single sign-on as {SSO_USER['email']}" in server_log and "signed out" in server_log
+
+
+def test_an_image_out_of_domain_gets_no_result_in_a_real_browser(calibrated_ckpt, tmp_path):
+    """The domain guard's path in a real browser: a brain MR shows the plain sentence, no percentage."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from pydicom.data import get_testdata_file
+
+    from lungcnn.inference.uploads import NOT_IN_DOMAIN
+
+    mr = tmp_path / "brain.dcm"
+    shutil.copy(get_testdata_file("MR_small.dcm"), mr)
+    with serving(calibrated_ckpt, tmp_path, f'[lungcnn]\npassword_hash = "{hash_password(PASSWORD)}"\n') as (url, _log):
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(30_000)
+                page.goto(url, timeout=30_000)
+                page.locator("input[type=password]").fill(PASSWORD)
+                page.get_by_role("button", name="Sign in").click()
+                page.locator("input[type=file]").first.set_input_files([str(mr)])
+                page.get_by_text(NOT_IN_DOMAIN).first.wait_for()
+                assert page.locator('[data-testid="stMetricValue"]').count() == 0  # no percentage for it
+                assert page.get_by_text(re.compile(r"^(BENIGN|MALIGNANT)$")).count() == 0
+            finally:
+                browser.close()

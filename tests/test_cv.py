@@ -162,7 +162,7 @@ def test_run_cv_script_trains_calibrates_evaluates_and_pools_every_fold(tmp_path
         assert (out / fold / "checkpoints" / "last.report_last.ckpt").is_file()
         assert (out / fold / "report_last" / "predictions.csv").is_file()
     pooled = json.loads((out / "cv_summary_report_last.json").read_text())["pooled"]
-    assert pooled["available"] and pooled["n"] == 24 and pooled["kind"] == "multiclass"
+    assert pooled["available"] and pooled["n"] + pooled["n_out_of_domain"] == 24 and pooled["kind"] == "multiclass"
 
 
 def test_series_bootstrap_keeps_every_class_and_widens_intervals_for_clustered_slices():
@@ -198,7 +198,8 @@ def test_repeated_cv_runs_repeats_of_group_disjoint_folds_and_pools_each(tmp_pat
         for s in splits:  # no series in both train and test of a fold
             assert not set(s.loc[s["split"] == "test", "group"]) & set(s.loc[s["split"] == "train", "group"])
         tested[seed] = [frozenset(s.loc[s["split"] == "test", "file"]) for s in splits]
-        frames = [schema.Table.read(out / f"seed{seed}" / f"fold{k}" / "report" / "predictions.csv") for k in (0, 1)]
+        tables = [schema.Table.read(out / f"seed{seed}" / f"fold{k}" / "report" / "predictions.csv") for k in (0, 1)]
+        frames = [schema.Table(t.frame[t.readable & t.in_domain]) for t in tables]  # flagged rows have no class
         labels = np.concatenate([f.label_indices() for f in frames])
         decisions = np.concatenate([f.decision_indices() for f in frames])
         recall = np.mean([(decisions[labels == c] == c).mean() for c in range(3)])

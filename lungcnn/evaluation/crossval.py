@@ -122,6 +122,7 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
     groups = pool.groups
     unit = "images" if (groups == pool.files).all() else "series"
     out: dict[str, Any] = {"available": True, "n": int(pool.labels.size), "n_series": int(pd.unique(groups).size),
+                           "n_out_of_domain": out_of_domain(runs),
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "stratified": True, "unit": unit}}
     if len(pool.names) > 2:
         return {**out, **_pooled_multiclass(pool, n_resamples, seed)}
@@ -166,10 +167,16 @@ def pool_predictions(runs: list[dict[str, Any]]) -> Pool:
     return Pool(names, *(np.concatenate([p[i] for p in parts]) for i in range(1, 7)))
 
 
+def out_of_domain(runs: list[dict[str, Any]]) -> int:
+    """Readable test images the folds' domain guards flagged (left out of the pooled figures)."""
+    return int(sum((r["predictions"].readable & ~r["predictions"].in_domain).sum() for r in runs))
+
+
 def _fold_arrays(run: dict[str, Any]) -> tuple:
-    """One fold's readable rows as arrays, each image with its series (split.csv's group; the file itself without one)."""
+    """One fold's readable, in-domain rows as arrays, each image with its series (split.csv's group; the file
+    itself without one). Rows the fold's domain guard flagged have no class decision; `out_of_domain` counts them."""
     table: Table = run["predictions"]
-    table = Table(table.frame[table.readable], run["dir"])
+    table = Table(table.frame[table.readable & table.in_domain], run["dir"])
     split = run["split"]
     groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
     files = table.frame["file"].astype(str).to_numpy()
