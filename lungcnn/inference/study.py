@@ -23,9 +23,7 @@ from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Series, Source, group
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.uploads import UploadLimits, UploadResult, format_percent
-from lungcnn.inference.uploads import _add_heatmap as add_heatmap
-from lungcnn.inference.uploads import _one_sentence as one_sentence
+from lungcnn.inference.uploads import UploadLimits, UploadResult, add_heatmap, format_percent, one_sentence
 from lungcnn.spec import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -98,18 +98,18 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes, *, with_cam: bo
         image = predictor.load(data, name=name, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
         prediction = predictor.predict_images(image[None], [name])[0]
     except LungCNNInputError as e:
-        return UploadResult(name, False, _one_sentence(str(e), name), **base)
+        return UploadResult(name, False, one_sentence(str(e), name), **base)
     except Exception:
         log.exception("unexpected error analysing upload %r", name)
         return UploadResult(name, False, f"{name}: this file could not be analysed because of an unexpected error; "
                                          "please try another file or tell the system administrator.", **base)
     result = UploadResult(name, True, image=image, prediction=prediction, **base)
     if with_cam and result.answered:  # no heat map for an image the model gives no result on
-        _add_heatmap(predictor, result)
+        add_heatmap(predictor, result)
     return result
 
 
-def _add_heatmap(predictor: Predictor, result: UploadResult) -> None:
+def add_heatmap(predictor: Predictor, result: UploadResult) -> None:
     from lungcnn.inference.gradcam import gradcam
 
     try:
@@ -123,7 +123,7 @@ def _add_heatmap(predictor: Predictor, result: UploadResult) -> None:
         result.cam_note = "No region stood out: the heat map is blank for this image."
 
 
-def _one_sentence(message: str, name: str) -> str:
+def one_sentence(message: str, name: str) -> str:
     """One line that names the file, capped in length (pydicom's details can run long)."""
     text = " ".join(message.split())
     if not text.startswith(name):
@@ -337,21 +337,9 @@ def _date_text(value: Any) -> str:
     return when.strftime("%Y-%m-%d %H:%M")
 
 
-def _metric_rows(metrics: Any, prefix: str = "") -> dict[str, str]:
-    """Flatten the checkpoint's test metrics ({"roc_auc": 0.9, ...}, possibly nested) into display rows."""
-    if not isinstance(metrics, Mapping):
-        return {}
-    rows: dict[str, str] = {}
-    for key, value in metrics.items():
-        label = f"{prefix}{METRIC_NAMES.get(str(key), str(key))}"
-        if isinstance(value, Mapping):
-            rows.update(_metric_rows(value, f"{label} / "))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                rows[label] = value
-        elif np.isfinite(value):
-            rows[label] = f"{value:.3f}" if isinstance(value, float) else str(value)
-    return rows
+def _metric_rows(metrics: Mapping[str, str]) -> dict[str, str]:
+    """The spec's test figures ({"roc_auc": "0.972 (95% CI ...)", ...}, text by construction) as display rows."""
+    return {METRIC_NAMES.get(key, key): value for key, value in metrics.items()}
 
 
 # -- which checkpoint ------------------------------------------------------------------------------------
