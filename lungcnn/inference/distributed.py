@@ -21,17 +21,17 @@ from lungcnn.inference.batch import Batch, batch_predictions, collate, progress_
 from lungcnn.inference.predictor import Prediction, Predictor, guarded_forward, tta_logits
 
 
-class ImageFiles(Dataset):
-    """Files -> `batch.read_item` (the image or why it is unreadable), for Lightning's distributed samplers."""
+class ImageSources(Dataset):
+    """Sources -> `batch.read_item` (the image or why it is unreadable), for Lightning's distributed samplers."""
 
     def __init__(self, sources: Sequence, predictor: Predictor) -> None:
-        self.files, self.predictor = list(sources), predictor
+        self.sources, self.predictor = list(sources), predictor
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.sources)
 
     def __getitem__(self, i: int):
-        return read_item(self.predictor, self.files, i)
+        return read_item(self.predictor, self.sources, i)
 
 
 def _collate(items: list) -> Batch:
@@ -41,21 +41,21 @@ def _collate(items: list) -> Batch:
 
 def make_loader(sources: Sequence, predictor: Predictor, batch_size: int, workers: int) -> DataLoader:
     """Sources (`lungcnn.data.series.Source`: files, zip members) decoded by DataLoader workers."""
-    return DataLoader(ImageFiles(sources, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
+    return DataLoader(ImageSources(sources, predictor), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_collate, prefetch_factor=4 if workers else None)
 
 
-def run_lightning(predictor: Predictor, files: Sequence[str], loader: DataLoader, out: Path,
+def run_lightning(predictor: Predictor, names: Sequence[str], loader: DataLoader, out: Path,
                    devices: int | str | None, strategy: str | None, num_nodes: int, progress: bool) -> dict[str, int] | None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep stdout for the summary
-    module = PredictionModule(predictor, files, out)
+    module = PredictionModule(predictor, names, out)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*predict returned None.*")  # on purpose: rows go to the CSV
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning vs torch 2.14 internals, not ours
         trainer = L.Trainer(accelerator="auto", devices=devices if devices is not None else "auto",
                             strategy=strategy or "auto", num_nodes=num_nodes, logger=False, enable_checkpointing=False,
                             enable_model_summary=False, enable_progress_bar=False,
-                            callbacks=[_ProgressBar(len(files), progress)])
+                            callbacks=[_ProgressBar(len(names), progress)])
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     return module.counts  # None in the launching process of a spawn strategy: rank 0 wrote the file there
 
@@ -66,12 +66,12 @@ class PredictionModule(L.LightningModule):
     Normalisation runs on the device from the Predictor's own table (uint8 crosses the bus, not float).
     """
 
-    def __init__(self, predictor: Predictor, files: Sequence[str], out: Path) -> None:
+    def __init__(self, predictor: Predictor, names: Sequence[str], out: Path) -> None:
         super().__init__()
         self.net = predictor.net
         self.guard = getattr(predictor.backend, "guard", None)  # the domain guard (a module: Lightning moves it)
         self.register_buffer("lut", torch.from_numpy(predictor.lut.T.copy()), persistent=False)  # (256, 3)
-        self.predictor, self.files, self.out = predictor, list(files), out
+        self.predictor, self.names, self.out = predictor, list(names), out
         self.results: list[tuple[list[int], np.ndarray | None, list[tuple[int, str]], np.ndarray | None]] = []
         self.counts: dict[str, int] | None = None
 
@@ -94,7 +94,7 @@ class PredictionModule(L.LightningModule):
         merged: dict[int, Prediction] = {}  # keyed by file: a DistributedSampler pads ranks with repeats
         for part in parts:
             for index, logits, failed, scores in part:
-                merged.update(batch_predictions(self.predictor, self.files, index, logits, failed, scores))
+                merged.update(batch_predictions(self.predictor, self.names, index, logits, failed, scores))
         self.counts = schema.write_csv(self.out, self.predictor.task, [p for _, p in sorted(merged.items())])
 
 
