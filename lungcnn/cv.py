@@ -26,9 +26,9 @@ from lungcnn.fileio import write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lungcnn.cv", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lungcnn.cv", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="repeated grouped k-fold CV end to end")
+    r = sub.add_parser("run", allow_abbrev=False, help="repeated grouped k-fold CV end to end")
     r.add_argument("out", help="run folder: OUT/seed<s>/fold<k> per job, OUT/repeated_cv.json")
     r.add_argument("overrides", nargs="*", help="Hydra overrides for lungcnn.train (experiment=..., data.root=...)")
     r.add_argument("--repeats", type=int, default=3)
@@ -38,15 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibrate", nargs="*", default=[], metavar="KEY=VALUE",
                    help="lungcnn.calibrate arguments, e.g. method=isotonic decision=balanced tta=flip")
     r.add_argument("--report", default="report", help="each fold's report folder (another name: re-evaluate)")
-    s = sub.add_parser("summary", help="pool one cross-validation's folds")
+    s = sub.add_parser("summary", allow_abbrev=False, help="pool one cross-validation's folds")
     s.add_argument("run_dirs", nargs="*", help="fold run folders (each with metrics.json)")
     s.add_argument("--multirun", help="a Hydra multirun folder: every job folder in it is one fold")
     s.add_argument("--out", help="summary JSON (default: cv_summary.json in the multirun folder or the runs' common parent)")
     s.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
-    c = sub.add_parser("compare", help="paired comparison of cross-validations on the same folds")
+    c = sub.add_parser("compare", allow_abbrev=False, help="paired comparison of cross-validations on the same folds")
     c.add_argument("variants", nargs="+", help="NAME=MULTIRUN_DIR[:REPORT_DIR]; the first is the baseline")
     c.add_argument("--out", help="write the comparison as JSON")
-    e = sub.add_parser("series", help="series-level figures of each series rule (lungcnn.evaluation.series_level)")
+    e = sub.add_parser("series", allow_abbrev=False,
+                       help="series-level figures of each series rule (lungcnn.evaluation.series_level)")
     e.add_argument("--multirun", required=True, help="a Hydra multirun folder of one cross-validation")
     e.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
     e.add_argument("--out", help="write the figures as JSON")
@@ -56,9 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse; `run`'s Hydra overrides may also follow its options (`run OUT --repeats 3 experiment=...`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "run" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "run":
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 @friendly_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "run":
         from lungcnn.evaluation.repeated import format_summary, run
 

@@ -187,7 +187,8 @@ def test_repeated_cv_runs_repeats_of_group_disjoint_folds_and_pools_each(tmp_pat
     out = tmp_path / "rcv"
     overrides = ["experiment=iqothnccd_3class", *tiny_overrides(root), "trainer.max_epochs=1",
                  "callbacks.finetune.stage1_epochs=1", "data.image_size=48"]
-    assert cv.main(["run", str(out), *overrides, "--repeats", "2", "--folds", "2", "--ckpt", "last",
+    # the README's order: options, then overrides, then --calibrate
+    assert cv.main(["run", str(out), "--repeats", "2", "--folds", "2", "--ckpt", "last", *overrides,
                     "--n-resamples", "50", "--calibrate", "tta=none"]) == 0
     assert "per repeat" in capsys.readouterr().out
     summary = json.loads((out / "repeated_cv.json").read_text())
@@ -207,3 +208,12 @@ def test_repeated_cv_runs_repeats_of_group_disjoint_folds_and_pools_each(tmp_pat
     assert set(tested[0]) != set(tested[1])  # another seed, other folds
     spread = summary["over_repeats"]["calibrated/balanced_accuracy"]
     assert spread["min"] <= spread["mean"] <= spread["max"] and len(spread["values"]) == 2
+
+
+def test_cv_takes_overrides_after_options_and_refuses_unknown_or_abbreviated_options():
+    args = cv.parse_args(["run", "out", "--repeats", "2", "experiment=demo", "seed=1", "--calibrate", "method=isotonic"])
+    assert args.overrides == ["experiment=demo", "seed=1"] and args.calibrate == ["method=isotonic"]
+    for argv in (["run", "out", "--repeat", "2", "experiment=demo"], ["run", "out", "experiment=demo", "--nope"],
+                 ["series", "--multirun", "x", "stray=1"]):
+        with pytest.raises(SystemExit):
+            cv.parse_args(argv)
