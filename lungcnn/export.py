@@ -27,9 +27,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="output file (default: the checkpoint's name with .onnx, or .int8.onnx with --quantize int8)")
     parser.add_argument("--quantize", default="none", choices=PRECISIONS,
                         help="int8: static quantisation calibrated on training images, refused if its decisions "
-                             "agree with fp32 on < 99%% of the test split")
+                             "agree with fp32 on fewer than --min-agreement of the test split")
     parser.add_argument("--calibration-images", type=int, default=128, help="training images that set int8 ranges")
     parser.add_argument("--calibration-method", default="percentile", help="percentile, entropy or minmax")
+    parser.add_argument("--min-agreement", type=float, default=0.99,
+                        help="int8: the least share of test images whose decision must equal fp32's (default %(default)s)")
     parser.add_argument("--data-root", default=None, help="the data folder, if it moved since training")
     return parser.parse_args(argv)
 
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         onnx_path, sidecar, report = quantize_onnx(args.ckpt, args.out, data_root=args.data_root,
                                                    calibration_images=args.calibration_images,
-                                                   method=args.calibration_method)
+                                                   method=args.calibration_method, min_agreement=args.min_agreement)
         print(f"int8 vs fp32 on {report['images']} test images: decisions agree {report['decision_agreement']:.2%}, "
               f"ROC-AUC {_auc(report['roc_auc_fp32'])} -> {_auc(report['roc_auc_int8'])}, "
               f"max probability change {report['max_probability_change']:.4f}\n"
