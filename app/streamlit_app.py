@@ -1,7 +1,8 @@
 """The clinicians' page: upload lung CT images, see benign/malignant with a calibrated probability.
 
 Run: `make app` or `streamlit run app/streamlit_app.py -- --ckpt PATH` (else $LUNGCNN_CKPT, else the
-demo checkpoint). Only layout and wording live here; the logic is in `lungcnn.inference.uploads` (uploads) and
+reference model in models/, else the demo checkpoint). Only layout and wording live here; the logic is in
+`lungcnn.inference.uploads` (uploads) and
 `lungcnn.webapp` (sign-in, who may see the page without it).
 """
 
@@ -17,7 +18,7 @@ import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
 from lungcnn.inference.study import (
     SHOWN_SLICES,
     Study,
@@ -263,12 +264,17 @@ def show_study(predictor: Predictor, study: Study, with_cam: bool) -> None:
 
 def show_series(predictor: Predictor, series: StudySeries, with_cam: bool, index: int, count: int) -> None:
     result = series.result
-    n, bad = len(result.names), result.counts.get("n_unreadable", 0)
+    n, bad, flagged = len(result.names), result.counts.get("n_unreadable", 0), result.counts.get("n_out_of_domain", 0)
     st.subheader(f"Series {index + 1} of {count}" if count > 1 else "Series result")
     with st.container(border=True):
-        st.caption(f"Series: {md(result.key)} · {n} slices" + (f", {bad} could not be read" if bad else ""))
+        st.caption(f"Series: {md(result.key)} · {n} slices" + (f", {bad} could not be read" if bad else "")
+                   + (f", {flagged} unlike the training images" if flagged else ""))
         if result.decision is None:
             st.error(f"None of the {n} slices of this series could be read; the reasons are listed below.")
+        elif result.decision == OUT_OF_DOMAIN:
+            st.warning(f"**Cannot judge this series**: {flagged} of its {n - bad} readable slices are unlike the images "
+                       "the model was trained on (another modality, scanner, body part or window?). No probability is "
+                       "given for it.", icon=":material/block:")
         else:
             colour = COLOURS.get(result.decision, "blue")
             st.markdown(f"Series result: :{colour}-badge[**{result.decision.upper()}**]")

@@ -251,20 +251,24 @@ class DomainGuard:
 class SeriesRule:
     """A series' slice outputs -> one series probability and decision (`lungcnn.aggregation`).
 
-    The calibrated P(target) of the readable slices is aggregated by `method`; the series is reported as
-    `target` when that reaches `threshold`.
+    The calibrated P(target) of the readable slices the domain guard accepts is aggregated by `method`; the series
+    is reported as `target` when that reaches `threshold`. A series whose readable slices are mostly out of the
+    model's domain (fewer than `min_in_domain` of them accepted: another modality, scanner or body part) gets no
+    probability and the decision "out of domain": a few accepted slices of such a series are not a basis for an answer.
 
     Args:
         method: one of `lungcnn.aggregation.AGGREGATIONS` (max, topk_mean, noisy_or, mean).
         k: slices averaged by `topk_mean` (>= 1; fewer when the series has fewer readable slices).
         threshold: series threshold in [0, 1], or None for the slice decision threshold (0.5 without one).
         target: the class whose probability is aggregated, or None for the last class (the binary positive).
+        min_in_domain: the least fraction of readable slices the guard must accept for a series answer, in (0, 1].
     """
 
     method: str = "topk_mean"
     k: int = 3
     threshold: float | None = None
     target: str | None = None
+    min_in_domain: float = 0.5
 
     def __post_init__(self) -> None:
         if self.method not in AGGREGATIONS:
@@ -278,6 +282,10 @@ class SeriesRule:
             object.__setattr__(self, "threshold", t)
         if self.target is not None and (not isinstance(self.target, str) or not self.target):
             raise LungCNNInputError(f"series target must be a class name, got {self.target!r}")
+        fraction = _finite(self.min_in_domain, "series min_in_domain")
+        if not 0.0 < fraction <= 1.0:
+            raise LungCNNInputError(f"series min_in_domain must be in (0, 1], got {self.min_in_domain}")
+        object.__setattr__(self, "min_in_domain", fraction)
 
     def describe(self) -> str:
         """The rule in words for people ("mean of the 3 most suspicious slices")."""

@@ -107,3 +107,23 @@ def test_page_shows_the_series_result_ranked_slices_and_a_slider(monkeypatch, tr
         assert shown[-1] == "IM0000"
         assert len(at.get("download_button")) == 1
     assert not [v for v in PHI if v in text + _page_text(at) + caplog.text]
+
+
+def test_page_says_it_cannot_judge_a_series_unlike_its_training_images(monkeypatch, calibrated_ckpt, series_files, tmp_path):
+    import dataclasses
+
+    from streamlit.testing.v1 import AppTest
+
+    from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+
+    spec, state = load_checkpoint(calibrated_ckpt)
+    ckpt = tmp_path / "strict.ckpt"  # a guard that accepts nothing
+    save_checkpoint(ckpt, spec.replace(guard=dataclasses.replace(spec.guard, threshold=1e-9)), state)
+    monkeypatch.setenv("LUNGCNN_CKPT", str(ckpt))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.radio[0].set_value(at.radio[0].options[1]).run()
+    at.file_uploader[0].set_value([(n, d, "application/dicom") for n, d in series_files]).run()
+    assert not at.exception, at.exception
+    assert any("Cannot judge this series" in w.value for w in at.warning)
+    assert not [m for m in at.metric if m.label.startswith("Series probability")]
+    assert not [m for m in at.markdown if m.value.startswith("Series result:")]

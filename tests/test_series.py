@@ -236,6 +236,28 @@ def test_series_rule_is_checked_and_round_trips_through_the_checkpoint_metadata(
         spec.replace(series=SeriesRule(target="normal"))
 
 
+def test_flagged_slices_are_left_out_and_a_mostly_flagged_series_gets_no_answer(trained_ckpt):
+    from lungcnn.inference.predictor import OUT_OF_DOMAIN
+    from lungcnn.inference.study import summarise
+
+    spec, _ = load_checkpoint(trained_ckpt)
+    spec = spec.replace(series=SeriesRule("max", 1, 0.5))
+    names = [f"s{k}" for k in range(5)]
+    p = [0.1, 0.99, 0.2, np.nan, 0.3]  # the 0.99 slice is a photo the guard flags: it must not make the series malignant
+    some = summarise(spec, "A", names, p, [True, False, True, None, True])
+    assert some.probability == pytest.approx(0.3) and some.decision == "benign" and some.most_suspicious == 4
+    assert some.counts == {"n_unreadable": 1, "n_out_of_domain": 1} and 1 not in some.ranked
+    most = summarise(spec, "B", names, p, [False, False, True, None, False])
+    assert most.decision == OUT_OF_DOMAIN and np.isnan(most.probability) and most.ranked == [2]
+    row = most.row("malignant")
+    assert row["decision"] == OUT_OF_DOMAIN and row["n_out_of_domain"] == 3 and "series_probability_malignant" not in row
+    assert summarise(spec, "C", names, p).counts["n_out_of_domain"] == 0  # no guard: every readable slice counts
+    assert spec.replace(series=SeriesRule(min_in_domain=1.0)).series.min_in_domain == 1.0
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(LungCNNInputError, match="min_in_domain"):
+            SeriesRule(min_in_domain=bad)
+
+
 # -- lungcnn-predict --series-out ------------------------------------------------------------------------
 def test_predict_writes_the_series_table_without_patient_tags(trained_ckpt, tiny_root, tmp_path, capsys, caplog):
     spec, state = load_checkpoint(trained_ckpt)
@@ -295,3 +317,19 @@ def test_a_refused_zip_ends_predict_with_its_reason(trained_ckpt, tmp_path, caps
                           "--no-progress"])
     assert exit_info.value.code == 2
     assert "'..'" in capsys.readouterr().err
+
+
+def test_a_series_the_guard_rejects_is_out_of_domain_in_the_series_table(calibrated_ckpt, tmp_path):
+    import dataclasses
+
+    from lungcnn.inference.predictor import OUT_OF_DOMAIN
+
+    spec, state = load_checkpoint(calibrated_ckpt)
+    ckpt = tmp_path / "strict.ckpt"  # a guard that accepts nothing: every slice is unlike the training images
+    save_checkpoint(ckpt, spec.replace(guard=dataclasses.replace(spec.guard, threshold=1e-9)), state)
+    write_ct_series(tmp_path / "study", 4, 64, seed=5, prefix="A")
+    out, series_out = tmp_path / "slices.csv", tmp_path / "series.csv"
+    assert predict_cli.main([str(tmp_path / "study"), "--ckpt", str(ckpt), "--out", str(out), "--series-out",
+                             str(series_out), "--backend", "torch", "--workers", "0", "--no-progress"]) == 0
+    (row,) = list(csv.DictReader(open(series_out, encoding="utf-8")))
+    assert row["decision"] == OUT_OF_DOMAIN and row["n_out_of_domain"] == "4" and row["series_probability_malignant"] == ""

@@ -244,7 +244,8 @@ def write_series(predictor: Predictor, sources: Sequence[Source], groups: dict |
                  series_out: str | Path) -> int:
     """The series table from the slice table just written (so every backend's rows are summarised alike)."""
     target = predictor.spec.series_target
-    probabilities = schema.read_slice_probabilities(slices_csv, target)
-    results = [summarise(predictor.spec, s.key, [x.name for x in s.sources], [probabilities[x.name] for x in s.sources])
+    slices = schema.read_slice_probabilities(slices_csv, target)
+    results = [summarise(predictor.spec, s.key, [x.name for x in s.sources], [slices[x.name][0] for x in s.sources],
+                         [slices[x.name][1] for x in s.sources])
                for s in group_series(sources, groups)]
     return schema.write_series_csv(series_out, target, (r.row(target) for r in results))

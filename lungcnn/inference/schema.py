@@ -28,7 +28,11 @@ The series table (`lungcnn-predict --series-out`, the page's series result), one
 | `series_probability_<class>` | the checkpoint's series rule over the slices' calibrated P(class) |
 | `decision` | `<class>` at or above the series threshold, else the other class (binary) or `not <class>` |
 | `most_suspicious_slice` | the slice with the highest P(class) |
-| `n_unreadable` | slices that could not be read (`SERIES_COUNTS`: per-series tallies; a domain guard adds its own) |
+| `n_unreadable` | slices that could not be read |
+| `n_out_of_domain` | readable slices the domain guard flagged, left out of the series probability (see below) |
+
+When fewer than the series rule's `min_in_domain` of a series' readable slices are in the model's domain, its
+`decision` is `out of domain` and it has no probability or most suspicious slice.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", 
 SHOWN = ("file", "decision", "in_domain", "probability", "error")  # what the page shows (and its download carries)
 
 
-SERIES, N_SLICES, MOST_SUSPICIOUS, N_UNREADABLE = "series", "n_slices", "most_suspicious_slice", "n_unreadable"
+SERIES, N_SLICES, MOST_SUSPICIOUS = "series", "n_slices", "most_suspicious_slice"
+N_UNREADABLE, N_OUT_OF_DOMAIN = "n_unreadable", "n_out_of_domain"
 SERIES_PROBABILITY = "series_probability_"
-SERIES_COUNTS = (N_UNREADABLE,)
+SERIES_COUNTS = (N_UNREADABLE, N_OUT_OF_DOMAIN)
 
 
 def probability_column(class_name: str, calibrated: bool = True) -> str:
@@ -199,10 +204,13 @@ def series_columns(target: str) -> list[str]:
 
 def series_row(target: str, series: str, n_slices: int, probability: float, decision: str | None,
                most_suspicious: str | None, counts: dict[str, int]) -> dict[str, Any]:
-    """One series as {column: value}; a series with no readable slice has no probability, decision or slice."""
+    """One series as {column: value}; a series with no readable slice has no probability, decision or slice, one
+    out of the model's domain only its decision."""
     out: dict[str, Any] = {SERIES: series, N_SLICES: n_slices, **{c: counts.get(c, 0) for c in SERIES_COUNTS}}
     if decision is not None:
-        out.update({series_probability_column(target): probability, DECISION: decision, MOST_SUSPICIOUS: most_suspicious})
+        out[DECISION] = decision
+    if most_suspicious is not None:
+        out.update({series_probability_column(target): probability, MOST_SUSPICIOUS: most_suspicious})
     return out
 
 
@@ -218,9 +226,12 @@ def write_series_csv(path: str | Path, target: str, rows: Iterable[dict[str, Any
     return n
 
 
-def read_slice_probabilities(path: str | Path, target: str) -> dict[str, float]:
-    """{file: calibrated P(target)} from a prediction table; NaN for a file that could not be read."""
+def read_slice_probabilities(path: str | Path, target: str) -> dict[str, tuple[float, bool | None]]:
+    """{file: (calibrated P(target), in domain)} from a prediction table; NaN for a file that could not be read,
+    None where the checkpoint has no guard."""
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype={FILE: str, ERROR: str}, keep_default_na=False, na_values={probability_column(target): [""]})
-    return dict(zip(frame[FILE], frame[probability_column(target)].astype("float64")))
+    frame = pd.read_csv(path, dtype={FILE: str, ERROR: str, IN_DOMAIN: str}, keep_default_na=False,
+                        na_values={probability_column(target): [""]})
+    verdicts = [{"true": True, "false": False}.get(v) for v in frame[IN_DOMAIN]]
+    return dict(zip(frame[FILE], zip(frame[probability_column(target)].astype("float64"), verdicts)))

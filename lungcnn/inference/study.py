@@ -22,7 +22,7 @@ from lungcnn.aggregation import aggregate
 from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Series, Source, group_series, open_zip
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
-from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
 from lungcnn.inference.uploads import UploadLimits, UploadResult, add_heatmap, format_percent, one_sentence
 from lungcnn.spec import ModelSpec
 
@@ -36,9 +36,11 @@ class SeriesResult:
     Args:
         key: the series (UID, group or folder).
         names: its slices in slice order.
-        probabilities: calibrated P(target) per slice in that order, NaN where the slice could not be read.
-        probability: the series probability (NaN when no slice was readable).
-        decision: the series decision, or None when no slice was readable.
+        probabilities: calibrated P(target) per slice in that order, NaN where the slice could not be read or the
+            domain guard flagged it (the page shows no probability for such a slice).
+        probability: the series probability (NaN when no slice was readable or the series is out of domain).
+        decision: the series decision, `OUT_OF_DOMAIN` when too few slices are in the model's domain, or None
+            when no slice was readable.
         most_suspicious: index of the slice with the highest P(target), or None.
         counts: per-series tallies (`schema.SERIES_COUNTS`).
     """
@@ -71,16 +73,22 @@ def series_decision(spec: ModelSpec, probability: float) -> str:
     return others[0] if len(others) == 1 else f"not {target}"
 
 
-def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Sequence[float]) -> SeriesResult:
-    """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice)."""
+def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Sequence[float],
+              in_domain: Sequence[bool | None] | None = None) -> SeriesResult:
+    """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice) and the
+    domain guard's verdicts (False: flagged; None or no list: no guard). Flagged slices are left out of the score."""
     p = np.asarray(probabilities, dtype=np.float64)
     readable = np.isfinite(p)
-    counts = {schema.N_UNREADABLE: int((~readable).sum())}
+    flagged = readable & np.array([v is False for v in (in_domain or [None] * len(p))], dtype=bool)
+    counts = {schema.N_UNREADABLE: int((~readable).sum()), schema.N_OUT_OF_DOMAIN: int(flagged.sum())}
+    judged = np.where(flagged, np.nan, p)
     if not readable.any():
-        return SeriesResult(key, tuple(names), p, float("nan"), None, None, counts)
-    score = aggregate(spec.series.method, p, spec.series.k)
-    top = int(np.nanargmax(p))
-    return SeriesResult(key, tuple(names), p, score, series_decision(spec, score), top, counts)
+        return SeriesResult(key, tuple(names), judged, float("nan"), None, None, counts)
+    if (readable & ~flagged).sum() < spec.series.min_in_domain * readable.sum():
+        return SeriesResult(key, tuple(names), judged, float("nan"), OUT_OF_DOMAIN, None, counts)
+    score = aggregate(spec.series.method, judged, spec.series.k)
+    top = int(np.nanargmax(judged))
+    return SeriesResult(key, tuple(names), judged, score, series_decision(spec, score), top, counts)
 
 
 # -- the page: a whole series uploaded at once ---------------------------------------------------------------
@@ -144,7 +152,8 @@ def _classify_series(predictor: Predictor, series: Series, limits: UploadLimits)
             r.prediction = p
     target = spec.series_target
     probs = [r.prediction.probabilities[target] if r.ok else float("nan") for r in slices]
-    return StudySeries(summarise(spec, series.key, [r.name for r in slices], probs), slices)
+    verdicts = [r.prediction.in_domain if r.ok else None for r in slices]
+    return StudySeries(summarise(spec, series.key, [r.name for r in slices], probs, verdicts), slices)
 
 
 SHOWN_SLICES = 5  # slices the page shows with heat maps, most suspicious first
@@ -170,7 +179,9 @@ def series_explanation(predictor: Predictor, result: SeriesResult) -> str:
     spec = predictor.spec
     side = "at or above" if result.probability >= spec.series_threshold else "below"
     top = result.most_suspicious
+    flagged = result.counts.get(schema.N_OUT_OF_DOMAIN, 0)
+    left_out = (f" {flagged} slice(s) unlike the training images were left out of it." if flagged else "")
     return (f"Reported as **{result.decision}** because the series probability ({spec.series.describe()}) is "
-            f"{format_percent(result.probability)}, {side} the series threshold of **{format_percent(spec.series_threshold)}**. "
-            f"Most suspicious slice: **{Path(result.names[top]).name}** (slice {top + 1} of {len(result.names)}, "
+            f"{format_percent(result.probability)}, {side} the series threshold of **{format_percent(spec.series_threshold)}**."
+            f"{left_out} Most suspicious slice: **{Path(result.names[top]).name}** (slice {top + 1} of {len(result.names)}, "
             f"{format_percent(result.probabilities[top])}).")
