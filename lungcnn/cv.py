@@ -4,12 +4,15 @@
     python -m lungcnn.cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
     python -m lungcnn.cv compare base=outputs/rcv/seed0 "flip TTA=outputs/rcv/seed0:report_tta"
     python -m lungcnn.cv series --multirun outputs/rcv/seed0     # series-level AUC of each series rule
+    python -m lungcnn.cv crossfit outputs/rcv --method platt [--apply CKPT --to CKPT2]
 
 `run` trains R x K folds as one Hydra multirun (pass `hydra/launcher=joblib` to run jobs in parallel),
 calibrates and evaluates each fold and pools each repeat (`lungcnn.evaluation.repeated`); `summary` pools one
 k-fold run (`lungcnn.evaluation.crossval`); `compare` gives paired differences from the first variant on the
 same folds (`lungcnn.evaluation.compare`); `series` scores each series rule on one CV run
-(`lungcnn.evaluation.series_level`).
+(`lungcnn.evaluation.series_level`); `crossfit` re-scores a `run` with calibration and threshold fitted on the other
+folds' out-of-fold outputs, and with `--apply CKPT --to NEW` gives a checkpoint that calibration fitted on every
+fold (`lungcnn.evaluation.crossfit`).
 """
 
 from __future__ import annotations
@@ -51,7 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--multirun", required=True, help="a Hydra multirun folder of one cross-validation")
     e.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
     e.add_argument("--out", help="write the figures as JSON")
-    for q in (r, s, c, e):
+    f = sub.add_parser("crossfit", allow_abbrev=False,
+                       help="calibration and threshold fitted on other folds' out-of-fold outputs (binary)")
+    f.add_argument("out", help="a `run` folder (OUT/seed<s>/fold<k>)")
+    f.add_argument("--method", default="platt", help="platt or isotonic (default %(default)s)")
+    f.add_argument("--target-sensitivity", type=float, default=0.98)
+    f.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
+    f.add_argument("--apply", metavar="CKPT", help="write CKPT with the calibration fitted on every fold (needs --to)")
+    f.add_argument("--to", metavar="PATH", help="where --apply writes (never over CKPT)")
+    for q in (r, s, c, e, f):
         q.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
         q.add_argument("--seed", type=int, default=0)
     return p
@@ -78,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args.out, args.overrides, args.repeats, args.folds, args.first_seed, args.ckpt, calibration,
                      args.report, args.n_resamples)
         print(format_summary(result), flush=True)
+        return 0
+    if args.command == "crossfit":
+        from lungcnn.evaluation.repeated import crossfit
+
+        result = crossfit(args.out, args.method, args.target_sensitivity, args.report_dir, args.n_resamples,
+                          args.apply, args.to)
+        print(result.pop("text"), flush=True)
         return 0
     if args.command == "compare":
         from lungcnn.evaluation.compare import compare, markdown

@@ -90,6 +90,36 @@ def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds:
     return summary
 
 
+def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float = 0.98, report: str = "report",
+             n_resamples: int = 1000, apply: str | Path | None = None, to: str | Path | None = None) -> dict[str, Any]:
+    """Re-score a finished repeated CV with cross-fitted calibration (`lungcnn.evaluation.crossfit`); write
+    OUT/repeated_cv_crossfit_<method>.json; with `apply`, write `to`: that checkpoint calibrated on every fold."""
+    from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+    from lungcnn.evaluation import crossfit as cf
+
+    out = Path(out)
+    jobs = sorted(out.glob("seed*/fold*"))
+    seeds = sorted({int(j.parent.name.removeprefix("seed")) for j in jobs})
+    if not jobs:
+        raise LungCNNInputError(f"{out}: no seed<s>/fold<k> folders (run `python -m lungcnn.cv run {out} ...` first)")
+    per_repeat = {s: {"pooled": cf.crossfit_repeat(sorted(out.glob(f"seed{s}/fold*")), method, target_sensitivity,
+                                                    report, n_resamples)} for s in seeds}
+    summary = {"out": str(out), "repeats": len(seeds), "folds": len(jobs) // len(seeds), "seeds": seeds,
+               "calibration": {"cross_fitted": method, "target_sensitivity": target_sensitivity},
+               "per_repeat": {str(s): v["pooled"] for s, v in per_repeat.items()}, "over_repeats": spread(per_repeat)}
+    write_json(out / f"repeated_cv_crossfit_{method}.json", summary)
+    text = format_summary(summary)
+    if apply is not None:
+        if to is None or Path(to).resolve() == Path(apply).resolve():
+            raise LungCNNInputError("--apply CKPT needs --to NEW_PATH (the input checkpoint is never replaced)")
+        calibration, rule = cf.fit_pooled(jobs, method, target_sensitivity, report)
+        spec, state = load_checkpoint(apply)
+        save_checkpoint(to, cf.apply_to_checkpoint(spec, calibration, rule), state)
+        text += (f"\n{apply} calibrated ({method}) on {calibration.details['fitted_on']}: threshold {rule.threshold:.4f}"
+                 f"\nwrote {to}")
+    return {**summary, "text": text}
+
+
 def spread(per_repeat: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean, std (ddof=1), min and max over repeats of every pooled figure (calibrated, operating point)."""
     rows: dict[str, list[float]] = {}

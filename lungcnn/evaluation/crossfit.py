@@ -1,0 +1,133 @@
+"""Cross-fitted calibration: calibration and operating threshold fitted on many folds' out-of-fold outputs.
+
+A fold's validation split holds about 14 benign slices of 3-4 patients: a calibration map or a sensitivity
+threshold fitted there moves from seed to seed. Cross-fitting fits them instead on the pooled out-of-fold
+(test) predictions of the OTHER folds of the same repeat (hundreds of slices of dozens of patients, from other
+models) and applies them to this fold's network outputs; pooling the folds then measures, on patients no part
+of the fit has seen, what a calibration fitted on other models' outputs does for a new model. `fit_pooled`
+fits the same on every fold of every repeat, for a model trained by the same recipe (`python -m lungcnn.cv
+crossfit OUT --apply CKPT`).
+
+Methods (binary): `platt` (logistic regression on the logit: P = sigmoid(a z + b), stored as the spec's
+temperature T = 1/a and logit shift b/a, so ONNX and every consumer serve it unchanged) and `isotonic`
+(a monotone step map of the uncalibrated probability, stored as breakpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from lungcnn.calibration import apply_isotonic, fit_isotonic, threshold_for_sensitivity
+from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation import binary_metrics, bootstrap_ci, crossval
+from lungcnn.spec import Calibration, DecisionRule, ModelSpec
+
+METHODS = ("platt", "isotonic")
+EPS = 1e-7
+
+
+def fit(method: str, p_uncalibrated: np.ndarray, labels: np.ndarray, target_sensitivity: float, note: str,
+        tta: str = "none") -> tuple[Calibration, DecisionRule]:
+    """A binary calibration of `method` and the operating threshold for `target_sensitivity`, fitted on
+    uncalibrated P(malignant) (N,) and labels (N,) (1 = malignant)."""
+    if method not in METHODS:
+        raise LungCNNInputError(f"cross-fitted calibration method must be one of {METHODS}, got {method!r}")
+    p, y = np.asarray(p_uncalibrated, np.float64), np.asarray(labels, np.int64)
+    if np.unique(y).size < 2:
+        raise LungCNNInputError("cross-fitting needs both benign and malignant out-of-fold predictions")
+    details: dict[str, Any] = {"fitted_on": note, "cross_fitted": True}
+    if method == "platt":
+        z = _logit(p)[:, None]
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(z, y)
+        a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        if a <= 0:
+            raise LungCNNInputError(f"the out-of-fold outputs rank malignant below benign (slope {a:.3f}): nothing to calibrate")
+        calibration = Calibration("temperature", temperature=1.0 / a, logit_shift=b / a, tta=tta,
+                                  details={**details, "platt": {"slope": a, "intercept": b}})
+    else:
+        params = fit_isotonic(p, y)
+        calibration = Calibration("isotonic", isotonic_x=params["x"], isotonic_y=params["y"], tta=tta, details=details)
+    q = _apply(calibration, p)
+    threshold = threshold_for_sensitivity(q, y, target_sensitivity)
+    details = {**calibration.details, "target_sensitivity": target_sensitivity,
+               "fit_at_threshold": {k: v for k, v in binary_metrics(q, y, threshold).items() if k != "confusion"}}
+    return dataclasses.replace(calibration, details=details), DecisionRule(threshold=float(threshold))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def _apply(calibration: Calibration, p_uncalibrated: np.ndarray) -> np.ndarray:
+    """Calibrated P(malignant) from uncalibrated P(malignant) under a binary calibration."""
+    if calibration.method == "isotonic":
+        return apply_isotonic({"x": calibration.isotonic_x, "y": calibration.isotonic_y}, p_uncalibrated)
+    z = (_logit(p_uncalibrated) + float(calibration.logit_shift)) / calibration.temperature
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _folds(job_dirs: Sequence[Path], report: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(groups, labels, uncalibrated P(malignant)) of each fold's readable, in-domain test rows."""
+    out = []
+    for job in job_dirs:
+        run = crossval.load_run(job, report)
+        if run["predictions"] is None:
+            raise LungCNNInputError(f"{job}: no {report}/predictions.csv (run `python -m lungcnn.cv run` first)")
+        names, _files, groups, labels, uncalibrated, _cal, _dec = crossval._fold_arrays(run)
+        if len(names) != 2:
+            raise LungCNNInputError(f"cross-fitted calibration is for the binary task; {job} predicts {names}")
+        out.append((groups, labels, uncalibrated[:, 1]))
+    return out
+
+
+def crossfit_repeat(job_dirs: Sequence[Path], method: str, target_sensitivity: float = 0.98, report: str = "report",
+                    n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One repeat's folds, each calibrated on the others' out-of-fold outputs, pooled as `crossval` pools them:
+    calibrated figures at 0.5 and at each fold's cross-fitted operating threshold, series-bootstrap 95% CIs."""
+    folds = _folds(job_dirs, report)
+    groups, labels, calibrated, decided, thresholds = [], [], [], [], []
+    for k, (g, y, p) in enumerate(folds):
+        others = [f for j, f in enumerate(folds) if j != k]
+        p_fit, y_fit = np.concatenate([f[2] for f in others]), np.concatenate([f[1] for f in others])
+        calibration, rule = fit(method, p_fit, y_fit, target_sensitivity, f"{len(y_fit)} out-of-fold images")
+        q = _apply(calibration, p)
+        for bucket, value in zip((groups, labels, calibrated, decided, thresholds),
+                                 (g, y, q, (q >= rule.threshold).astype(float), rule.threshold)):
+            bucket.append(value)
+    g, y, q, d = (np.concatenate(a) for a in (groups, labels, calibrated, decided))
+    out: dict[str, Any] = {"n": int(y.size), "n_series": int(np.unique(g).size), "n_malignant": int(y.sum()),
+                           "method": method, "target_sensitivity": target_sensitivity, "thresholds": thresholds}
+    ci = bootstrap_ci(binary_metrics, q, y, n_resamples=n_resamples, seed=seed, groups=g)
+    out["calibrated"] = {"metrics": binary_metrics(q, y), "ci95": {k: list(v) for k, v in ci.items()}}
+    ci = bootstrap_ci(binary_metrics, d, y, n_resamples=n_resamples, seed=seed, groups=g)
+    keep = crossval.DECISION_METRICS
+    out["operating_point"] = {"metrics": {k: v for k, v in binary_metrics(d, y).items() if k in keep},
+                              "ci95": {k: list(v) for k, v in ci.items() if k in keep}}
+    return out
+
+
+def fit_pooled(job_dirs: Sequence[Path], method: str, target_sensitivity: float = 0.98,
+               report: str = "report") -> tuple[Calibration, DecisionRule]:
+    """Calibration and threshold fitted on every given fold's out-of-fold outputs (for a new model of the recipe)."""
+    folds = _folds(job_dirs, report)
+    p, y = np.concatenate([f[2] for f in folds]), np.concatenate([f[1] for f in folds])
+    series = np.unique(np.concatenate([f[0] for f in folds])).size
+    return fit(method, p, y, target_sensitivity,
+               f"{len(y)} out-of-fold test outputs of {len(folds)} cross-validation folds ({series} series)")
+
+
+def apply_to_checkpoint(spec: ModelSpec, calibration: Calibration, rule: DecisionRule) -> ModelSpec:
+    """The spec with a cross-fitted calibration and threshold (its guard, data and network unchanged)."""
+    if spec.task.outputs != 1:
+        raise LungCNNInputError("cross-fitted calibration is for the binary task")
+    if spec.calibration.tta != "none":
+        raise LungCNNInputError(f"the checkpoint serves test-time augmentation {spec.calibration.tta!r}; the "
+                                "cross-fitted map was fitted without it")
+    return spec.replace(calibration=calibration, decision=rule, metrics={}, metric_values={})
