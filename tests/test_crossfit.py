@@ -87,6 +87,7 @@ def test_crossfit_apply_writes_a_checkpoint_calibrated_on_every_fold(tmp_path, t
     files = sorted(str(f) for f in tiny_root.rglob("*.png"))[:4]
     z = np.array([p.logits[0] for p in predictor.classify(files, files)[0]])
     got = np.array([p.probabilities["malignant"] for p in predictor.classify(files, files)[0]])
-    np.testing.assert_allclose(got, 1 / (1 + np.exp(-(z + spec.calibration.logit_shift) / spec.calibration.temperature)), atol=1e-6)
+    c = spec.calibration
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-(z + c.logit_shift) / c.temperature)), atol=1e-6)
     with pytest.raises(SystemExit):
         cv.main(["crossfit", str(out), "--apply", str(trained_ckpt), "--to", str(trained_ckpt)])

@@ -1,13 +1,10 @@
-"""Cross-validation: pooling folds (`python -m lungcnn.cv summary`), paired comparison (`compare`) and
-scripts/run_cv.sh end to end. Fold predictions are written in lungcnn's prediction schema."""
+"""Cross-validation: pooling folds (`python -m lungcnn.cv summary`), paired comparison (`compare`) and the
+repeated CV (`run`) end to end. Fold predictions are written in lungcnn's prediction schema."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from lungcnn.inference import schema
 from lungcnn.inference.predictor import Prediction
 from lungcnn.task import make_task
 
-from .conftest import ROOT, tiny_overrides
+from .conftest import tiny_overrides
 
 
 def _write_predictions(path: Path, names: list[str], files: list[str], labels: np.ndarray, cal: np.ndarray,
@@ -145,24 +142,6 @@ def test_compare_cv_pairs_variants_on_the_same_series(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cv.main(["compare", f"base={base}", f"other={other}"])
     assert "several test folds" in capsys.readouterr().err
-
-
-def test_run_cv_script_trains_calibrates_evaluates_and_pools_every_fold(tmp_path):
-    """scripts/run_cv.sh end to end on a tiny 3-class set, two folds, from each fold's last checkpoint."""
-    root = make_synthetic_dataset(tmp_path / "data", slices_per_patient=2, image_size=48,
-                                  n_patients={"normal": 4, "benign": 4, "malignant": 4})
-    out = tmp_path / "cv"
-    overrides = ["experiment=iqothnccd_3class", *tiny_overrides(root), "trainer.max_epochs=1",
-                 "callbacks.finetune.stage1_epochs=1", "data.image_size=48"]
-    env = {**os.environ, "FOLDS": "2", "PY": sys.executable, "CKPT": "last", "REPORT": "report_last"}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "run_cv.sh"), str(out), *overrides], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for fold in ("0", "1"):
-        assert (out / fold / "checkpoints" / "last.report_last.ckpt").is_file()
-        assert (out / fold / "report_last" / "predictions.csv").is_file()
-    pooled = json.loads((out / "cv_summary_report_last.json").read_text())["pooled"]
-    assert pooled["available"] and pooled["n"] + pooled["n_out_of_domain"] == 24 and pooled["kind"] == "multiclass"
 
 
 def test_series_bootstrap_keeps_every_class_and_widens_intervals_for_clustered_slices():

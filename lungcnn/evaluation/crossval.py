@@ -3,7 +3,7 @@
 One test split of ~160 images says little; k folds use every image once as test data. The folds are one
 Hydra multirun (each job trains on k-1 folds and tests on its own fold; no group spans two folds), each
 fold calibrated and evaluated (`<job>/report/predictions.csv`, lungcnn's prediction schema); then
-`python -m lungcnn.cv summary --multirun DIR` (see `scripts/run_cv.sh` for the whole loop).
+`python -m lungcnn.cv summary --multirun DIR` (`python -m lungcnn.cv run` is the whole loop).
 
 - Per-fold: mean and sample standard deviation (ddof=1) over folds of every number in metrics.json's "test".
 - Pooled: all folds' predictions together, with percentile bootstrap 95% intervals (`bootstrap_ci`) that
