@@ -91,8 +91,8 @@ def binary_metrics(probs: Any, labels: Any, threshold: float = 0.5) -> dict[str,
     """
     p, y = check_binary(probs, labels)
     threshold = _check_threshold(threshold)
-    pt = torch.from_numpy(p)
-    yt = torch.from_numpy(y)
+    pt = torch.tensor(p)  # a copy: the inputs may be read-only views (pandas, np.broadcast_to)
+    yt = torch.tensor(y)
     dt = (pt >= threshold).long()
     has_pos, has_neg = bool(y.any()), bool((y == 0).any())
 

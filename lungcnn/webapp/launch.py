@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lungcnn-app", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer)")
     parser.add_argument("--port", type=int, default=8501, help="port (default 8501)")
-    parser.add_argument("--ckpt", help="checkpoint (default $LUNGCNN_CKPT, else the demo's)")
+    parser.add_argument("--ckpt", help="checkpoint (default $LUNGCNN_CKPT, else the reference model in models/, else the demo's)")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port number (1-65535)")

@@ -1,0 +1,157 @@
+"""`python -m lungcnn.publish CALIBRATED_CKPT OUT.ckpt --data-root DIR`: a small model file to ship, with its card.
+
+What `make reference-model` runs after training and calibrating. It writes
+
+- `OUT.ckpt`: the calibrated checkpoint with its floating-point tensors in float16 (weights and the domain guard's
+  feature bank; a 2.2M-parameter MobileNetV2 is about 5 MB), loadable wherever a checkpoint is (`Predictor`,
+  `lungcnn-predict --ckpt`, the page, ONNX export): loading casts the weights back to float32;
+- `OUT.split.csv`: the training run's split (file names, labels, series groups), so that the figures can be
+  reproduced; the checkpoint's data paths point to it and to DIR as given (relative paths resolve against the
+  folder commands run from: the repository's root);
+- the test figures of THIS file (float16 weights, not the float32 run it came from) on that split, recorded in its
+  spec as `lungcnn.evaluate` does (the full report goes to the run's `report_published/`), and `OUT.md`, the
+  model card, generated from the spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+from lungcnn.cli import friendly_errors
+from lungcnn.errors import LungCNNInputError
+from lungcnn.fileio import write_text
+
+MAX_BYTES = 10 * 1024 * 1024
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lungcnn.publish", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("ckpt", help="a calibrated checkpoint (lungcnn.calibrate's output) whose run folder holds split.csv")
+    p.add_argument("out", help="the file to write (.ckpt); OUT.split.csv and OUT.md go beside it")
+    p.add_argument("--data-root", required=True, help="the data folder as the file should name it (e.g. a relative path)")
+    p.add_argument("--recipe", default="", help="the commands that made the model, for the card")
+    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples of the test figures")
+    return p.parse_args(argv)
+
+
+def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors as float16 (integer buffers such as batch norm's counters stay as they are)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "", n_resamples: int = 1000,
+            report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write OUT.ckpt (float16), OUT.split.csv and OUT.md; return the test report of the written file.
+
+    Args:
+        ckpt: a calibrated checkpoint whose spec names its split file.
+        out: the file to write; OUT.split.csv and OUT.md go beside it.
+        data_root: the data folder as OUT's spec should name it.
+        recipe: how the model was made, in words, for the card.
+        n_resamples: bootstrap resamples of the test figures' intervals.
+        report_dir: the full test report (default: the run's `report_published/`, next to `checkpoints/`).
+    """
+    from lungcnn.evaluate import evaluate
+
+    ckpt, out = Path(ckpt), Path(out)
+    spec, state = load_checkpoint(ckpt)
+    if not spec.is_calibrated:
+        raise LungCNNInputError(f"{ckpt} is not calibrated: run `python -m lungcnn.calibrate ckpt={ckpt}` first")
+    split_src = Path(spec.data.get("split_file") or "")
+    if not split_src.is_file():
+        raise LungCNNInputError(f"{ckpt}: its split file {split_src} is missing; publish from the training run's folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    split_out = out.with_suffix(".split.csv")
+    shutil.copyfile(split_src, split_out)
+    data = {**spec.data, "root": data_root, "split_file": str(split_out)}
+    save_checkpoint(out, spec.replace(data=data, metrics={}, metric_values={}), half(state))
+    report_dir = report_dir or ckpt.resolve().parent.parent / "report_published"
+    report = evaluate(out, out_dir=str(report_dir), n_resamples=n_resamples)
+    size = out.stat().st_size
+    if size > MAX_BYTES:
+        raise LungCNNInputError(f"{out} is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB a shipped model may take")
+    write_text(out.with_suffix(".md"), model_card_markdown(out, split_out, recipe))
+    print(f"wrote {out} ({size / 2**20:.1f} MiB), {split_out} and {out.with_suffix('.md')}", flush=True)
+    return report
+
+
+def split_table(split_file: Path, class_names: Sequence[str]) -> str:
+    """Images, series and classes per split, as a markdown table."""
+    frame = pd.read_csv(split_file)
+    rows = ["| split | images | series | per class |", "|---|---|---|---|"]
+    for name in ("train", "val", "test"):
+        part = frame[frame["split"] == name]
+        classes = ", ".join(f"{class_names[k]} {v}" for k, v in part["label"].value_counts().sort_index().items())
+        rows.append(f"| {name} | {len(part)} | {part['group'].nunique()} | {classes} |")
+    return "\n".join(rows)
+
+
+def model_card_markdown(ckpt: Path, split_file: Path, recipe: str) -> str:
+    """The model card: what the page shows (lungcnn.inference.uploads.model_card) plus data, split and limits."""
+    from lungcnn.inference.predictor import Predictor
+    from lungcnn.inference.uploads import model_card
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    card = model_card(predictor)
+    details = "\n".join(f"- **{k}**: {v}" for k, v in card["details"].items() if k != "Test results")
+    figures = "\n".join(f"| {k} | {v} |" for k, v in card["metrics"].items())
+    return f"""# Model card: `{ckpt.name}`
+
+Generated by `python -m lungcnn.publish` (`make reference-model`); do not edit by hand.
+
+## Intended use
+{card['intended_use']} It answers one question for a single axial lung CT slice (or a series of them): benign or
+malignant, with a calibrated probability, for images like its training images (IQ-OTH/NCCD: one hospital pair in
+Iraq, one Siemens SOMATOM scanner, JPEG slices rendered with a soft-tissue window).
+
+**Not for**: screening or diagnosis without a clinician; normal-versus-abnormal triage (it never saw normal slices
+as a class: it was trained on benign and malignant cases only); other modalities, other body parts, other
+scanners or windows without re-validation; children; any population unlike the training data. Images unlike the
+training images are flagged by the domain guard, but no guard catches everything.
+
+## Model
+{details}
+
+## Data
+The development part of the IQ-OTH/NCCD lung cancer dataset as shipped in `../shared/data/iqothnccd-dev`
+(Iraq-Oncology Teaching Hospital / National Center for Cancer Diseases, 2019; H. Alyasriy and M. Al-Huseiny,
+"The IQ-OTH/NCCD lung cancer dataset", Mendeley Data, doi:10.17632/bhmdr45bh2; published there under CC BY 4.0,
+which we could not re-check from this machine: check it before reuse). Benign and malignant slices only (normal
+slices dropped). Split by series (`groups.csv`: no series in two splits), seed 0, saved as `{split_file.name}`:
+
+{split_table(split_file, predictor.class_names)}
+
+## Test figures (this file, float16 weights, at its operating threshold)
+95% intervals from a stratified bootstrap over test images; slices of one series are not independent, so they
+are too narrow. The test split holds only a few benign series: specificity is known to about +-0.15 from it. The
+README's repeated grouped cross-validation of the same recipe ("Repeated grouped cross-validation") is the better
+estimate of how it does on new patients. A series (`lungcnn-predict --series-out`, the page's series mode) is
+judged by {predictor.spec.series.describe()}.
+
+| figure | value |
+|---|---|
+{figures}
+
+## How it was made
+{recipe or 'see the README: A reference model'}
+"""
+
+
+@friendly_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    publish(args.ckpt, args.out, args.data_root, args.recipe, args.n_resamples)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`lungcnn.publish` (the shipped model file) and the committed reference model in models/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungcnn.errors import LungCNNInputError
+from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.uploads import REFERENCE_CHECKPOINT
+from lungcnn.publish import MAX_BYTES, publish
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "iqothnccd-dev"
+
+
+def test_publish_writes_a_float16_model_that_answers_like_its_source_with_split_and_card(calibrated_ckpt, tiny_root, tmp_path):
+    out = tmp_path / "models" / "tiny.ckpt"
+    report = publish(calibrated_ckpt, out, str(tiny_root), recipe="the tiny test run", n_resamples=50,
+                     report_dir=tmp_path / "report")
+    raw = torch.load(str(out), map_location="cpu", weights_only=True)
+    floats = [v for v in raw["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert out.stat().st_size < MAX_BYTES and out.with_suffix(".split.csv").is_file()
+    source, shipped = Predictor.from_checkpoint(calibrated_ckpt), Predictor.from_checkpoint(out)
+    files = sorted(str(p) for p in tiny_root.rglob("*.png"))[:6]
+    a = np.array([p.probabilities["malignant"] for p in source.classify(files, files)[0]], dtype=float)
+    b = np.array([p.probabilities["malignant"] for p in shipped.classify(files, files)[0]], dtype=float)
+    np.testing.assert_allclose(a, b, atol=0.02)  # float16 weights, float32 arithmetic
+    spec = shipped.spec
+    assert spec.data["split_file"] == str(out.with_suffix(".split.csv")) and spec.data["root"] == str(tiny_root)
+    at = report["results"]["calibrated"]["threshold_calibrated"]["metrics"]
+    assert spec.metric_values["sensitivity"] == pytest.approx(at["sensitivity"])
+    card = out.with_suffix(".md").read_text()
+    for part in ("## Intended use", "**Not for**", "| test |", "the tiny test run", "Sensitivity (malignant cases found)"):
+        assert part in card
+    assert spec.metrics["sensitivity"] in card
+
+
+def test_publish_refuses_an_uncalibrated_checkpoint(trained_ckpt, tmp_path):
+    with pytest.raises(LungCNNInputError, match="not calibrated"):
+        publish(trained_ckpt, tmp_path / "x.ckpt", "data")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the dev data in ../shared")
+def test_the_committed_reference_model_reproduces_its_recorded_test_figures(tmp_path, monkeypatch):
+    """The file `make app` serves: loads, and re-evaluated on its recorded split gives the figures its card shows."""
+    from lungcnn.evaluate import evaluate
+
+    monkeypatch.chdir(ROOT)  # its data paths are relative to the repository's root, where `make` runs
+    ckpt = ROOT / REFERENCE_CHECKPOINT
+    assert ckpt.stat().st_size < MAX_BYTES
+    recorded = Predictor.from_checkpoint(ckpt).spec
+    assert recorded.guard is not None and recorded.is_calibrated and recorded.metric_values
+    copy = tmp_path / ckpt.name  # evaluating records figures into the file: do it on a copy
+    shutil.copyfile(ckpt, copy)
+    report = evaluate(copy, out_dir=str(tmp_path / "report"), n_resamples=20)
+    again = report["results"]["calibrated"]["threshold_calibrated"]["metrics"]
+    for key, value in recorded.metric_values.items():
+        assert again[key] == pytest.approx(value, abs=1e-3), key
