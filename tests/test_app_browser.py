@@ -169,3 +169,40 @@ def test_an_image_out_of_domain_gets_no_result_in_a_real_browser(calibrated_ckpt
                 assert page.get_by_text(re.compile(r"^(BENIGN|MALIGNANT)$")).count() == 0
             finally:
                 browser.close()
+
+
+def test_a_whole_series_in_a_real_browser(server, tmp_path):
+    """Series mode: 6 DICOM slices with patient tags, uploaded in no order -> the series result first, ranked
+    slices, a slider in body order, the series CSV; no patient tag on the page or in the CSV."""
+    from lungcnn.data.synthetic.dicom import ct_series
+
+    playwright, url, log = server
+    files = []
+    for k, data in zip([3, 0, 5, 2, 4, 1], (ct_series(6, 64, seed=31)[i] for i in [3, 0, 5, 2, 4, 1])):
+        files.append(tmp_path / f"IM{k:04d}")
+        files[-1].write_bytes(data)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+            page.set_default_timeout(60_000)
+            page.goto(url, timeout=30_000)
+            page.locator("input[type=password]").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_text("One patient's series").click()
+            page.get_by_text("Upload all slices of one series").first.wait_for()
+            page.locator("input[type=file]").first.set_input_files([str(f) for f in files])
+            page.get_by_text("Series probability of malignant").first.wait_for()
+            page.get_by_text(re.compile(r"^Series result:")).first.wait_for()
+            page.get_by_text("Most suspicious slice").first.wait_for()
+            page.get_by_text("Scroll through the series").first.wait_for()
+            page.get_by_role("slider").first.wait_for()  # rendered after the ranked slices' heat maps
+            with page.expect_download() as download:
+                page.get_by_text("Download series results (CSV)").click()
+            csv = Path(download.value.path()).read_text()
+            shown = page.content() + page.locator("body").inner_text()
+        finally:
+            browser.close()
+    assert csv.splitlines()[0].startswith("series,n_slices,series_probability_malignant,decision")
+    assert "n_out_of_domain" in csv.splitlines()[0] and csv.splitlines()[1].split(",")[1] == "6"
+    assert patient_values_in(shown) == [] and patient_values_in(csv) == [] and patient_values_in(log.read_text()) == []
