@@ -26,7 +26,7 @@ from lungcnn.data.synthetic.dicom import ct_series
 from lungcnn.fileio import write_json
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.study import SHOWN_SLICES, add_heatmaps, analyse_study, study_csv
-from lungcnn.inference.uploads import DEMO_CHECKPOINTS
+from lungcnn.inference.uploads import REFERENCE_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,8 @@ def answer(predictor: Predictor, uploads: list[tuple[str, bytes]]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, default=ROOT / DEMO_CHECKPOINTS[0], help="checkpoint (default: the demo's)")
+    parser.add_argument("--ckpt", type=Path, default=ROOT / REFERENCE_CHECKPOINT,
+                        help="checkpoint (default: the reference model the page serves)")
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)

@@ -91,3 +91,24 @@ def test_crossfit_apply_writes_a_checkpoint_calibrated_on_every_fold(tmp_path, t
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-(z + c.logit_shift) / c.temperature)), atol=1e-6)
     with pytest.raises(SystemExit):
         cv.main(["crossfit", str(out), "--apply", str(trained_ckpt), "--to", str(trained_ckpt)])
+
+
+def test_compare_of_binary_variants_reports_malignant_sensitivity_first(tmp_path, capsys):
+    """`cv compare` on two binary variants of the same folds: the binary figures, paired differences."""
+    rng = np.random.default_rng(2)
+    for k in range(3):
+        job = tmp_path / "rcv" / "seed0" / f"fold{k}"
+        _fold(job, rng, k)
+        table = pd.read_csv(job / "report" / "predictions.csv", keep_default_na=False)
+        table["decision"] = "malignant"  # a rule that calls everything malignant: sensitivity 1, specificity 0
+        (job / "all").mkdir()
+        table.to_csv(job / "all" / "predictions.csv", index=False)
+    seed0 = tmp_path / "rcv" / "seed0"
+    out = tmp_path / "cmp.json"
+    assert cv.main(["compare", f"base={seed0}", f"everything malignant={seed0}:all", "--n-resamples", "100",
+                    "--out", str(out)]) == 0
+    assert "sensitivity/malignant" in capsys.readouterr().out.splitlines()[0].split("|")[2]
+    result = json.loads(out.read_text())["variants"]
+    assert result["everything malignant"]["sensitivity/malignant"]["value"] == 1.0
+    assert result["everything malignant"]["specificity/malignant"]["value"] == 0.0
+    assert result["everything malignant"]["auc/malignant_vs_benign"]["difference"] == pytest.approx(0.0)

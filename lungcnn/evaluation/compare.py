@@ -20,6 +20,8 @@ from lungcnn.evaluation import crossval
 from lungcnn.evaluation.bootstrap import group_resample_indices
 
 METRICS = ("balanced_accuracy", "auc/benign_vs_normal", "sensitivity/benign", "auc/malignant_vs_benign")
+# Two classes: malignant sensitivity first (at each fold's operating threshold), then specificity, AUC, ECE.
+BINARY_METRICS = ("sensitivity/malignant", "specificity/malignant", "auc/malignant_vs_benign", "ece")
 
 
 def load_variant(spec: str) -> tuple[str, crossval.Pool]:
@@ -40,9 +42,11 @@ def load_variant(spec: str) -> tuple[str, crossval.Pool]:
 
 
 def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0,
-            metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
+            metrics: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Paired comparison of `specs` (NAME=DIR[:REPORT], the first is the baseline); `metrics` default by task."""
     variants = [load_variant(s) for s in specs]
     base_name, base = variants[0]
+    metrics = metrics or (BINARY_METRICS if len(base.names) == 2 else METRICS)
     for name, pool in variants[1:]:
         if not np.array_equal(pool.files, base.files):
             raise LungCNNInputError(f"{name} and {base_name} tested different images: not the same folds")
