@@ -49,6 +49,16 @@ def serving(ckpt: Path, tmp_path: Path, secrets: str, port: int | None = None):
         stop(proc)
 
 
+def signed_in_page(browser, url: str, timeout_ms: int = 30_000, **page_options):
+    """A new page on `url`, signed in with the test password."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, **page_options)
+    page.set_default_timeout(timeout_ms)
+    page.goto(url, timeout=30_000)
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    return page
+
+
 @pytest.fixture
 def server(trained_ckpt, tmp_path):
     """The page with a password configured."""
@@ -158,11 +168,7 @@ def test_an_image_out_of_domain_gets_no_result_in_a_real_browser(calibrated_ckpt
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
             try:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                page.set_default_timeout(30_000)
-                page.goto(url, timeout=30_000)
-                page.locator("input[type=password]").fill(PASSWORD)
-                page.get_by_role("button", name="Sign in").click()
+                page = signed_in_page(browser, url)
                 page.locator("input[type=file]").first.set_input_files([str(mr)])
                 page.get_by_text(NOT_IN_DOMAIN).first.wait_for()
                 assert page.locator('[data-testid="stMetricValue"]').count() == 0  # no percentage for it
@@ -184,11 +190,7 @@ def test_a_whole_series_in_a_real_browser(server, tmp_path):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-            page.set_default_timeout(60_000)
-            page.goto(url, timeout=30_000)
-            page.locator("input[type=password]").fill(PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
+            page = signed_in_page(browser, url, timeout_ms=60_000, accept_downloads=True)
             page.get_by_text("One patient's series").click()
             page.get_by_text("Upload all slices of one series").first.wait_for()
             page.locator("input[type=file]").first.set_input_files([str(f) for f in files])
