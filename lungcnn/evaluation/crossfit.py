@@ -27,9 +27,11 @@ from lungcnn.calibration import apply_isotonic, fit_isotonic, threshold_for_sens
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import binary_metrics, bootstrap_ci, crossval
 from lungcnn.spec import Calibration, DecisionRule, ModelSpec
+from lungcnn.task import make_task
 
 METHODS = ("platt", "isotonic")
 EPS = 1e-7
+BINARY = make_task("binary", ["benign", "malignant"])  # its `probabilities` is the project's one logits -> P
 
 
 def fit(method: str, p_uncalibrated: np.ndarray, labels: np.ndarray, target_sensitivity: float, note: str,
@@ -69,8 +71,7 @@ def _apply(calibration: Calibration, p_uncalibrated: np.ndarray) -> np.ndarray:
     """Calibrated P(malignant) from uncalibrated P(malignant) under a binary calibration."""
     if calibration.method == "isotonic":
         return apply_isotonic({"x": calibration.isotonic_x, "y": calibration.isotonic_y}, p_uncalibrated)
-    z = (_logit(p_uncalibrated) + float(calibration.logit_shift)) / calibration.temperature
-    return 1.0 / (1.0 + np.exp(-z))
+    return BINARY.probabilities(_logit(p_uncalibrated), calibration.logit_shift, calibration.temperature)
 
 
 def _folds(job_dirs: Sequence[Path], report: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
