@@ -4,7 +4,7 @@
     python -m lungcnn.cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
     python -m lungcnn.cv compare base=outputs/rcv/seed0 "flip TTA=outputs/rcv/seed0:report_tta"
     python -m lungcnn.cv series --multirun outputs/rcv/seed0     # series-level AUC of each series rule
-    python -m lungcnn.cv crossfit outputs/rcv --method platt [--apply CKPT --to CKPT2]
+    python -m lungcnn.cv crossfit outputs/rcv --method platt [--apply CKPT --to CKPT2 | --ensemble]
 
 `run` trains R x K folds as one Hydra multirun (pass `hydra/launcher=joblib` to run jobs in parallel),
 calibrates and evaluates each fold and pools each repeat (`lungcnn.evaluation.repeated`); `summary` pools one
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report-dir", default="report", help="each fold's report folder (default: %(default)s)")
     f.add_argument("--apply", metavar="CKPT", help="write CKPT with the calibration fitted on every fold (needs --to)")
     f.add_argument("--to", metavar="PATH", help="where --apply writes (never over CKPT)")
+    f.add_argument("--ensemble", action="store_true",
+                   help="also score the ensemble of the repeats' models (each image: mean logit of the R models "
+                        "that never saw it)")
     for q in (r, s, c, e, f):
         q.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
         q.add_argument("--seed", type=int, default=0)
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lungcnn.evaluation.repeated import crossfit
 
         result = crossfit(args.out, args.method, args.target_sensitivity, args.report_dir, args.n_resamples,
-                          args.apply, args.to)
+                          args.apply, args.to, args.ensemble)
         print(result.pop("text"), flush=True)
         return 0
     if args.command == "compare":

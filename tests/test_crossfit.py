@@ -4,6 +4,7 @@ out-of-fold outputs, pooled per repeat; and a checkpoint calibrated on every fol
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,68 @@ def test_compare_of_binary_variants_reports_malignant_sensitivity_first(tmp_path
     assert result["everything malignant"]["sensitivity/malignant"]["value"] == 1.0
     assert result["everything malignant"]["specificity/malignant"]["value"] == 0.0
     assert result["everything malignant"]["auc/malignant_vs_benign"]["difference"] == pytest.approx(0.0)
+
+
+def _write_repeat(out: Path, seed: int, truth: pd.DataFrame, folds: int = 3) -> None:
+    """One repeat of a finished CV over the same images: series drawn into folds by `seed`; each fold's model
+    outputs logit = 3 x true log-odds + its own bias and noise, its own calibration is the true probability."""
+    rng = np.random.default_rng(100 + seed)
+    series = truth["group"].unique()
+    fold_of = dict(zip(rng.permutation(series), np.arange(series.size) % folds))
+    task = make_task("binary", ["benign", "malignant"])
+    for k in range(folds):
+        part = truth[truth["group"].map(fold_of) == k]
+        job = out / f"seed{seed}" / f"fold{k}"
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"test": {"roc_auc": 0.9}}))
+        part.assign(split="test").to_csv(job / "split.csv", index=False)
+        z = 3 * part["t"].to_numpy() + rng.normal(0.5, 1.0) + rng.normal(0, 1.0, len(part))
+        p, q = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-part["t"].to_numpy()))
+        predictions = [Prediction(f, (float(zi),), {"benign": 1 - qi, "malignant": qi},
+                                  {"benign": 1 - pi, "malignant": pi}, "malignant" if qi >= 0.5 else "benign",
+                                  domain_score=0.1, in_domain=True)
+                       for f, zi, pi, qi in zip(part["file"], z, p, q)]
+        schema.write_csv(job / "report" / "predictions.csv", task, predictions,
+                         ["malignant" if y else "benign" for y in part["label"]])
+
+
+def test_crossfit_ensemble_averages_each_images_out_of_fold_logits_over_repeats(tmp_path, capsys):
+    """Each image's ensemble output is the mean logit of the R fold models that never saw it (one per repeat),
+    partitioned as the first repeat's folds and calibrated like a single model."""
+    from lungcnn.evaluation import crossfit as cf
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(12):
+        label = int(s % 3 != 0)
+        for j, t in enumerate(rng.normal(1.0 if label else -1.0, 1.0, 5)):
+            rows.append({"file": f"{'malignant' if label else 'benign'}/s{s}i{j}.png", "label": label,
+                         "group": f"g{s}", "t": t})
+    truth = pd.DataFrame(rows)
+    out = tmp_path / "rcv"
+    for seed in (0, 1):
+        _write_repeat(out, seed, truth)
+    assert cv.main(["crossfit", str(out), "--ensemble", "--n-resamples", "30"]) == 0
+    assert "ensemble of the 2 repeats' models" in capsys.readouterr().out
+    summary = json.loads((out / "repeated_cv_crossfit_platt_ensemble.json").read_text())
+    repeats = [cf.read_folds(sorted(out.glob(f"seed{s}/fold*")), "report") for s in (0, 1)]
+    logit = {}
+    for folds in repeats:
+        for files, _g, _y, p, _q in folds:
+            for f, pi in zip(files, p):
+                logit.setdefault(f, []).append(np.log(pi / (1 - pi)))
+    assert all(len(v) == 2 for v in logit.values()) and len(logit) == len(truth)
+    members = cf.ensemble_folds(repeats)
+    for (files, _g, _y, p, _q), (files0, *_rest) in zip(members, repeats[0]):
+        np.testing.assert_array_equal(files, files0)  # the first repeat's partition
+        np.testing.assert_allclose(p, [1 / (1 + np.exp(-np.mean(logit[f]))) for f in files], rtol=1e-9)
+    assert summary["ensemble"]["n"] == len(truth)
+    assert summary["ensemble"] == {**cf.crossfit_folds(members, "platt", n_resamples=30),
+                                   "members_own_calibration": summary["ensemble"]["members_own_calibration"]}
+    own = summary["ensemble"]["members_own_calibration"]["metrics"]
+    q = 1 / (1 + np.exp(-truth["t"].to_numpy()))
+    assert own["roc_auc"] == pytest.approx(binary_metrics(q, truth["label"].to_numpy())["roc_auc"])
+    shutil.copytree(out / "seed0", tmp_path / "one" / "seed0")
+    with pytest.raises(SystemExit):  # one repeat has nothing to average over
+        cv.main(["crossfit", str(tmp_path / "one"), "--ensemble"])
+    assert "at least 2 repeats" in capsys.readouterr().err

@@ -74,29 +74,63 @@ def _apply(calibration: Calibration, p_uncalibrated: np.ndarray) -> np.ndarray:
     return BINARY.probabilities(_logit(p_uncalibrated), calibration.logit_shift, calibration.temperature)
 
 
-def _folds(job_dirs: Sequence[Path], report: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(groups, labels, uncalibrated P(malignant)) of each fold's readable, in-domain test rows."""
+# files, groups, labels, uncalibrated P(malignant), P(malignant) under the fold's own (validation) calibration
+Fold = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def read_folds(job_dirs: Sequence[Path], report: str) -> list[Fold]:
+    """Each fold's readable, in-domain test rows as a `Fold`."""
     out = []
     for job in job_dirs:
         run = crossval.load_run(job, report)
         if run["predictions"] is None:
             raise LungCNNInputError(f"{job}: no {report}/predictions.csv (run `python -m lungcnn.cv run` first)")
-        names, _files, groups, labels, uncalibrated, _cal, _dec = crossval._fold_arrays(run)
+        names, files, groups, labels, uncalibrated, calibrated, _dec = crossval.fold_arrays(run)
         if len(names) != 2:
             raise LungCNNInputError(f"cross-fitted calibration is for the binary task; {job} predicts {names}")
-        out.append((groups, labels, uncalibrated[:, 1]))
+        out.append((files, groups, labels, uncalibrated[:, 1], calibrated[:, 1]))
     return out
 
 
-def crossfit_repeat(job_dirs: Sequence[Path], method: str, target_sensitivity: float = 0.98, report: str = "report",
-                    n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """One repeat's folds, each calibrated on the others' out-of-fold outputs, pooled as `crossval` pools them:
+def ensemble_folds(repeats: Sequence[Sequence[Fold]]) -> list[Fold]:
+    """The cross-repeat ensemble's out-of-fold outputs, partitioned as the first repeat's folds.
+
+    Each repeat's test folds hold every image once, so an image has one out-of-fold output per repeat, each from
+    the one model of that repeat that never saw its series. The mean of those R logits is what an ensemble of R
+    models of the recipe (each trained on (K-1)/K of the data) outputs for a patient none of them has seen.
+    Images some repeat did not score (unreadable, flagged by that fold's domain guard) are left out. The last
+    element is the mean of the members' probabilities under their own folds' calibrations (for comparison: no
+    single calibration or threshold serves it).
+
+    Args:
+        repeats: per repeat, its folds as `read_folds` returns them (R >= 2).
+    """
+    if len(repeats) < 2:
+        raise LungCNNInputError(f"an ensemble over repeats needs at least 2 repeats, got {len(repeats)}")
+    logits: dict[str, list[float]] = {}
+    own: dict[str, list[float]] = {}
+    for folds in repeats:
+        for files, _g, _y, p, q in folds:
+            for f, z, c in zip(files, _logit(p), q):
+                logits.setdefault(str(f), []).append(float(z))
+                own.setdefault(str(f), []).append(float(c))
+    out = []
+    for files, groups, labels, _p, _q in repeats[0]:
+        keep = np.array([len(logits[str(f)]) == len(repeats) for f in files], dtype=bool)
+        z = np.array([np.mean(logits[str(f)]) for f in files[keep]], dtype=np.float64)
+        q = np.array([np.mean(own[str(f)]) for f in files[keep]], dtype=np.float64)
+        out.append((files[keep], groups[keep], labels[keep], 1.0 / (1.0 + np.exp(-z)), q))
+    return out
+
+
+def crossfit_folds(folds: Sequence[Fold], method: str, target_sensitivity: float = 0.98, n_resamples: int = 1000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Each fold calibrated on the others' out-of-fold outputs, pooled as `crossval` pools them:
     calibrated figures at 0.5 and at each fold's cross-fitted operating threshold, series-bootstrap 95% CIs."""
-    folds = _folds(job_dirs, report)
     groups, labels, calibrated, decided, thresholds = [], [], [], [], []
-    for k, (g, y, p) in enumerate(folds):
+    for k, (_f, g, y, p, _q) in enumerate(folds):
         others = [f for j, f in enumerate(folds) if j != k]
-        p_fit, y_fit = np.concatenate([f[2] for f in others]), np.concatenate([f[1] for f in others])
+        p_fit, y_fit = np.concatenate([f[3] for f in others]), np.concatenate([f[2] for f in others])
         calibration, rule = fit(method, p_fit, y_fit, target_sensitivity, f"{len(y_fit)} out-of-fold images")
         q = _apply(calibration, p)
         for bucket, value in zip((groups, labels, calibrated, decided, thresholds),
@@ -117,9 +151,9 @@ def crossfit_repeat(job_dirs: Sequence[Path], method: str, target_sensitivity: f
 def fit_pooled(job_dirs: Sequence[Path], method: str, target_sensitivity: float = 0.98,
                report: str = "report") -> tuple[Calibration, DecisionRule]:
     """Calibration and threshold fitted on every given fold's out-of-fold outputs (for a new model of the recipe)."""
-    folds = _folds(job_dirs, report)
-    p, y = np.concatenate([f[2] for f in folds]), np.concatenate([f[1] for f in folds])
-    series = np.unique(np.concatenate([f[0] for f in folds])).size
+    folds = read_folds(job_dirs, report)
+    p, y = np.concatenate([f[3] for f in folds]), np.concatenate([f[2] for f in folds])
+    series = np.unique(np.concatenate([f[1] for f in folds])).size
     return fit(method, p, y, target_sensitivity,
                f"{len(y)} out-of-fold test outputs of {len(folds)} cross-validation folds ({series} series)")
 

@@ -160,7 +160,7 @@ class Pool(NamedTuple):
 
 def pool_predictions(runs: list[dict[str, Any]]) -> Pool:
     """All folds' prediction tables (read rows only) in one Pool; labels must be among the predicted classes."""
-    parts = [_fold_arrays(r) for r in runs]
+    parts = [fold_arrays(r) for r in runs]
     names = parts[0][0]
     if any(p[0] != names for p in parts):
         raise LungCNNInputError(f"the folds predict different classes: {[p[0] for p in parts]}")
@@ -172,7 +172,7 @@ def out_of_domain(runs: list[dict[str, Any]]) -> int:
     return int(sum((r["predictions"].readable & ~r["predictions"].in_domain).sum() for r in runs))
 
 
-def _fold_arrays(run: dict[str, Any]) -> tuple:
+def fold_arrays(run: dict[str, Any]) -> tuple:
     """One fold's readable, in-domain rows as arrays, each image with its series (split.csv's group; the file
     itself without one). Rows the fold's domain guard flagged have no class decision; `out_of_domain` counts them."""
     table: Table = run["predictions"]

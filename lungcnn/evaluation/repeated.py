@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation import crossval
+from lungcnn.evaluation import binary_metrics, bootstrap_ci, crossval
 from lungcnn.fileio import write_json
 
 SUMMARY_FILE = "repeated_cv.json"
@@ -91,9 +91,12 @@ def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds:
 
 
 def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float = 0.98, report: str = "report",
-             n_resamples: int = 1000, apply: str | Path | None = None, to: str | Path | None = None) -> dict[str, Any]:
+             n_resamples: int = 1000, apply: str | Path | None = None, to: str | Path | None = None,
+             ensemble: bool = False) -> dict[str, Any]:
     """Re-score a finished repeated CV with cross-fitted calibration (`lungcnn.evaluation.crossfit`); write
-    OUT/repeated_cv_crossfit_<method>.json; with `apply`, write `to`: that checkpoint calibrated on every fold."""
+    OUT/repeated_cv_crossfit_<method>.json; with `apply`, write `to`: that checkpoint calibrated on every fold.
+    With `ensemble`, also score the cross-repeat ensemble (each image: the mean logit of the R models that never
+    saw its series, `crossfit.ensemble_folds`) under the same cross-fitted calibration, into ..._ensemble.json."""
     from lungcnn.checkpoint import load_checkpoint, save_checkpoint
     from lungcnn.evaluation import crossfit as cf
 
@@ -102,12 +105,24 @@ def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float =
     seeds = sorted({int(j.parent.name.removeprefix("seed")) for j in jobs})
     if not jobs:
         raise LungCNNInputError(f"{out}: no seed<s>/fold<k> folders (run `python -m lungcnn.cv run {out} ...` first)")
-    per_repeat = {s: {"pooled": cf.crossfit_repeat(sorted(out.glob(f"seed{s}/fold*")), method, target_sensitivity,
-                                                    report, n_resamples)} for s in seeds}
-    summary = {"out": str(out), "repeats": len(seeds), "folds": len(jobs) // len(seeds), "seeds": seeds,
-               "calibration": {"cross_fitted": method, "target_sensitivity": target_sensitivity},
-               "per_repeat": {str(s): v["pooled"] for s, v in per_repeat.items()}, "over_repeats": spread(per_repeat)}
-    write_json(out / f"repeated_cv_crossfit_{method}.json", summary)
+    if apply is not None and ensemble:
+        raise LungCNNInputError("--apply calibrates one checkpoint; it does not combine with --ensemble")
+    folds = {s: cf.read_folds(sorted(out.glob(f"seed{s}/fold*")), report) for s in seeds}
+    per_repeat = {s: {"pooled": cf.crossfit_folds(f, method, target_sensitivity, n_resamples)} for s, f in folds.items()}
+    summary: dict[str, Any] = {
+        "out": str(out), "repeats": len(seeds), "folds": len(jobs) // len(seeds), "seeds": seeds,
+        "calibration": {"cross_fitted": method, "target_sensitivity": target_sensitivity},
+        "per_repeat": {str(s): v["pooled"] for s, v in per_repeat.items()}, "over_repeats": spread(per_repeat)}
+    name = f"repeated_cv_crossfit_{method}"
+    if ensemble:
+        members = cf.ensemble_folds(list(folds.values()))
+        summary["ensemble"] = cf.crossfit_folds(members, method, target_sensitivity, n_resamples)
+        q, y, g = (np.concatenate([f[i] for f in members]) for i in (4, 2, 1))
+        ci = bootstrap_ci(binary_metrics, q, y, n_resamples=n_resamples, seed=0, groups=g)
+        summary["ensemble"]["members_own_calibration"] = {"metrics": binary_metrics(q, y),
+                                                          "ci95": {k: list(v) for k, v in ci.items()}}
+        name += "_ensemble"
+    write_json(out / f"{name}.json", summary)
     text = format_summary(summary)
     if apply is not None:
         if to is None or Path(to).resolve() == Path(apply).resolve():
@@ -145,4 +160,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for key, s in summary["over_repeats"].items():
         per = " ".join(f"{v:.3f}" for v in s["values"])
         lines.append(f"{key:<36}" + "".join(f"{s[k]:>8.3f}" for k in ("mean", "std", "min", "max")) + f"   {per}")
+    if "ensemble" in summary:
+        lines.append(f"ensemble of the {r} repeats' models (mean logit), {summary['ensemble']['n']} images, 95% CI:")
+        for part in ("calibrated", "operating_point", "members_own_calibration"):
+            block = summary["ensemble"][part]
+            for key, value in block["metrics"].items():
+                if isinstance(value, (int, float)) and key in block["ci95"]:
+                    lo, hi = block["ci95"][key]
+                    lines.append(f"{part + '/' + key:<36}{value:>8.3f}   ({lo:.3f}-{hi:.3f})")
     return "\n".join(lines)
