@@ -113,6 +113,10 @@ def test_compare_of_binary_variants_reports_malignant_sensitivity_first(tmp_path
     assert result["everything malignant"]["sensitivity/malignant"]["value"] == 1.0
     assert result["everything malignant"]["specificity/malignant"]["value"] == 0.0
     assert result["everything malignant"]["auc/malignant_vs_benign"]["difference"] == pytest.approx(0.0)
+    tables = [schema.Table.read(seed0 / f"fold{k}" / "report" / "predictions.csv") for k in range(3)]
+    p = np.concatenate([t.probabilities()[:, 1] for t in tables])
+    y = np.concatenate([t.label_indices() for t in tables])  # the same ECE as the repeated-CV summary's
+    assert result["base"]["ece"]["value"] == pytest.approx(binary_metrics(p, y)["ece"])
 
 
 def _write_repeat(out: Path, seed: int, truth: pd.DataFrame, folds: int = 3) -> None:

@@ -155,7 +155,10 @@ class Pool(NamedTuple):
     def score(self, idx: np.ndarray, calibrated: bool = True) -> dict[str, float]:
         """flat_metrics of the rows `idx`: calibrated with the folds' own decisions, or uncalibrated argmax."""
         probs, decisions = (self.calibrated, self.decisions[idx]) if calibrated else (self.uncalibrated, None)
-        return flat_metrics(probs[idx], self.labels[idx], self.names, decisions)
+        flat = flat_metrics(probs[idx], self.labels[idx], self.names, decisions)
+        if len(self.names) == 2:  # the ECE of P(malignant), as binary_metrics and the repeated-CV summary give it
+            flat["ece"] = binary_metrics(probs[idx, 1], self.labels[idx])["ece"]
+        return flat
 
 
 def pool_predictions(runs: list[dict[str, Any]]) -> Pool:
