@@ -8,6 +8,10 @@ of the fit has seen, what a calibration fitted on other models' outputs does for
 fits the same on every fold of every repeat, for a model trained by the same recipe (`python -m lungcnn.cv
 crossfit OUT --apply CKPT`).
 
+`ensemble_folds` gives the same treatment to the cross-repeat ensemble: every image's mean logit over the R
+models (one per repeat) that never saw its series, an honest estimate of an R-model ensemble from the fits a
+repeated CV already made.
+
 Methods (binary): `platt` (logistic regression on the logit: P = sigmoid(a z + b), stored as the spec's
 temperature T = 1/a and logit shift b/a, so ONNX and every consumer serve it unchanged) and `isotonic`
 (a monotone step map of the uncalibrated probability, stored as breakpoints).
