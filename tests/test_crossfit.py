@@ -14,9 +14,10 @@ import pytest
 from lungcnn import cv
 from lungcnn.checkpoint import load_checkpoint
 from lungcnn.evaluation import binary_metrics
+from lungcnn.evaluation.compare import compare
 from lungcnn.evaluation.crossfit import _apply, fit
 from lungcnn.inference import schema
-from lungcnn.inference.predictor import Prediction, Predictor
+from lungcnn.inference.predictor import OUT_OF_DOMAIN, Prediction, Predictor
 from lungcnn.task import make_task
 
 
@@ -182,3 +183,21 @@ def test_crossfit_ensemble_averages_each_images_out_of_fold_logits_over_repeats(
     with pytest.raises(SystemExit):  # one repeat has nothing to average over
         cv.main(["crossfit", str(tmp_path / "one"), "--ensemble"])
     assert "at least 2 repeats" in capsys.readouterr().err
+
+
+def test_compare_pairs_the_images_every_variant_judged(tmp_path):
+    """A variant whose domain guard flagged an image (no decision) is compared on the images both judged."""
+    rng = np.random.default_rng(4)
+    for k in range(2):
+        job = tmp_path / "rcv" / "seed0" / f"fold{k}"
+        _fold(job, rng, k)
+        table = pd.read_csv(job / "report" / "predictions.csv", keep_default_na=False, dtype=str)
+        if k == 0:
+            table.loc[0, ["in_domain", "decision"]] = ["false", OUT_OF_DOMAIN]
+        (job / "guarded").mkdir()
+        table.to_csv(job / "guarded" / "predictions.csv", index=False)
+    seed0 = tmp_path / "rcv" / "seed0"
+    result = compare([f"base={seed0}", f"guarded={seed0}:guarded"], n_resamples=50)
+    assert result["left_out_flagged"] == {"base": 1, "guarded": 0} and result["n"] == 2 * 30 - 1
+    for key, entry in result["variants"]["guarded"].items():  # the same predictions on the same images
+        assert entry["difference"] == pytest.approx(0.0, abs=1e-12), key

@@ -6,7 +6,9 @@ image was a test image exactly once in every variant. A paired bootstrap resampl
 and scores every variant on that same resample; the interval of a difference is then much narrower
 than the two separate intervals suggest, and a change "helps" only if its difference interval
 excludes 0. Variants are NAME=MULTIRUN_DIR[:REPORT_DIR] (report folder per fold, default "report");
-calibrated probabilities with each fold's recorded decision rule, pooled as `crossval` pools them.
+calibrated probabilities with each fold's recorded decision rule, pooled as `crossval` pools them. Images a
+variant's domain guard flagged have no decision; the comparison pairs the images every variant judged and
+counts the rest (`left_out_flagged`).
 """
 from __future__ import annotations
 
@@ -47,13 +49,20 @@ def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0,
     variants = [load_variant(s) for s in specs]
     base_name, base = variants[0]
     metrics = metrics or (BINARY_METRICS if len(base.names) == 2 else METRICS)
+    # Each variant's domain guard may flag other images (they have no decision): pair on images all judged.
+    common = np.array(sorted(set.intersection(*(set(pool.files) for _, pool in variants))))
     for name, pool in variants[1:]:
-        if not np.array_equal(pool.files, base.files):
-            raise LungCNNInputError(f"{name} and {base_name} tested different images: not the same folds")
+        if 2 * common.size < max(len(pool.files), len(base.files)):
+            raise LungCNNInputError(f"{name} and {base_name} share only {common.size} test images: not the same data")
+    left_out = {name: int(len(pool.files) - common.size) for name, pool in variants}
+    variants = [(name, crossval.Pool(pool.names, *(a[np.isin(pool.files, common)] for a in pool[1:])))
+                for name, pool in variants]
+    base = variants[0][1]
     pools = [pool for _, pool in variants]
     resamples = group_resample_indices(base.labels, base.groups, n_resamples, seed)
     everything = np.arange(len(base.files))
     out: dict[str, Any] = {"baseline": base_name, "n": len(base.files), "n_series": int(len(set(base.groups))),
+                           "left_out_flagged": left_out,
                            "bootstrap": {"n_resamples": n_resamples, "seed": seed, "unit": "series", "paired": True},
                            "variants": {}}
     samples = [[pool.score(idx) for idx in resamples] for pool in pools]
