@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,16 @@ def test_repeated_cv_runs_repeats_of_group_disjoint_folds_and_pools_each(tmp_pat
     assert set(tested[0]) != set(tested[1])  # another seed, other folds
     spread = summary["over_repeats"]["calibrated/balanced_accuracy"]
     assert spread["min"] <= spread["mean"] <= spread["max"] and len(spread["values"]) == 2
+    # Interrupted: one job never started, one cut short before its metrics (checkpoints kept). Run it again.
+    finished = (out / "seed0" / "fold0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    shutil.rmtree(out / "seed1" / "fold1")
+    (out / "seed0" / "fold1" / "metrics.json").unlink()
+    shutil.rmtree(out / "seed0" / "fold1" / "report")
+    assert cv.main(["run", str(out), "--repeats", "2", "--folds", "2", "--ckpt", "last", *overrides,
+                    "--n-resamples", "50", "--calibrate", "tta=none"]) == 0
+    assert (out / "seed0" / "fold0" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == finished  # not retrained
+    for job in ("seed0/fold1", "seed1/fold1"):
+        assert (out / job / "metrics.json").is_file() and (out / job / "report" / "predictions.csv").is_file()
 
 
 def test_cv_takes_overrides_after_options_and_refuses_unknown_or_abbreviated_options():

@@ -134,6 +134,9 @@ def test_resume_flag_is_ckpt_path_last(tmp_path):
     assert resolve_ckpt_path(cfg(resume=True)) == "last"  # nothing to resume yet: Lightning starts afresh
     assert not partial.exists()
     assert resolve_ckpt_path(cfg(resume=True, ckpt_path="x.ckpt")) == "x.ckpt"
+    for name in ("last.ckpt", "last.calibrated.ckpt"):  # a calibrated copy is newer, never the training state
+        (tmp_path / "checkpoints" / name).write_bytes(b"x")
+    assert resolve_ckpt_path(cfg(resume=True)) == str(tmp_path / "checkpoints" / "last.ckpt")
 
 
 # -- atomic outputs ------------------------------------------------------------------------------------

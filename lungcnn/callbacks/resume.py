@@ -85,7 +85,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if ckpt_path is not None:
         for partial in checkpoints.glob(".*.ckpt.*.tmp"):  # atomic_open's temp file, left by a kill mid-write
             partial.unlink(missing_ok=True)
-    if ckpt_path == "last" and not any(checkpoints.glob("last*.ckpt")):
+    if ckpt_path == "last":
+        if (checkpoints / "last.ckpt").is_file():
+            # Lightning's "last" means the newest last*.ckpt: a calibrated `last.calibrated.ckpt` next to it
+            # (lungcnn's own format, not a training state) would be picked and fail.
+            return str(checkpoints / "last.ckpt")
         log.warning("ckpt_path=last: no last.ckpt in %s; starting a new run there", checkpoints)
     return ckpt_path
 

@@ -33,15 +33,24 @@ def job_dir(out: Path, seed: int, fold: int) -> Path:
 
 
 def train_folds(out: Path, overrides: Sequence[str], seeds: Sequence[int], folds: int) -> None:
-    """The multirun that trains every (seed, fold) job not finished yet; Hydra's launcher decides how."""
-    seed_list = ",".join(str(s) for s in seeds)
-    fold_list = ",".join(str(k) for k in range(folds))
-    cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"seed={seed_list}", f"data.n_folds={folds}",
-           f"data.fold={fold_list}", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}",
-           "hydra.sweep.subdir=seed${seed}/fold${data.fold}"]
-    done = subprocess.run(cmd, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"training the folds failed (exit {done.returncode}): {' '.join(cmd)}")
+    """Train every (seed, fold) job without a metrics.json; Hydra's launcher decides how.
+
+    Seeds missing the same folds share one multirun (a fresh run is one multirun of all jobs, so a parallel
+    launcher sees them all). `resume=true`: a job cut short continues from its last.ckpt, one never started
+    begins afresh, and finished jobs are not in the sweep at all (their checkpoints would refuse a new run).
+    """
+    missing: dict[tuple[int, ...], list[int]] = {}
+    for seed in seeds:
+        todo = tuple(k for k in range(folds) if not (job_dir(out, seed, k) / "metrics.json").is_file())
+        if todo:
+            missing.setdefault(todo, []).append(seed)
+    for todo, group in missing.items():
+        cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"seed={','.join(map(str, group))}",
+               f"data.n_folds={folds}", f"data.fold={','.join(map(str, todo))}", "resume=true",
+               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}", "hydra.sweep.subdir=seed${seed}/fold${data.fold}"]
+        done = subprocess.run(cmd, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"training the folds failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
 def calibrate_and_evaluate(job: Path, ckpt: str, calibration: Mapping[str, Any], report: str) -> None:
@@ -76,8 +85,7 @@ def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds:
     out = Path(out)
     seeds = list(range(first_seed, first_seed + repeats))
     jobs = {(s, k): job_dir(out, s, k) for s in seeds for k in range(folds)}
-    if any(not (j / "metrics.json").is_file() for j in jobs.values()):
-        train_folds(out, overrides, seeds, folds)
+    train_folds(out, overrides, seeds, folds)
     for job in jobs.values():
         calibrate_and_evaluate(job, ckpt, dict(calibration or {}), report)
     per_repeat = {s: crossval.aggregate([jobs[s, k] for k in range(folds)], n_resamples, seed=0, report_dir=report)
