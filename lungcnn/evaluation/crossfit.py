@@ -141,15 +141,20 @@ def crossfit_folds(folds: Sequence[Fold], method: str, target_sensitivity: float
                                  (g, y, q, (q >= rule.threshold).astype(float), rule.threshold)):
             bucket.append(value)
     g, y, q, d = (np.concatenate(a) for a in (groups, labels, calibrated, decided))
-    out: dict[str, Any] = {"n": int(y.size), "n_series": int(np.unique(g).size), "n_malignant": int(y.sum()),
-                           "method": method, "target_sensitivity": target_sensitivity, "thresholds": thresholds}
-    ci = bootstrap_ci(binary_metrics, q, y, n_resamples=n_resamples, seed=seed, groups=g)
-    out["calibrated"] = {"metrics": binary_metrics(q, y), "ci95": {k: list(v) for k, v in ci.items()}}
-    ci = bootstrap_ci(binary_metrics, d, y, n_resamples=n_resamples, seed=seed, groups=g)
-    keep = crossval.DECISION_METRICS
-    out["operating_point"] = {"metrics": {k: v for k, v in binary_metrics(d, y).items() if k in keep},
-                              "ci95": {k: list(v) for k, v in ci.items() if k in keep}}
-    return out
+    return {"n": int(y.size), "n_series": int(np.unique(g).size), "n_malignant": int(y.sum()), "method": method,
+            "target_sensitivity": target_sensitivity, "thresholds": thresholds,
+            "calibrated": scored(q, y, g, n_resamples, seed),
+            "operating_point": scored(d, y, g, n_resamples, seed, keep=crossval.DECISION_METRICS)}
+
+
+def scored(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+           keep: Sequence[str] | None = None) -> dict[str, Any]:
+    """binary_metrics of P(malignant) `p` (or 0/1 decisions) with series-bootstrap 95% CIs; only `keep` if given."""
+    metrics = binary_metrics(p, y)
+    ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed, groups=groups)
+    if keep is not None:
+        metrics, ci = {k: v for k, v in metrics.items() if k in keep}, {k: v for k, v in ci.items() if k in keep}
+    return {"metrics": metrics, "ci95": {k: list(v) for k, v in ci.items()}}
 
 
 def fit_pooled(job_dirs: Sequence[Path], method: str, target_sensitivity: float = 0.98,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation import binary_metrics, bootstrap_ci, crossval
+from lungcnn.evaluation import crossval
 from lungcnn.fileio import write_json
 
 SUMMARY_FILE = "repeated_cv.json"
@@ -126,9 +126,7 @@ def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float =
         members = cf.ensemble_folds(list(folds.values()))
         summary["ensemble"] = cf.crossfit_folds(members, method, target_sensitivity, n_resamples)
         q, y, g = (np.concatenate([f[i] for f in members]) for i in (4, 2, 1))
-        ci = bootstrap_ci(binary_metrics, q, y, n_resamples=n_resamples, seed=0, groups=g)
-        summary["ensemble"]["members_own_calibration"] = {"metrics": binary_metrics(q, y),
-                                                          "ci95": {k: list(v) for k, v in ci.items()}}
+        summary["ensemble"]["members_own_calibration"] = cf.scored(q, y, g, n_resamples)
         name += "_ensemble"
     write_json(out / f"{name}.json", summary)
     text = format_summary(summary)
