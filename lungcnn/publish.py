@@ -16,7 +16,6 @@ What `make reference-model` runs after training and calibrating. It writes
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from lungcnn.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
-from lungcnn.fileio import write_text
+from lungcnn.fileio import write_bytes, write_text
 
 MAX_BYTES = 10 * 1024 * 1024
 
@@ -71,14 +70,14 @@ def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "",
         raise LungCNNInputError(f"{ckpt}: its split file {split_src} is missing; publish from the training run's folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     split_out = out.with_suffix(".split.csv")
-    shutil.copyfile(split_src, split_out)
+    write_bytes(split_out, split_src.read_bytes())
     data = {**spec.data, "root": data_root, "split_file": str(split_out)}
     save_checkpoint(out, spec.replace(data=data, metrics={}, metric_values={}), half(state))
-    report_dir = report_dir or ckpt.resolve().parent.parent / "report_published"
-    report = evaluate(out, out_dir=str(report_dir), n_resamples=n_resamples)
-    size = out.stat().st_size
+    size = out.stat().st_size  # checked before the evaluation (a minute of work) that a refused file would waste
     if size > MAX_BYTES:
         raise LungCNNInputError(f"{out} is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB a shipped model may take")
+    report_dir = report_dir or ckpt.resolve().parent.parent / "report_published"
+    report = evaluate(out, out_dir=str(report_dir), n_resamples=n_resamples)
     write_text(out.with_suffix(".md"), model_card_markdown(out, split_out, recipe))
     print(f"wrote {out} ({size / 2**20:.1f} MiB), {split_out} and {out.with_suffix('.md')}", flush=True)
     return report
