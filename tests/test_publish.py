@@ -12,7 +12,7 @@ import torch
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.uploads import REFERENCE_CHECKPOINT
-from lungcnn.publish import MAX_BYTES, publish
+from lungcnn.publish import MAX_BYTES, publish, run_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "iqothnccd-dev"
@@ -36,9 +36,15 @@ def test_publish_writes_a_float16_model_that_answers_like_its_source_with_split_
     at = report["results"]["calibrated"]["threshold_calibrated"]["metrics"]
     assert spec.metric_values["sensitivity"] == pytest.approx(at["sensitivity"])
     card = out.with_suffix(".md").read_text()
-    for part in ("## Intended use", "**Not for**", "| test |", "the tiny test run", "Sensitivity (malignant cases found)"):
+    for part in ("## Intended use", "**Not for**", "| test |", "the tiny test run", "Sensitivity (malignant cases found)",
+                 "normal slices dropped", "seed not recorded"):  # this calibrated file lies outside its run folder
         assert part in card
     assert spec.metrics["sensitivity"] in card
+
+
+def test_the_card_names_the_seed_of_the_run_the_checkpoint_came_from(trained_ckpt, tmp_path):
+    assert run_seed(trained_ckpt) == 0  # conf/train.yaml's seed, recorded in RUN/metrics.json
+    assert run_seed(tmp_path / "checkpoints" / "x.ckpt") is None
 
 
 def test_publish_refuses_an_uncalibrated_checkpoint(trained_ckpt, tmp_path):
