@@ -207,3 +207,14 @@ def test_cv_takes_overrides_after_options_and_refuses_unknown_or_abbreviated_opt
                  ["series", "--multirun", "x", "stray=1"]):
         with pytest.raises(SystemExit):
             cv.parse_args(argv)
+
+
+def test_cv_run_refuses_overrides_swallowed_by_calibrate_before_training(tmp_path, capsys):
+    """`--calibrate` takes every KEY=VALUE after it: overrides put there would train the wrong recipe for hours and
+    then crash in calibrate; the run stops at once with one line instead."""
+    with pytest.raises(SystemExit) as stop:
+        cv.main(["run", str(tmp_path / "out"), "--calibrate", "method=isotonic", "experiment=demo", "data.root=x"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "data.root, experiment: not options of lungcnn.calibrate" in err and "after the Hydra overrides" in err
+    assert not (tmp_path / "out").exists()  # nothing trained

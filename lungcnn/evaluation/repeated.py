@@ -11,6 +11,7 @@ Finished steps are kept, so an interrupted run resumes when started again with t
 
 from __future__ import annotations
 
+import inspect
 import math
 import subprocess
 import sys
@@ -53,6 +54,18 @@ def train_folds(out: Path, overrides: Sequence[str], seeds: Sequence[int], folds
             raise RuntimeError(f"training the folds failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
+def check_calibration(calibration: Mapping[str, Any]) -> None:
+    """Refuse options `lungcnn.calibrate.calibrate` does not take before hours of training, not after them."""
+    from lungcnn.calibrate import calibrate
+
+    known = set(inspect.signature(calibrate).parameters) - {"ckpt", "out", "overwrite"}
+    unknown = sorted(set(calibration) - known)
+    if unknown:
+        raise LungCNNInputError(
+            f"{', '.join(unknown)}: not options of lungcnn.calibrate (it takes {', '.join(sorted(known))}). On the "
+            "command line --calibrate takes every KEY=VALUE after it: put it after the Hydra overrides")
+
+
 def calibrate_and_evaluate(job: Path, ckpt: str, calibration: Mapping[str, Any], report: str) -> None:
     """Calibrate one fold's checkpoint on its validation split and evaluate it on its test fold (skipped if done)."""
     from lungcnn.calibrate import calibrate
@@ -82,6 +95,7 @@ def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds:
         raise LungCNNInputError(f"repeated CV needs repeats >= 1 and folds >= 2, got {repeats} x {folds}")
     if ckpt not in CHECKPOINTS:
         raise LungCNNInputError(f"--ckpt must be one of {CHECKPOINTS}, got {ckpt!r}")
+    check_calibration(calibration or {})
     out = Path(out)
     seeds = list(range(first_seed, first_seed + repeats))
     jobs = {(s, k): job_dir(out, s, k) for s in seeds for k in range(folds)}
