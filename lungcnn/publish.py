@@ -77,18 +77,17 @@ def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "",
     size = out.stat().st_size  # checked before the evaluation (a minute of work) that a refused file would waste
     if size > MAX_BYTES:
         raise LungCNNInputError(f"{out} is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB a shipped model may take")
-    report_dir = report_dir or ckpt.resolve().parent.parent / "report_published"
-    report = evaluate(out, out_dir=str(report_dir), n_resamples=n_resamples)
-    write_text(out.with_suffix(".md"), model_card_markdown(out, split_out, recipe, run_seed(ckpt)))
+    run_dir = ckpt.resolve().parent.parent  # a checkpoint lives in RUN/checkpoints/
+    report = evaluate(out, out_dir=str(report_dir or run_dir / "report_published"), n_resamples=n_resamples)
+    write_text(out.with_suffix(".md"), model_card_markdown(out, split_out, recipe, run_seed(run_dir)))
     print(f"wrote {out} ({size / 2**20:.1f} MiB), {split_out} and {out.with_suffix('.md')}", flush=True)
     return report
 
 
-def run_seed(ckpt: Path) -> int | None:
-    """The seed of the training run a checkpoint in `RUN/checkpoints/` came from (`RUN/metrics.json`), if recorded."""
-    metrics = ckpt.resolve().parent.parent / "metrics.json"
+def run_seed(run_dir: Path) -> int | None:
+    """The seed a training run recorded in its `metrics.json`, if any (None for a folder that is not a run)."""
     try:
-        return int(json.loads(metrics.read_text())["seed"])
+        return int(json.loads((run_dir / "metrics.json").read_text())["seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -43,8 +43,8 @@ def test_publish_writes_a_float16_model_that_answers_like_its_source_with_split_
 
 
 def test_the_card_names_the_seed_of_the_run_the_checkpoint_came_from(trained_ckpt, tmp_path):
-    assert run_seed(trained_ckpt) == 0  # conf/train.yaml's seed, recorded in RUN/metrics.json
-    assert run_seed(tmp_path / "checkpoints" / "x.ckpt") is None
+    assert run_seed(trained_ckpt.parent.parent) == 0  # conf/train.yaml's seed, recorded in RUN/metrics.json
+    assert run_seed(tmp_path) is None
 
 
 def test_publish_refuses_an_uncalibrated_checkpoint(trained_ckpt, tmp_path):
