@@ -2,7 +2,7 @@
 
 Run: `make app` or `streamlit run app/streamlit_app.py -- --ckpt PATH` (else $LUNGCNN_CKPT, else the
 reference model in models/, else the demo checkpoint). Only layout and wording live here; the logic is in
-`lungcnn.inference.uploads` (uploads) and
+`lungcnn.webapp.uploads` (uploads) and
 `lungcnn.webapp` (sign-in, who may see the page without it).
 """
 
@@ -19,7 +19,9 @@ from streamlit.errors import StreamlitSecretNotFoundError
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
-from lungcnn.inference.study import (
+from lungcnn.webapp import logs
+from lungcnn.webapp.auth import Access, AuthSettings, access, session_backoff, try_password
+from lungcnn.webapp.study import (
     SHOWN_SLICES,
     Study,
     StudySeries,
@@ -28,7 +30,7 @@ from lungcnn.inference.study import (
     series_explanation,
     study_csv,
 )
-from lungcnn.inference.uploads import (
+from lungcnn.webapp.uploads import (
     CALIBRATED_MEANS,
     ENV_CHECKPOINT,
     MIB,
@@ -46,8 +48,6 @@ from lungcnn.inference.uploads import (
     model_card,
     results_csv,
 )
-from lungcnn.webapp import logs
-from lungcnn.webapp.auth import Access, AuthSettings, access, session_backoff, try_password
 
 log = logging.getLogger("lungcnn.app")
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lungcnn.aggregation import AGGREGATIONS
+from lungcnn.data.aggregation import AGGREGATIONS
 from lungcnn.data.io import LungWindow
 from lungcnn.data.transforms import check_model_input, check_normalisation
 from lungcnn.errors import LungCNNInputError
@@ -157,8 +157,6 @@ class Calibration:
         """Calibrated probabilities: the task's rule with this calibration's shift and T, then the isotonic map."""
         probs = task.probabilities(logits, self.graph_shift, self.graph_temperature)
         if self.method == "isotonic":
-            from lungcnn.calibration.isotonic import apply_isotonic
-
             probs = apply_isotonic({"x": self.isotonic_x, "y": self.isotonic_y}, probs)
         return probs
 
@@ -249,7 +247,7 @@ class DomainGuard:
 
 @dataclass(frozen=True)
 class SeriesRule:
-    """A series' slice outputs -> one series probability and decision (`lungcnn.aggregation`).
+    """A series' slice outputs -> one series probability and decision (`lungcnn.data.aggregation`).
 
     The calibrated P(target) of the readable slices the domain guard accepts is aggregated by `method`; the series
     is reported as `target` when that reaches `threshold`. A series whose readable slices are mostly out of the
@@ -257,7 +255,7 @@ class SeriesRule:
     probability and the decision "out of domain": a few accepted slices of such a series are not a basis for an answer.
 
     Args:
-        method: one of `lungcnn.aggregation.AGGREGATIONS` (max, topk_mean, noisy_or, mean).
+        method: one of `lungcnn.data.aggregation.AGGREGATIONS` (max, topk_mean, noisy_or, mean).
         k: slices averaged by `topk_mean` (>= 1; fewer when the series has fewer readable slices).
         threshold: series threshold in [0, 1], or None for the slice decision threshold (0.5 without one).
         target: the class whose probability is aggregated, or None for the last class (the binary positive).
@@ -486,3 +484,35 @@ def _from_v1(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _LEGACY = {"lungcnn-checkpoint/1": _from_v1}
+
+
+# Applying a fitted isotonic map belongs to the spec that stores it; fitting one is `lungcnn.calibration.isotonic`.
+def apply_isotonic(params: Mapping[str, Any], probs: Any) -> np.ndarray:
+    """Map probabilities through the stored breakpoints (linear between them, clipped outside), which is
+    what IsotonicRegression.predict does; the output is non-decreasing in the input."""
+    reject_multiclass(probs)
+    try:
+        x = np.asarray(params["x"], dtype=np.float64)
+        y = np.asarray(params["y"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LungCNNInputError(f"isotonic params must be a dict with float lists 'x' and 'y': {e}") from e
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        raise LungCNNInputError(f"isotonic params 'x' and 'y' must be non-empty lists of equal length, "
+                                f"got {x.shape} and {y.shape}")
+    if np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0) or not np.all(np.isfinite(np.r_[x, y])):
+        raise LungCNNInputError(
+            "isotonic params are not a monotone map (x must increase, y must not decrease)"
+        )
+    p = np.asarray(probs, dtype=np.float64)
+    if not np.all(np.isfinite(p)) or (p.size and (p.min() < 0.0 or p.max() > 1.0)):
+        raise LungCNNInputError("probabilities must be finite and in [0, 1] (did you pass logits?)")
+    return np.clip(np.interp(p, x, y), 0.0, 1.0)
+
+
+def reject_multiclass(probs: Any) -> None:
+    shape = np.shape(probs)
+    if len(shape) == 2:
+        raise LungCNNInputError(
+            f"isotonic calibration is binary only: got K-class probabilities of shape {shape}; "
+            "use temperature scaling for K classes, or pass the (N,) probability of the positive class"
+        )

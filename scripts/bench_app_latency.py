@@ -23,7 +23,7 @@ from PIL import Image
 from lungcnn.data.synthetic import render_patient
 from lungcnn.fileio import write_json
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.uploads import DEMO_CHECKPOINTS, analyse_upload
+from lungcnn.webapp.uploads import DEMO_CHECKPOINTS, analyse_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,12 +24,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lungcnn.checkpoint import build_network, load_checkpoint
 from lungcnn.data.synthetic import render_patient
 from lungcnn.fileio import write_json
 from lungcnn.inference.onnx_export import onnx_bytes
 from lungcnn.inference.onnx_runtime import cpu_count, make_session
 from lungcnn.inference.predictor import Predictor
+from lungcnn.models.checkpoint import build_network, load_checkpoint
 
 Runner = Callable[[np.ndarray], object]
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.report import clopper_pearson
@@ -33,6 +32,7 @@ from lungcnn.fileio import write_json
 from lungcnn.inference.onnx_export import onnx_bytes
 from lungcnn.inference.onnx_runtime import OnnxBackend, cpu_count
 from lungcnn.inference.predictor import Predictor, TorchBackend
+from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
 
 def pydicom_files() -> list[tuple[str, bytes]]:

@@ -25,8 +25,8 @@ import torch
 from lungcnn.data.synthetic.dicom import ct_series
 from lungcnn.fileio import write_json
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.study import SHOWN_SLICES, add_heatmaps, analyse_study, study_csv
-from lungcnn.inference.uploads import REFERENCE_CHECKPOINT
+from lungcnn.webapp.study import SHOWN_SLICES, add_heatmaps, analyse_study, study_csv
+from lungcnn.webapp.uploads import REFERENCE_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 

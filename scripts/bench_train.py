@@ -47,8 +47,8 @@ def run_phase(phase: str, overrides: list[str], epochs: int) -> dict:
     import logging
     import warnings
 
-    from lungcnn.callbacks.finetune import TwoStageFinetune
-    from lungcnn.train import build_datamodule, build_model
+    from lungcnn.training.callbacks.finetune import TwoStageFinetune
+    from lungcnn.training.train import build_datamodule, build_model
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")  # Lightning's tips and deprecation notes would bury the table

@@ -29,8 +29,8 @@ from lungcnn.data.audit import CLASS_FOLDERS
 from lungcnn.data.catalog import scan_folder
 from lungcnn.data.io import LungWindow
 from lungcnn.data.transforms import build_transform, load_for_model
-from lungcnn.evaluation.bootstrap import bootstrap_ci
 from lungcnn.evaluation.multiclass_report import pairwise_auc
+from lungcnn.metrics.bootstrap import bootstrap_ci
 from lungcnn.models.backbone import create_backbone, normalization_for
 
 CLASSES = ["normal", "benign", "malignant"]

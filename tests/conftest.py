@@ -41,7 +41,7 @@ def tiny_overrides(root: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_ckpt(tiny_root, tmp_path_factory) -> Path:
     """One tiny two-stage training run shared by the calibrate / evaluate / predict / app tests."""
-    from lungcnn.train import train
+    from lungcnn.training.train import train
 
     run_dir = tmp_path_factory.mktemp("run")
     result = train(make_cfg(run_dir, tiny_overrides(tiny_root)))
@@ -51,7 +51,7 @@ def trained_ckpt(tiny_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_ckpt(trained_ckpt, tmp_path_factory) -> Path:
     """The tiny run calibrated as the README says (temperature, threshold, domain guard)."""
-    from lungcnn.calibrate import calibrate
+    from lungcnn.calibration.fit import calibrate
 
     out = tmp_path_factory.mktemp("cal") / "cal.ckpt"
     calibrate(trained_ckpt, out)

@@ -13,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lungcnn.inference import schema, uploads
+from lungcnn.inference import schema
 from lungcnn.inference.gradcam import gradcam
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.uploads import (
+from lungcnn.webapp import uploads
+from lungcnn.webapp.auth import SHARED_BACKOFF, hash_password
+from lungcnn.webapp.uploads import (
     UploadLimits,
     analyse_upload,
     choose_checkpoint,
@@ -25,7 +27,6 @@ from lungcnn.inference.uploads import (
     model_card,
     results_csv,
 )
-from lungcnn.webapp.auth import SHARED_BACKOFF, hash_password
 from tests.pagekit import PASSWORD, dicom, patient_values_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_unexpected_errors_become_a_plain_message_and_are_logged(predictor, ct_p
         raise RuntimeError("internal detail")
 
     monkeypatch.setattr(predictor, "predict_images", boom)
-    with caplog.at_level(logging.ERROR, logger="lungcnn.inference.uploads"):
+    with caplog.at_level(logging.ERROR, logger="lungcnn.webapp.uploads"):
         r = analyse_upload(predictor, "x.png", ct_png, with_cam=False)
     assert not r.ok and "unexpected error" in r.message and "internal detail" not in r.message
     assert "internal detail" in caplog.text  # the traceback stays on the server
@@ -416,7 +417,7 @@ def test_the_csv_has_the_columns_the_page_shows(predictor, ct_png):
 def test_page_gives_no_result_for_an_image_out_of_domain(monkeypatch, calibrated_ckpt, ct_png):
     from pydicom.data import get_testdata_file
 
-    from lungcnn.inference.uploads import NOT_IN_DOMAIN
+    from lungcnn.webapp.uploads import NOT_IN_DOMAIN
     from tests.conftest import photo_png
 
     mr = Path(get_testdata_file("MR_small.dcm")).read_bytes()
@@ -437,7 +438,7 @@ def test_page_runs_an_int8_onnx_model_without_heat_maps(monkeypatch, calibrated_
     model = quantize_onnx(calibrated_ckpt, data_root=tiny_root, calibration_images=8, min_agreement=0)[0]
     at = run_page(monkeypatch, model, [("scan.png", ct_png, "image/png")])
     assert not at.error and at.toggle[0].value is False and at.toggle[0].disabled
-    from lungcnn.inference.uploads import format_percent
+    from lungcnn.webapp.uploads import format_percent
 
     served = Predictor.from_checkpoint(model, "auto")
     expected = served.predict_images(served.load(ct_png, "scan.png")[None], ["scan.png"])[0]

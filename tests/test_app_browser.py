@@ -160,7 +160,7 @@ def test_an_image_out_of_domain_gets_no_result_in_a_real_browser(calibrated_ckpt
     playwright = pytest.importorskip("playwright.sync_api")
     from pydicom.data import get_testdata_file
 
-    from lungcnn.inference.uploads import NOT_IN_DOMAIN
+    from lungcnn.webapp.uploads import NOT_IN_DOMAIN
 
     mr = tmp_path / "brain.dcm"
     shutil.copy(get_testdata_file("MR_small.dcm"), mr)

@@ -1,4 +1,4 @@
-"""The page with a whole series: the logic (`lungcnn.inference.study`) and the Streamlit page through AppTest.
+"""The page with a whole series: the logic (`lungcnn.webapp.study`) and the Streamlit page through AppTest.
 
 A series arrives as many DICOM files in no order or as one zip: the series result comes first, then the slices
 ranked by suspicion with heat maps (only for those shown), and a slider through the series in body order.
@@ -18,7 +18,7 @@ import pytest
 from lungcnn.data.synthetic.dicom import PATIENT, ct_series
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.study import SHOWN_SLICES, add_heatmaps, analyse_study, study_csv
+from lungcnn.webapp.study import SHOWN_SLICES, add_heatmaps, analyse_study, study_csv
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 PHI = [*PATIENT.values(), "Doe", "Jane"]
@@ -114,7 +114,7 @@ def test_page_says_it_cannot_judge_a_series_unlike_its_training_images(monkeypat
 
     from streamlit.testing.v1 import AppTest
 
-    from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+    from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 
     spec, state = load_checkpoint(calibrated_ckpt)
     ckpt = tmp_path / "strict.ckpt"  # a guard that accepts nothing

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from lungcnn import audit as audit_command
+from lungcnn.cli import audit as audit_command
 from lungcnn.data.audit import CLASS_FOLDERS, audit
 from lungcnn.data.audit.hashing import hamming, near_duplicate_pairs, perceptual_hash
 from lungcnn.data.audit.series import numbered_neighbours

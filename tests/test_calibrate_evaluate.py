@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from lungcnn.calibrate import calibrate
-from lungcnn.checkpoint import load_checkpoint
+from lungcnn.calibration.fit import calibrate
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluate import evaluate
 from lungcnn.evaluation import binary_metrics
+from lungcnn.evaluation.evaluate import evaluate
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
+from lungcnn.models.checkpoint import load_checkpoint
 from lungcnn.task import make_task
 
 
@@ -68,7 +68,7 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
         again["accuracy"], abs=1e-6)
     assert "paper" in saved and saved["n"] == len(rows)
     # The calibrated checkpoint's model card now carries the test figures (weights untouched).
-    from lungcnn.inference.uploads import model_card
+    from lungcnn.webapp.uploads import model_card
 
     card = model_card(Predictor.from_checkpoint(calibrated))
     assert card["metrics"] and any("ROC" in k for k in card["metrics"])

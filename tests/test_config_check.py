@@ -1,4 +1,4 @@
-"""`lungcnn.config_check.validate`: every bad value is refused before any work, in one line naming its key."""
+"""`lungcnn.training.config_check.validate`: every bad value is refused before any work, in one line naming its key."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from lungcnn.config_check import validate
 from lungcnn.errors import LungCNNInputError
+from lungcnn.training.config_check import validate
 
 from .conftest import CONF, make_cfg, tiny_overrides
 
@@ -95,7 +95,7 @@ def test_unset_data_root_is_named(tmp_path):
 
 def test_stage_two_that_never_starts_is_only_a_warning(root, tmp_path, caplog):
     cfg = _cfg(root, tmp_path, "trainer.max_epochs=3", "callbacks.finetune.stage1_epochs=3")
-    with caplog.at_level(logging.WARNING, logger="lungcnn.config_check"):
+    with caplog.at_level(logging.WARNING, logger="lungcnn.training.config_check"):
         validate(cfg)
     assert "never starts" in caplog.text
 
@@ -116,7 +116,7 @@ REFUSED_BY_TRAIN = [
 
 @pytest.mark.parametrize("overrides, key", REFUSED_BY_TRAIN, ids=[b[0] for b in REFUSED_BY_TRAIN])
 def test_train_refuses_a_bad_value_before_any_work(overrides, key, tiny_root, tmp_path):
-    from lungcnn.train import train
+    from lungcnn.training.train import train
 
     cfg = make_cfg(tmp_path / "run", [*tiny_overrides(tiny_root), *overrides.split()])
     with pytest.raises(LungCNNInputError) as caught:
@@ -130,7 +130,6 @@ def test_train_refuses_a_bad_value_before_any_work(overrides, key, tiny_root, tm
 def _owner_calls():
     import pandas as pd
 
-    from lungcnn.callbacks.finetune import TwoStageFinetune
     from lungcnn.data.catalog import scan_folder
     from lungcnn.data.datamodule import LungCTDataModule
     from lungcnn.data.io import LungWindow
@@ -139,6 +138,7 @@ def _owner_calls():
     from lungcnn.models.backbone import create_backbone
     from lungcnn.models.module import LungClassifier
     from lungcnn.models.net import ClassifierHead
+    from lungcnn.training.callbacks.finetune import TwoStageFinetune
 
     frame = pd.DataFrame({"label": [0, 1], "group": ["a", "b"]})
     folders, names = {"benign": "benign", "malignant": "malignant"}, ["benign", "malignant"]

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcnn import cv
-from lungcnn.checkpoint import load_checkpoint
+from lungcnn.cli import cv
 from lungcnn.evaluation import binary_metrics
 from lungcnn.evaluation.compare import compare
 from lungcnn.evaluation.crossfit import _apply, fit
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import OUT_OF_DOMAIN, Prediction, Predictor
+from lungcnn.models.checkpoint import load_checkpoint
 from lungcnn.task import make_task
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcnn import cv
+from lungcnn.cli import cv
 from lungcnn.data.synthetic import make_synthetic_dataset
 from lungcnn.evaluation import binary_metrics
 from lungcnn.evaluation.crossval import aggregate
@@ -146,7 +146,7 @@ def test_compare_cv_pairs_variants_on_the_same_series(tmp_path, capsys):
 
 
 def test_series_bootstrap_keeps_every_class_and_widens_intervals_for_clustered_slices():
-    from lungcnn.evaluation.bootstrap import bootstrap_ci, group_resample_indices
+    from lungcnn.metrics.bootstrap import bootstrap_ci, group_resample_indices
 
     y = np.repeat([0, 1], 40)
     groups = np.repeat(np.arange(8), 10)  # 4 series per class, 10 near-identical slices each

@@ -25,8 +25,8 @@ from lungcnn.evaluation import (
     plot_reliability,
     plot_roc,
 )
-from lungcnn.evaluation.bootstrap import resample_indices
-from lungcnn.evaluation.metrics import METRIC_KEYS, binary_metrics_batched
+from lungcnn.metrics.bootstrap import resample_indices
+from lungcnn.metrics.classification import METRIC_KEYS, binary_metrics_batched
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,13 +12,13 @@ import torch
 from pydicom.data import get_testdata_file
 
 from lungcnn.calibration.guard import GuardConfig, fit_guard, leave_series_out_scores
-from lungcnn.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.batch import predict
 from lungcnn.inference.onnx_export import export_onnx
 from lungcnn.inference.onnx_runtime import load_onnx
 from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
+from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.models.guard import KnnDistance
 from lungcnn.spec import DomainGuard, ModelSpec
 from tests.conftest import SHARED_DATA, photo_png
@@ -117,7 +117,7 @@ def test_real_slices_of_unseen_series_pass_and_non_ct_is_flagged():
     series, a threshold from others, then slices of yet other series pass while an MR and a photo do not."""
     import pandas as pd
 
-    from lungcnn.checkpoint import build_guard
+    from lungcnn.models.checkpoint import build_guard
     from lungcnn.models.net import LungNet
     from lungcnn.spec import ModelSpec
 

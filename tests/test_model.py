@@ -8,12 +8,12 @@ import torch
 import torchvision
 from torch import nn
 
-from lungcnn.callbacks.finetune import TwoStageFinetune
 from lungcnn.data.datamodule import LungCTDataModule
 from lungcnn.errors import LungCNNInputError
 from lungcnn.models.backbone import LOCAL_IMAGENET_WEIGHTS, conv_and_norm_layers, create_backbone
 from lungcnn.models.module import LungClassifier
 from lungcnn.models.net import LungNet
+from lungcnn.training.callbacks.finetune import TwoStageFinetune
 
 
 def test_offline_imagenet_weights_match_torchvision():

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from lungcnn import predict as predict_cli
-from lungcnn.calibrate import calibrate
-from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
+from lungcnn.calibration.fit import calibrate
+from lungcnn.cli import predict as predict_cli
+from lungcnn.cli.export import main as export_main
 from lungcnn.data.transforms import build_transform
 from lungcnn.errors import LungCNNInputError
-from lungcnn.export import main as export_main
 from lungcnn.inference import batch as predict_mod
 from lungcnn.inference import schema
 from lungcnn.inference.onnx_export import export_onnx
 from lungcnn.inference.onnx_runtime import load_onnx, read_sidecar, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.inference.quantize import parity_path
+from lungcnn.models.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.models.net import LungNet
 from lungcnn.spec import Calibration, DecisionRule
 from lungcnn.task import make_task

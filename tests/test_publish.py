@@ -11,8 +11,8 @@ import torch
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import Predictor
-from lungcnn.inference.uploads import REFERENCE_CHECKPOINT
-from lungcnn.publish import MAX_BYTES, publish, run_seed
+from lungcnn.webapp.publish import MAX_BYTES, publish, run_seed
+from lungcnn.webapp.uploads import REFERENCE_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "iqothnccd-dev"
@@ -55,7 +55,7 @@ def test_publish_refuses_an_uncalibrated_checkpoint(trained_ckpt, tmp_path):
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the dev data in ../shared")
 def test_the_committed_reference_model_reproduces_its_recorded_test_figures(tmp_path, monkeypatch):
     """The file `make app` serves: loads, and re-evaluated on its recorded split gives the figures its card shows."""
-    from lungcnn.evaluate import evaluate
+    from lungcnn.evaluation.evaluate import evaluate
 
     monkeypatch.chdir(ROOT)  # its data paths are relative to the repository's root, where `make` runs
     ckpt = ROOT / REFERENCE_CHECKPOINT

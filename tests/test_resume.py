@@ -20,11 +20,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lungcnn.callbacks.resume import resolve_ckpt_path
-from lungcnn.checkpoint_io import AtomicCheckpointIO
 from lungcnn.data.datamodule import CachedImages, EpochSampler
 from lungcnn.data.transforms import build_transform
 from lungcnn.fileio import atomic_open, write_json
+from lungcnn.training.callbacks.resume import resolve_ckpt_path
+from lungcnn.training.checkpoint_io import AtomicCheckpointIO
 
 from .conftest import ROOT, tiny_overrides
 

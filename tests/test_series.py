@@ -17,14 +17,14 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 
-from lungcnn import predict as predict_cli
-from lungcnn.aggregation import aggregate
-from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+from lungcnn.cli import predict as predict_cli
+from lungcnn.data.aggregation import aggregate
 from lungcnn.data.io import read_image
 from lungcnn.data.series import ArchiveLimits, Source, group_series, open_zip, read_groups, sources_from_files
 from lungcnn.data.synthetic.dicom import PATIENT, ct_series, write_ct_series
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
+from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.spec import ModelSpec, SeriesRule
 
 PHI = [v for v in PATIENT.values()] + ["Doe", "Jane"]
@@ -238,7 +238,7 @@ def test_series_rule_is_checked_and_round_trips_through_the_checkpoint_metadata(
 
 def test_flagged_slices_are_left_out_and_a_mostly_flagged_series_gets_no_answer(trained_ckpt):
     from lungcnn.inference.predictor import OUT_OF_DOMAIN
-    from lungcnn.inference.study import summarise
+    from lungcnn.inference.series import summarise
 
     spec, _ = load_checkpoint(trained_ckpt)
     spec = spec.replace(series=SeriesRule("max", 1, 0.5))

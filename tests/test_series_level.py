@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lungcnn import cv
+from lungcnn.cli import cv
 from lungcnn.evaluation.series_level import compare_rules
 
 from .test_cv import _write_predictions

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from lungcnn.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Prediction
+from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.spec import FORMAT, Calibration, DecisionRule, ModelSpec, NetworkSpec, Preprocessing
 from lungcnn.task import BinaryTask, MulticlassTask, make_task
 

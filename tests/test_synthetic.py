@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lungcnn.data.synthetic.__main__ import main
 from PIL import Image
 
 from lungcnn.data.synthetic import CLASS_CODES, folder, make_synthetic_dataset
-from lungcnn.data.synthetic.__main__ import main
 from lungcnn.data.synthetic.phantom import render_patient_with_masks
 from lungcnn.data.synthetic.shapes import blur
 from lungcnn.errors import LungCNNInputError

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from lungcnn.calibrate import calibrate
+from lungcnn.calibration.fit import calibrate
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluate import evaluate
+from lungcnn.evaluation.evaluate import evaluate
 from lungcnn.evaluation.multiclass_report import pairwise_auc
 from lungcnn.inference.predictor import Predictor
 from lungcnn.task import make_task
-from lungcnn.train import train
+from lungcnn.training.train import train
 
 from .conftest import make_cfg, tiny_overrides
 
@@ -106,7 +106,7 @@ def test_pairwise_auc_scores_one_class_against_another():
 
 def test_app_explains_a_balanced_decision_and_lists_every_class(three_class_root, three_class_run, tmp_path):
     from lungcnn.inference.predictor import Prediction
-    from lungcnn.inference.uploads import UploadResult, analyse_upload, decision_explanation, model_card
+    from lungcnn.webapp.uploads import UploadResult, analyse_upload, decision_explanation, model_card
 
     calibrate(three_class_run["best_checkpoint"], tmp_path / "cal.ckpt", decision="balanced")
     predictor = Predictor.from_checkpoint(tmp_path / "cal.ckpt")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from lungcnn.checkpoint import build_network, load_checkpoint
 from lungcnn.errors import LungCNNInputError
+from lungcnn.models.checkpoint import build_network, load_checkpoint
 from lungcnn.task import make_task
-from lungcnn.train import train
+from lungcnn.training.train import train
 
 from .conftest import SHARED_DATA, make_cfg, tiny_overrides
 

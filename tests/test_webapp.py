@@ -25,7 +25,7 @@ from lungcnn.webapp.auth import (
     try_password,
     verify_password,
 )
-from lungcnn.webapp.launch import check_bind, read_secrets, streamlit_command
+from lungcnn.webapp.server import check_bind, read_secrets, streamlit_command
 from tests.pagekit import PASSWORD, ROOT, free_port, launch, listening_addresses, project_dir, stop, wait_healthy
 
 OIDC = {"redirect_uri": "https://lungcnn.example.org/oauth2callback", "cookie_secret": "x" * 32,

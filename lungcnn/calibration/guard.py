@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lungcnn.checks import require_bool, require_int, require_number
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, require_bool, require_int, require_number
 from lungcnn.models.guard import KnnDistance, guard_state, pooled_features
 from lungcnn.spec import DomainGuard
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.metrics import check_labels
+from lungcnn.metrics.classification import check_labels
 
 # A T outside this range means the fit data are (nearly) separable or degenerate, not that the model is
 # really that mis-calibrated; we clamp rather than return probabilities that are all 0/1.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.metrics import check_binary
+from lungcnn.metrics.classification import check_binary
 
 
 def threshold_for_sensitivity(probs: Any, labels: Any, target: float = 0.98) -> float:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungcnn.checks import fail, require_choice
 from lungcnn.data.io import is_supported
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, fail, require_choice
 
 NORMAL = "normal"
 NORMAL_AS = ("drop", "negative", "class")

@@ -21,12 +21,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcnn.checks import fail, require_choice, require_int
 from lungcnn.data.catalog import check_class_map, scan_folder
 from lungcnn.data.io import LungWindow
 from lungcnn.data.splits import assign_splits, check_split_args, load_split, save_split
 from lungcnn.data.transforms import build_transform, check_model_input, load_for_model
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, fail, require_choice, require_int
 from lungcnn.seeding import derive_seed
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lungcnn.checks import require_number
 from lungcnn.data.dicom_codecs import pixel_array
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, require_number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}

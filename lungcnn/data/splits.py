@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lungcnn.checks import fail, require_bool, require_int, require_number
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, fail, require_bool, require_int, require_number
 from lungcnn.fileio import atomic_open
 
 SPLITS = ("train", "val", "test")

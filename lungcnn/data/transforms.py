@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from lungcnn.checks import fail, require_choice, require_int
 from lungcnn.data.io import LungWindow, read_image
 from lungcnn.data.lungcrop import crop_to_lungs
+from lungcnn.errors import fail, require_choice, require_int
 
 if TYPE_CHECKING:  # albumentations imports torch (seconds): only training and its tests need it
     import albumentations as A

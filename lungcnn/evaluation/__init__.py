@@ -1,9 +1,12 @@
-"""Evaluation: metrics, bootstrap intervals, plots and the test report (numpy/torch only, no model code)."""
+"""Evaluation of trained models: the test report, plots, repeated grouped cross-validation, paired comparisons,
+series-level scoring, cross-fitted calibration, and `evaluate()` of a checkpoint on a split or folder.
 
-from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import binary_metrics, multiclass_metrics
+Scores and intervals come from `lungcnn.metrics`; predictions from `lungcnn.inference`.
+"""
+
 from lungcnn.evaluation.plots import plot_confusion, plot_histogram, plot_reliability, plot_roc
 from lungcnn.evaluation.report import PAPER, build_report
+from lungcnn.metrics import binary_metrics, bootstrap_ci, multiclass_metrics
 
 __all__ = [
     "PAPER",

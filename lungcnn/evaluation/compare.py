@@ -19,7 +19,7 @@ import numpy as np
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import crossval
-from lungcnn.evaluation.bootstrap import group_resample_indices
+from lungcnn.metrics.bootstrap import group_resample_indices
 
 METRICS = ("balanced_accuracy", "auc/benign_vs_normal", "sensitivity/benign", "auc/malignant_vs_benign")
 # Two classes: malignant sensitivity first (at each fold's operating threshold), then specificity, AUC, ECE.

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import multiclass_metrics
 from lungcnn.evaluation.plots import plot_confusion, plot_reliability
 from lungcnn.fileio import write_json, write_text
+from lungcnn.metrics.bootstrap import bootstrap_ci
+from lungcnn.metrics.classification import multiclass_metrics
 from lungcnn.spec import DecisionRule
 
 ALPHA = 0.05

@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lungcnn.evaluation.metrics import N_BINS, bin_indices, binary_metrics, check_binary
 from lungcnn.fileio import atomic_open
+from lungcnn.metrics.classification import N_BINS, bin_indices, binary_metrics, check_binary
 
 DEFAULT_CLASS_NAMES = ("benign", "malignant")
 

@@ -119,8 +119,8 @@ def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float =
     OUT/repeated_cv_crossfit_<method>.json; with `apply`, write `to`: that checkpoint calibrated on every fold.
     With `ensemble`, also score the cross-repeat ensemble (each image: the mean logit of the R models that never
     saw its series, `crossfit.ensemble_folds`) under the same cross-fitted calibration, into ..._ensemble.json."""
-    from lungcnn.checkpoint import load_checkpoint, save_checkpoint
     from lungcnn.evaluation import crossfit as cf
+    from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 
     out = Path(out)
     jobs = sorted(out.glob("seed*/fold*"))

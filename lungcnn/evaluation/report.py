@@ -17,8 +17,6 @@ import numpy as np
 from scipy.stats import beta
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.bootstrap import bootstrap_ci
-from lungcnn.evaluation.metrics import METRIC_KEYS, binary_metrics, check_binary
 from lungcnn.evaluation.plots import (
     DEFAULT_CLASS_NAMES,
     plot_confusion,
@@ -27,6 +25,8 @@ from lungcnn.evaluation.plots import (
     plot_roc,
 )
 from lungcnn.fileio import write_json, write_text
+from lungcnn.metrics.bootstrap import bootstrap_ci
+from lungcnn.metrics.classification import METRIC_KEYS, binary_metrics, check_binary
 
 # Test-set figures reported by the paper we reproduce (its own split, n = 162 images).
 PAPER = {

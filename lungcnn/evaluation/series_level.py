@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lungcnn.aggregation import aggregate
+from lungcnn.data.aggregation import aggregate
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.bootstrap import bootstrap_ci
 from lungcnn.evaluation.crossval import find_runs, load_run
-from lungcnn.evaluation.metrics import binary_metrics
 from lungcnn.inference.schema import FILE, LABEL, probability_column
+from lungcnn.metrics.bootstrap import bootstrap_ci
+from lungcnn.metrics.classification import binary_metrics
 from lungcnn.spec import SeriesRule
 
 CANDIDATES = (SeriesRule("max"), SeriesRule("topk_mean", 2), SeriesRule("topk_mean", 3), SeriesRule("topk_mean", 5),

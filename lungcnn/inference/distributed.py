@@ -17,12 +17,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.inference import schema
-from lungcnn.inference.batch import Batch, batch_predictions, collate, progress_bar, read_item
-from lungcnn.inference.predictor import Prediction, Predictor, guarded_forward, tta_logits
+from lungcnn.inference.predictor import Prediction, Predictor, tta_logits
+from lungcnn.inference.reading import Batch, batch_predictions, collate, progress_bar, read_item
+from lungcnn.models.guard import guarded_forward
 
 
 class ImageSources(Dataset):
-    """Sources -> `batch.read_item` (the image or why it is unreadable), for Lightning's distributed samplers."""
+    """Sources -> `reading.read_item` (the image or why it is unreadable), for Lightning's distributed samplers."""
 
     def __init__(self, sources: Sequence, predictor: Predictor) -> None:
         self.sources, self.predictor = list(sources), predictor

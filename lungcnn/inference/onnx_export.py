@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_bytes, write_json
 from lungcnn.inference.onnx_runtime import (
@@ -49,6 +48,8 @@ from lungcnn.inference.onnx_runtime import (
     sha256,
     sidecar_path,
 )
+from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
+from lungcnn.models.guard import guarded_forward
 from lungcnn.spec import ModelSpec
 from lungcnn.task import Task
 
@@ -70,8 +71,6 @@ class CalibratedNet(nn.Module):
         return [PROBABILITY, LOGIT] + ([DOMAIN] if self.guard is not None else [])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from lungcnn.inference.predictor import guarded_forward
-
         logit, score = guarded_forward(self.net, self.guard, x)
         probability = self.task.probabilities(logit, self.shift, self.temperature)
         return (probability, logit) if score is None else (probability, logit, score)

@@ -78,15 +78,6 @@ class Backend(Protocol):
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
-def guarded_forward(net: torch.nn.Module, guard: torch.nn.Module | None,
-                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits, domain scores or None) of a LungNet and its guard, from one pass through the backbone."""
-    if guard is None:
-        return net(x), None
-    features = net.backbone(x)
-    return net.logits_of(features), guard(features)
-
-
 class TorchBackend:
     """The PyTorch network (eval mode); channels_last is faster on CPU for MobileNetV2's depthwise convs."""
 
@@ -104,6 +95,8 @@ class TorchBackend:
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
+
+        from lungcnn.models.guard import guarded_forward  # torch's side: the onnx-only path imports no torch
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
@@ -194,7 +187,7 @@ class Predictor:
 
             spec, onnx_backend = load_onnx(path, threads)
             return cls(spec, backend=onnx_backend)
-        from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
+        from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
         if backend == "onnx":
             from lungcnn.inference.onnx_export import cached_export

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lungcnn.checks import require_choice, require_int, require_number
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, require_choice, require_int, require_number
 from lungcnn.fileio import write_bytes, write_json
 from lungcnn.inference.onnx_export import onnx_bytes, sidecar_record
 from lungcnn.inference.onnx_runtime import INPUT, OnnxBackend, sidecar_path
@@ -61,7 +60,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         method: activation range estimate: percentile (99.999%), entropy or minmax.
         min_agreement: the smallest share of test images whose int8 decision must equal the fp32 one.
     """
-    from lungcnn.checkpoint import build_guard, build_network, load_checkpoint
+    from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
     ckpt = Path(ckpt)
     out = Path(out_path) if out_path else int8_path(ckpt)

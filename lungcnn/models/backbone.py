@@ -22,8 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from lungcnn.checks import require_choice
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, require_choice
 
 PRETRAINED = ("imagenet", "hub", "none")
 

@@ -60,3 +60,12 @@ def pooled_features(net: nn.Module, batches) -> torch.Tensor:
     net.eval()
     out = [net.backbone(torch.from_numpy(b)).float() for b in batches]
     return torch.cat(out) if out else torch.zeros((0, int(net.backbone.num_features)))
+
+
+def guarded_forward(net: torch.nn.Module, guard: torch.nn.Module | None,
+                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, domain scores or None) of a LungNet and its guard, from one pass through the backbone."""
+    if guard is None:
+        return net(x), None
+    features = net.backbone(x)
+    return net.logits_of(features), guard(features)

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lungcnn.checks import require_number
+from lungcnn.errors import require_number
 from lungcnn.models.net import LungNet
 from lungcnn.spec import ModelSpec
 from lungcnn.task import make_task

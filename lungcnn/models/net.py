@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lungcnn.checks import require_int, require_number
+from lungcnn.errors import require_int, require_number
 from lungcnn.models.backbone import create_backbone
 
 

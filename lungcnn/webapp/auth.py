@@ -248,3 +248,9 @@ def try_password(settings: AuthSettings, password: str, session: Backoff, *, who
     shared.failed()
     log.warning("sign-in failed: wrong password, %d in a row (%s)", session.failures, who)
     return SignInResult(False, "Wrong password.")
+
+
+def secrets_lines(password_hash: str) -> str:
+    """The lines `lungcnn-app-password` prints for .streamlit/secrets.toml (the hash and how it was made)."""
+    return (f"# lungcnn-app-password: scrypt N={SCRYPT_N}, r={SCRYPT_R}, p={SCRYPT_P}, 16-byte random salt\n"
+            f"[{SECTION}]\npassword_hash = \"{password_hash}\"\n")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.metrics import binary_metrics, binary_metrics_batched
+from lungcnn.metrics.classification import binary_metrics, binary_metrics_batched
 
 MetricFn = Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]
 

@@ -1,4 +1,4 @@
-"""`python -m lungcnn.publish CALIBRATED_CKPT OUT.ckpt --data-root DIR`: a small model file to ship, with its card.
+"""Publishing a model to ship (`lungcnn publish CALIBRATED_CKPT OUT.ckpt --data-root DIR`): a small file and its card.
 
 What `make reference-model` runs after training and calibrating. It writes
 
@@ -15,9 +15,7 @@ What `make reference-model` runs after training and calibrating. It writes
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,22 +23,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lungcnn.checkpoint import load_checkpoint, save_checkpoint
-from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation.evaluate import evaluate
 from lungcnn.fileio import write_bytes, write_text
+from lungcnn.inference.predictor import Predictor
+from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
+from lungcnn.webapp.uploads import model_card
 
 MAX_BYTES = 10 * 1024 * 1024
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lungcnn.publish", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("ckpt", help="a calibrated checkpoint (lungcnn.calibrate's output) whose run folder holds split.csv")
-    p.add_argument("out", help="the file to write (.ckpt); OUT.split.csv and OUT.md go beside it")
-    p.add_argument("--data-root", required=True, help="the data folder as the file should name it (e.g. a relative path)")
-    p.add_argument("--recipe", default="", help="the commands that made the model, for the card")
-    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples of the test figures")
-    return p.parse_args(argv)
 
 
 def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -60,8 +50,6 @@ def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "",
         n_resamples: bootstrap resamples of the test figures' intervals.
         report_dir: the full test report (default: the run's `report_published/`, next to `checkpoints/`).
     """
-    from lungcnn.evaluate import evaluate
-
     ckpt, out = Path(ckpt), Path(out)
     spec, state = load_checkpoint(ckpt)
     if not spec.is_calibrated:
@@ -111,10 +99,7 @@ def split_table(split_file: Path, class_names: Sequence[str]) -> str:
 
 
 def model_card_markdown(ckpt: Path, split_file: Path, recipe: str, seed: int | None = None) -> str:
-    """The model card: what the page shows (lungcnn.inference.uploads.model_card) plus data, split and limits."""
-    from lungcnn.inference.predictor import Predictor
-    from lungcnn.inference.uploads import model_card
-
+    """The model card: what the page shows (lungcnn.webapp.uploads.model_card) plus data, split and limits."""
     predictor = Predictor.from_checkpoint(ckpt)
     card = model_card(predictor)
     details = "\n".join(f"- **{k}**: {v}" for k, v in card["details"].items() if k != "Test results")
@@ -161,14 +146,3 @@ judged by {predictor.spec.series.describe()}.
 ## How it was made
 {recipe or 'see the README: A reference model'}
 """
-
-
-@friendly_errors
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    publish(args.ckpt, args.out, args.data_root, args.recipe, args.n_resamples)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m lungcnn.doctor` (`make doctor`, `lungcnn-doctor`): is this machine ready to train, evaluate and serve?
+"""The environment check behind `lungcnn doctor`: is this machine ready to train, evaluate and serve?
 
 One line per check, OK / WARN / FAIL, so a bug report can paste it whole. FAIL: something `make demo` or
 the default config needs is missing or broken; WARN: optional or absent-by-choice (no GPU, no shared data,
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 DEMO_DATA = ROOT / ".demo_data" / "synthetic"
 DEMO_RUN = ROOT / "outputs" / "demo" / "checkpoints"
@@ -98,7 +98,7 @@ def check_demo() -> Iterator[Check]:
         if not path.is_file():
             yield "WARN", f"demo {name}", f"not found ({path}); `make demo` trains and calibrates it"
             continue
-        from lungcnn.checkpoint import load_checkpoint
+        from lungcnn.models.checkpoint import load_checkpoint
 
         spec, _ = load_checkpoint(path)
         yield "OK", f"demo {name}", f"{path} loads ({spec.network.backbone}, classes {list(spec.class_names)})"
@@ -134,17 +134,11 @@ def run_checks() -> list[Check]:
     return [line for what, fn in CHECKS.items() for line in _safely(fn, what)]
 
 
-def main() -> int:
-    lines = run_checks()
+def format_checks(lines: list[Check]) -> str:
+    """The report: a header, one aligned line per check, and the counts."""
     width = max(len(what) for _, what, _ in lines)
-    print("lungcnn doctor")
-    for status, what, detail in lines:
-        print(f"{status:<5} {what:<{width}}  {detail}")
+    rows = ["lungcnn doctor", *(f"{status:<5} {what:<{width}}  {detail}" for status, what, detail in lines)]
     counts = {s: sum(1 for line in lines if line[0] == s) for s in ("OK", "WARN", "FAIL")}
-    print(f"{counts['OK']} OK, {counts['WARN']} WARN, {counts['FAIL']} FAIL"
-          + ("" if not counts["FAIL"] else ": fix the FAIL lines before `make demo`"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    rows.append(f"{counts['OK']} OK, {counts['WARN']} WARN, {counts['FAIL']} FAIL"
+                + ("" if not counts["FAIL"] else ": fix the FAIL lines before `make demo`"))
+    return "\n".join(rows)

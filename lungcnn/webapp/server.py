@@ -1,4 +1,4 @@
-"""`make app` / `lungcnn-app`: start the clinicians' page, on this computer only unless sign-in is configured.
+"""Serving the clinicians' page (`lungcnn app`, `make app`): on this computer only unless sign-in is configured.
 
 Checks the address first, then replaces itself with `streamlit run app/streamlit_app.py`; a page asked to listen
 on the network with no sign-in configured does not start.
@@ -6,7 +6,6 @@ on the network with no sign-in configured does not start.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tomllib
@@ -14,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
 from lungcnn.webapp.auth import AuthSettings, is_loopback
 
@@ -52,29 +50,13 @@ def streamlit_command(host: str, port: int, ckpt: str | None) -> list[str]:
     return cmd + (["--", "--ckpt", ckpt] if ckpt else [])
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lungcnn-app", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer)")
-    parser.add_argument("--port", type=int, default=8501, help="port (default 8501)")
-    parser.add_argument("--ckpt", help="checkpoint (default $LUNGCNN_CKPT, else the reference model in models/, else the demo's)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.port <= 65535:
-        parser.error(f"--port {args.port} is not a port number (1-65535)")
-    return args
-
-
-@friendly_errors
-def main(argv: Sequence[str] | None = None) -> None:
+def serve(host: str, port: int, ckpt: str | None) -> None:
+    """Check the address against the sign-in settings, then replace this process with Streamlit's server."""
     from streamlit import config
 
-    args = parse_args(argv)
-    check_bind(args.host, read_secrets(config.get_option("secrets.files")))
-    if not is_loopback(args.host) and not config.get_option("server.sslCertFile"):
+    check_bind(host, read_secrets(config.get_option("secrets.files")))
+    if not is_loopback(host) and not config.get_option("server.sslCertFile"):
         print("lungcnn-app: warning: no TLS (server.sslCertFile): passwords and images cross the network in clear "
               "unless a TLS proxy is in front", file=sys.stderr)
-    cmd = streamlit_command(args.host, args.port, args.ckpt)
+    cmd = streamlit_command(host, port, ckpt)
     os.execv(cmd[0], cmd)
-
-
-if __name__ == "__main__":
-    main()

@@ -19,9 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lungcnn.checks import require_int
-from lungcnn.cli import input_error_in
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, input_error_in, require_int
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,5 @@
-"""A patient's study: slice predictions of each series -> the series result, under the checkpoint's `SeriesRule`.
+"""The page's study view: a whole series uploaded at once, its result first, then the slices by suspicion.
 
-`summarise` is the one place a series result is made: `lungcnn-predict --series-out` (one row per series in
-the schema's series table) and the page (the series result first, then the slices by suspicion) call it.
 `analyse_study` is the page's logic for a whole series uploaded at once (many files, or zips): grouping
 (`lungcnn.data.series`), one batched classification per series, the summary; heat maps only for the slices
 the page shows (`add_heatmaps`), since Grad-CAM costs several times a slice's classification.
@@ -11,87 +9,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lungcnn.aggregation import aggregate
 from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Series, Source, group_series, open_zip
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
-from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
-from lungcnn.inference.uploads import UploadLimits, UploadResult, add_heatmap, format_percent, one_sentence
-from lungcnn.spec import ModelSpec
+from lungcnn.inference.predictor import Predictor
+from lungcnn.inference.series import SeriesResult, summarise
+from lungcnn.webapp.uploads import UploadLimits, UploadResult, add_heatmap, format_percent, one_sentence
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SeriesResult:
-    """One series' result.
-
-    Args:
-        key: the series (UID, group or folder).
-        names: its slices in slice order.
-        probabilities: calibrated P(target) per slice in that order, NaN where the slice could not be read or the
-            domain guard flagged it (the page shows no probability for such a slice).
-        probability: the series probability (NaN when no slice was readable or the series is out of domain).
-        decision: the series decision, `OUT_OF_DOMAIN` when too few slices are in the model's domain, or None
-            when no slice was readable.
-        most_suspicious: index of the slice with the highest P(target), or None.
-        counts: per-series tallies (`schema.SERIES_COUNTS`).
-    """
-
-    key: str
-    names: tuple[str, ...]
-    probabilities: np.ndarray
-    probability: float
-    decision: str | None
-    most_suspicious: int | None
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ranked(self) -> list[int]:
-        """Readable slice indices, most suspicious first (ties in slice order)."""
-        readable = np.flatnonzero(np.isfinite(self.probabilities))
-        return sorted(readable.tolist(), key=lambda i: (-self.probabilities[i], i))
-
-    def row(self, target: str) -> dict[str, Any]:
-        return schema.series_row(target, self.key, len(self.names), self.probability, self.decision,
-                                 None if self.most_suspicious is None else self.names[self.most_suspicious], self.counts)
-
-
-def series_decision(spec: ModelSpec, probability: float) -> str:
-    """The series' class under the spec's series threshold: the target, else the other class (binary) or "not <target>"."""
-    target = spec.series_target
-    if probability >= spec.series_threshold:
-        return target
-    others = [c for c in spec.class_names if c != target]
-    return others[0] if len(others) == 1 else f"not {target}"
-
-
-def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Sequence[float],
-              in_domain: Sequence[bool | None] | None = None) -> SeriesResult:
-    """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice) and the
-    domain guard's verdicts (False: flagged; None or no list: no guard). Flagged slices are left out of the score."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    readable = np.isfinite(p)
-    flagged = readable & np.array([v is False for v in (in_domain or [None] * len(p))], dtype=bool)
-    counts = {schema.N_UNREADABLE: int((~readable).sum()), schema.N_OUT_OF_DOMAIN: int(flagged.sum())}
-    judged = np.where(flagged, np.nan, p)
-    if not readable.any():
-        return SeriesResult(key, tuple(names), judged, float("nan"), None, None, counts)
-    if (readable & ~flagged).sum() < spec.series.min_in_domain * readable.sum():
-        return SeriesResult(key, tuple(names), judged, float("nan"), OUT_OF_DOMAIN, None, counts)
-    score = aggregate(spec.series.method, judged, spec.series.k)
-    top = int(np.nanargmax(judged))
-    return SeriesResult(key, tuple(names), judged, score, series_decision(spec, score), top, counts)
-
-
-# -- the page: a whole series uploaded at once ---------------------------------------------------------------
 @dataclass
 class StudySeries:
     """One series on the page: its result and its slices' results in slice order (heat maps added on demand)."""

@@ -1,4 +1,4 @@
-"""Calibrate: `python -m lungcnn.calibrate ckpt=PATH [calibration.method=temperature|isotonic]`.
+"""Calibrating a checkpoint (`lungcnn calibrate ckpt=PATH`, `lungcnn.cli.calibrate`).
 
 Fits the calibration on the validation split's outputs (never the test split), chooses the operating
 threshold for `target_sensitivity`, fits the domain guard (bank: training split; threshold: the validation
@@ -12,19 +12,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
 from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
 from lungcnn.calibration.prior import prior_shift_of
-from lungcnn.checkpoint import build_network, load_checkpoint, save_checkpoint
-from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.metrics import binary_metrics
 from lungcnn.inference.predictor import Predictor
+from lungcnn.metrics.classification import binary_metrics
+from lungcnn.models.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.models.guard import split_state
 from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec
 
@@ -134,15 +131,3 @@ def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
     guarded = (f"\ndomain guard: kNN (k={spec.guard.k}) distance threshold {spec.guard.threshold:.4f} "
                f"({spec.guard.details['validation_flagged']:.1%} of validation images flagged)" if spec.guard else "")
     return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}{guarded}"
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")
-@friendly_errors
-def main(cfg: DictConfig) -> None:
-    calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite,
-              cfg.calibration.prior_correction, cfg.calibration.decision, cfg.calibration.tta,
-              GuardConfig(**OmegaConf.to_container(cfg.calibration.guard)))
-
-
-if __name__ == "__main__":
-    main()

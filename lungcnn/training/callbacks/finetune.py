@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
-from lungcnn.checks import require_bool, require_int, require_number
+from lungcnn.errors import require_bool, require_int, require_number
 from lungcnn.models.backbone import conv_and_norm_layers
 
 log = logging.getLogger(__name__)

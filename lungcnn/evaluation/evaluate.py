@@ -1,4 +1,4 @@
-"""Evaluate: `python -m lungcnn.evaluate ckpt=PATH [data_root=FOLDER]`.
+"""Evaluating a checkpoint (`lungcnn evaluate ckpt=PATH [data_root=FOLDER]`, `lungcnn.cli.evaluate`).
 
 Runs the checkpoint's Predictor over the run's test split (or any labelled folder) and writes the
 report: metrics before/after calibration at both thresholds with bootstrap intervals, the paper's
@@ -10,12 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig
 
-from lungcnn.checkpoint import load_checkpoint, save_checkpoint
-from lungcnn.cli import friendly_errors
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import build_report
@@ -24,6 +20,7 @@ from lungcnn.evaluation.multiclass_report import build_multiclass_report
 from lungcnn.fileio import write_json
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
+from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.spec import ModelSpec
 
 
@@ -116,13 +113,3 @@ def _summary(report: dict[str, Any]) -> str:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.4f}"
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-@friendly_errors
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg.ckpt, cfg.data_root, cfg.split, cfg.out_dir, cfg.n_resamples, cfg.seed)
-
-
-if __name__ == "__main__":
-    main()

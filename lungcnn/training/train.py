@@ -1,4 +1,4 @@
-"""Train: `python -m lungcnn.train [experiment=NAME] [key=value ...]` (Hydra; `-m` for sweeps).
+"""Training one configuration (`lungcnn train`, `lungcnn.cli.train`).
 
 Builds the data module, model, callbacks, loggers and trainer from `conf/` with
 `hydra.utils.instantiate`, fits with two-stage fine-tuning, tests the best checkpoint, and writes
@@ -13,22 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lungcnn import config_check
-from lungcnn.callbacks.resume import keep_csv_history, resolve_ckpt_path, resume_callbacks
-from lungcnn.checkpoint import load_checkpoint
-from lungcnn.checkpoint_io import AtomicCheckpointIO
-from lungcnn.checks import fail, require_bool
-from lungcnn.cli import friendly_errors
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, fail, require_bool
 from lungcnn.fileio import write_json
 from lungcnn.models.backbone import normalization_for
+from lungcnn.models.checkpoint import load_checkpoint
 from lungcnn.sweeps.objective import objective_value, sweeper_direction
 from lungcnn.sweeps.resources import apply_core_share
+from lungcnn.training import config_check
+from lungcnn.training.callbacks.resume import keep_csv_history, resolve_ckpt_path, resume_callbacks
+from lungcnn.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +124,9 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@friendly_errors
-def main(cfg: DictConfig) -> float:
+def train_objective(cfg: DictConfig) -> float:
+    """Train `cfg` and return the value a Hydra sweeper optimises (`optimized_metric`, signed by its direction)."""
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     result = train(cfg)
     return objective_value(result, cfg.optimized_metric, fast_dev_run=bool(cfg.trainer.get("fast_dev_run")),
                            direction=sweeper_direction())
-
-
-if __name__ == "__main__":
-    main()

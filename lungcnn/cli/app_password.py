@@ -13,7 +13,7 @@ from typing import TextIO
 
 from lungcnn.cli import friendly_errors
 from lungcnn.errors import LungCNNInputError
-from lungcnn.webapp.auth import SCRYPT_N, SCRYPT_P, SCRYPT_R, SECTION, hash_password
+from lungcnn.webapp.auth import hash_password, secrets_lines
 
 
 def read_password(stdin: TextIO) -> str:
@@ -27,11 +27,6 @@ def read_password(stdin: TextIO) -> str:
     if not line:
         raise LungCNNInputError("no password on standard input")
     return line.removesuffix("\n").removesuffix("\r")
-
-
-def secrets_lines(password_hash: str) -> str:
-    return (f"# lungcnn-app-password: scrypt N={SCRYPT_N}, r={SCRYPT_R}, p={SCRYPT_P}, 16-byte random salt\n"
-            f"[{SECTION}]\npassword_hash = \"{password_hash}\"\n")
 
 
 @friendly_errors

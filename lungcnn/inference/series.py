@@ -1,0 +1,80 @@
+"""A patient's series: slice predictions -> the series result, under the checkpoint's `SeriesRule`.
+
+`summarise` is the one place a series result is made: `lungcnn predict --series-out` (one row per series in the
+schema's series table) and the page's study view (`lungcnn.webapp.study`) call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lungcnn.data.aggregation import aggregate
+from lungcnn.inference import schema
+from lungcnn.inference.predictor import OUT_OF_DOMAIN
+from lungcnn.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """One series' result.
+
+    Args:
+        key: the series (UID, group or folder).
+        names: its slices in slice order.
+        probabilities: calibrated P(target) per slice in that order, NaN where the slice could not be read or the
+            domain guard flagged it (the page shows no probability for such a slice).
+        probability: the series probability (NaN when no slice was readable or the series is out of domain).
+        decision: the series decision, `OUT_OF_DOMAIN` when too few slices are in the model's domain, or None
+            when no slice was readable.
+        most_suspicious: index of the slice with the highest P(target), or None.
+        counts: per-series tallies (`schema.SERIES_COUNTS`).
+    """
+
+    key: str
+    names: tuple[str, ...]
+    probabilities: np.ndarray
+    probability: float
+    decision: str | None
+    most_suspicious: int | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ranked(self) -> list[int]:
+        """Readable slice indices, most suspicious first (ties in slice order)."""
+        readable = np.flatnonzero(np.isfinite(self.probabilities))
+        return sorted(readable.tolist(), key=lambda i: (-self.probabilities[i], i))
+
+    def row(self, target: str) -> dict[str, Any]:
+        return schema.series_row(target, self.key, len(self.names), self.probability, self.decision,
+                                 None if self.most_suspicious is None else self.names[self.most_suspicious], self.counts)
+
+
+def series_decision(spec: ModelSpec, probability: float) -> str:
+    """The series' class under the spec's series threshold: the target, else the other class (binary) or "not <target>"."""
+    target = spec.series_target
+    if probability >= spec.series_threshold:
+        return target
+    others = [c for c in spec.class_names if c != target]
+    return others[0] if len(others) == 1 else f"not {target}"
+
+
+def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Sequence[float],
+              in_domain: Sequence[bool | None] | None = None) -> SeriesResult:
+    """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice) and the
+    domain guard's verdicts (False: flagged; None or no list: no guard). Flagged slices are left out of the score."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    readable = np.isfinite(p)
+    flagged = readable & np.array([v is False for v in (in_domain or [None] * len(p))], dtype=bool)
+    counts = {schema.N_UNREADABLE: int((~readable).sum()), schema.N_OUT_OF_DOMAIN: int(flagged.sum())}
+    judged = np.where(flagged, np.nan, p)
+    if not readable.any():
+        return SeriesResult(key, tuple(names), judged, float("nan"), None, None, counts)
+    if (readable & ~flagged).sum() < spec.series.min_in_domain * readable.sum():
+        return SeriesResult(key, tuple(names), judged, float("nan"), OUT_OF_DOMAIN, None, counts)
+    score = aggregate(spec.series.method, judged, spec.series.k)
+    top = int(np.nanargmax(judged))
+    return SeriesResult(key, tuple(names), judged, score, series_decision(spec, score), top, counts)
