@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -272,3 +274,15 @@ def plain(x: Any) -> Any:
     if isinstance(x, float) and math.isnan(x):
         return None
     return x
+
+
+def summarise_runs(run_dirs: Sequence[str | Path] = (), multirun: str | Path | None = None, n_resamples: int = 1000,
+                   seed: int = 0, report_dir: str = "report") -> tuple[dict[str, Any], Path]:
+    """Pool one cross-validation given as fold run folders or one multirun folder; return the summary (plain
+    JSON types) and where it belongs by default (the multirun folder, else the runs' common parent)."""
+    if bool(multirun) == bool(run_dirs):
+        raise LungCNNInputError("give either RUN_DIRS or --multirun DIR (one of the two)")
+    runs = find_runs(multirun) if multirun else [Path(d) for d in run_dirs]
+    result = plain(aggregate(runs, n_resamples=n_resamples, seed=seed, report_dir=report_dir))
+    home = Path(multirun) if multirun else Path(os.path.commonpath([str(Path(r).resolve()) for r in runs]))
+    return result, home / SUMMARY_FILE

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from lungcnn.calibration.fit import calibrate
 from lungcnn.errors import LungCNNInputError
+from lungcnn.evaluation import crossfit as cf
 from lungcnn.evaluation import crossval
+from lungcnn.evaluation.evaluate import evaluate
 from lungcnn.fileio import write_json
+from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 
 SUMMARY_FILE = "repeated_cv.json"
 CHECKPOINTS = ("best", "last")
@@ -54,10 +59,20 @@ def train_folds(out: Path, overrides: Sequence[str], seeds: Sequence[int], folds
             raise RuntimeError(f"training the folds failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
-def check_calibration(calibration: Mapping[str, Any]) -> None:
-    """Refuse options `lungcnn.calibrate.calibrate` does not take before hours of training, not after them."""
-    from lungcnn.calibrate import calibrate
+def calibration_options(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` items (`lungcnn cv run --calibrate method=isotonic ...`) as calibrate()'s keyword arguments,
+    values read as YAML scalars (`run` checks the keys before any training)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LungCNNInputError(f"--calibrate takes KEY=VALUE items, got {item!r}")
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    return options
 
+
+def check_calibration(calibration: Mapping[str, Any]) -> None:
+    """Refuse options `lungcnn.calibration.fit.calibrate` does not take before hours of training, not after them."""
     known = set(inspect.signature(calibrate).parameters) - {"ckpt", "out", "overwrite"}
     unknown = sorted(set(calibration) - known)
     if unknown:
@@ -68,9 +83,6 @@ def check_calibration(calibration: Mapping[str, Any]) -> None:
 
 def calibrate_and_evaluate(job: Path, ckpt: str, calibration: Mapping[str, Any], report: str) -> None:
     """Calibrate one fold's checkpoint on its validation split and evaluate it on its test fold (skipped if done)."""
-    from lungcnn.calibrate import calibrate
-    from lungcnn.evaluate import evaluate
-
     if (job / report / crossval.PREDICTIONS).is_file():
         return
     calibrated = job / "checkpoints" / f"{ckpt}.{report}.ckpt"
@@ -119,9 +131,6 @@ def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float =
     OUT/repeated_cv_crossfit_<method>.json; with `apply`, write `to`: that checkpoint calibrated on every fold.
     With `ensemble`, also score the cross-repeat ensemble (each image: the mean logit of the R models that never
     saw its series, `crossfit.ensemble_folds`) under the same cross-fitted calibration, into ..._ensemble.json."""
-    from lungcnn.evaluation import crossfit as cf
-    from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
-
     out = Path(out)
     jobs = sorted(out.glob("seed*/fold*"))
     seeds = sorted({int(j.parent.name.removeprefix("seed")) for j in jobs})
