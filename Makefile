@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LUNGCNN := $(VENV)/bin/lungcnn
 PIP := $(PY) -m pip
 DEMO_DIR := outputs/demo
 # The torch/torchvision pair served from local disk here (PyPI's torchvision fails beside other torch builds).
@@ -26,9 +27,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 # Train (two stages) on the synthetic demo set, then calibrate, evaluate and report.
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(PY) -m lungcnn.train experiment=demo hydra.run.dir=$(DEMO_DIR)
-	$(PY) -m lungcnn.calibrate ckpt=$(DEMO_DIR)/checkpoints/best.ckpt
-	$(PY) -m lungcnn.evaluate ckpt=$(DEMO_DIR)/checkpoints/best.calibrated.ckpt
+	$(LUNGCNN) train experiment=demo hydra.run.dir=$(DEMO_DIR)
+	$(LUNGCNN) calibrate ckpt=$(DEMO_DIR)/checkpoints/best.ckpt
+	$(LUNGCNN) evaluate ckpt=$(DEMO_DIR)/checkpoints/best.calibrated.ckpt
 
 # The reference model trained on real CT, committed under models/ (the page's default): the README's recommended
 # binary recipe on the dev set in ../shared, seed 0, grouped split; calibrated with the domain guard, then written
@@ -41,10 +42,10 @@ REFERENCE_CALIBRATE =
 reference-model: install
 	test -d $(SHARED_DATA) || { echo "reference-model needs the dev data in $(SHARED_DATA)"; exit 1; }
 	rm -rf $(REFERENCE_RUN)
-	$(PY) -m lungcnn.train $(REFERENCE_TRAIN) hydra.run.dir=$(REFERENCE_RUN)
-	$(PY) -m lungcnn.calibrate ckpt=$(REFERENCE_RUN)/checkpoints/best.ckpt $(REFERENCE_CALIBRATE)
-	$(PY) -m lungcnn.publish $(REFERENCE_RUN)/checkpoints/best.calibrated.ckpt $(REFERENCE) --data-root $(SHARED_DATA) \
-		--recipe "\`make reference-model\`: \`python -m lungcnn.train $(REFERENCE_TRAIN)\`, then \`python -m lungcnn.calibrate\` $(if $(REFERENCE_CALIBRATE),with \`$(REFERENCE_CALIBRATE)\`,with the defaults) (domain guard on), then \`python -m lungcnn.publish\` (float16); lungcnn $(shell git rev-parse --short HEAD 2>/dev/null), 2-core CPU."
+	$(LUNGCNN) train $(REFERENCE_TRAIN) hydra.run.dir=$(REFERENCE_RUN)
+	$(LUNGCNN) calibrate ckpt=$(REFERENCE_RUN)/checkpoints/best.ckpt $(REFERENCE_CALIBRATE)
+	$(LUNGCNN) publish $(REFERENCE_RUN)/checkpoints/best.calibrated.ckpt $(REFERENCE) --data-root $(SHARED_DATA) \
+		--recipe "\`make reference-model\`: \`lungcnn train $(REFERENCE_TRAIN)\`, then \`lungcnn calibrate\` $(if $(REFERENCE_CALIBRATE),with \`$(REFERENCE_CALIBRATE)\`,with the defaults) (domain guard on), then \`lungcnn publish\` (float16); lungcnn $(shell git rev-parse --short HEAD 2>/dev/null), 2-core CPU."
 
 test: install
 	$(PY) -m pytest -q
@@ -56,7 +57,7 @@ test: install
 HOST = 127.0.0.1
 PORT = 8501
 app: install
-	$(PY) -m lungcnn.webapp.launch --host $(HOST) --port $(PORT) $(if $(CKPT),--ckpt $(CKPT))
+	$(LUNGCNN) app --host $(HOST) --port $(PORT) $(if $(CKPT),--ckpt $(CKPT))
 
 lint: install
 	$(VENV)/bin/ruff check lungcnn tests scripts app

@@ -6,12 +6,15 @@ choice (no GPU, no shared data, no browser for the UI test). The checks are `lun
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 from lungcnn.training.doctor import format_checks, run_checks
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="lungcnn doctor", description=__doc__.splitlines()[0]).parse_args(argv)
     print(format_checks(run_checks()))
     return 0
 
