@@ -25,6 +25,7 @@ from lungcnn.data.aggregation import AGGREGATIONS
 from lungcnn.data.io import LungWindow
 from lungcnn.data.transforms import check_model_input, check_normalisation
 from lungcnn.errors import LungCNNInputError
+from lungcnn.fileio import plain
 from lungcnn.task import Task, make_task
 
 FORMAT = "lungcnn-checkpoint/2"
@@ -388,7 +389,7 @@ class ModelSpec:
 
     def to_metadata(self) -> dict[str, Any]:
         """Plain Python types only (str, int, float, bool, None, list, dict)."""
-        return _plain({
+        return plain({
             "format": FORMAT,
             "task": self.task.name,
             "class_names": list(self.class_names),
@@ -445,16 +446,6 @@ def _only(values: Any, cls: type) -> dict[str, Any]:
     if unknown:
         raise KeyError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     return dict(values)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 def _from_v1(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import crossval
+from lungcnn.evaluation.results import Predictions
 from lungcnn.metrics.bootstrap import group_resample_indices
 
 METRICS = ("balanced_accuracy", "auc/benign_vs_normal", "sensitivity/benign", "auc/malignant_vs_benign")
@@ -26,7 +27,7 @@ METRICS = ("balanced_accuracy", "auc/benign_vs_normal", "sensitivity/benign", "a
 BINARY_METRICS = ("sensitivity/malignant", "specificity/malignant", "auc/malignant_vs_benign", "ece")
 
 
-def load_variant(spec: str) -> tuple[str, crossval.Pool]:
+def load_variant(spec: str) -> tuple[str, Predictions]:
     """NAME=DIR[:REPORT] -> (name, pooled predictions of all folds, ordered by file)."""
     name, sep, where = spec.partition("=")
     if not sep or not name or not where:
@@ -40,7 +41,7 @@ def load_variant(spec: str) -> tuple[str, crossval.Pool]:
     if len(set(pool.files)) != len(pool.files):
         raise LungCNNInputError(f"{name}: an image is in several test folds; not one cross-validation")
     order = np.argsort(pool.files)
-    return name, crossval.Pool(pool.names, *(a[order] for a in pool[1:]))
+    return name, pool.rows(order)
 
 
 def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0,
@@ -55,8 +56,7 @@ def compare(specs: list[str], n_resamples: int = 1000, seed: int = 0,
         if 2 * common.size < max(len(pool.files), len(base.files)):
             raise LungCNNInputError(f"{name} and {base_name} share only {common.size} test images: not the same data")
     left_out = {name: int(len(pool.files) - common.size) for name, pool in variants}
-    variants = [(name, crossval.Pool(pool.names, *(a[np.isin(pool.files, common)] for a in pool[1:])))
-                for name, pool in variants]
+    variants = [(name, pool.rows(np.isin(pool.files, common))) for name, pool in variants]
     base = variants[0][1]
     pools = [pool for _, pool in variants]
     resamples = group_resample_indices(base.labels, base.groups, n_resamples, seed)

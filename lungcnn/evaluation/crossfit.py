@@ -29,7 +29,8 @@ from sklearn.linear_model import LogisticRegression
 
 from lungcnn.calibration import apply_isotonic, fit_isotonic, threshold_for_sensitivity
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation import binary_metrics, bootstrap_ci, crossval
+from lungcnn.evaluation import binary_metrics, crossval
+from lungcnn.evaluation.results import Scored, TargetPredictions
 from lungcnn.spec import Calibration, DecisionRule, ModelSpec
 from lungcnn.task import make_task
 
@@ -78,25 +79,21 @@ def _apply(calibration: Calibration, p_uncalibrated: np.ndarray) -> np.ndarray:
     return BINARY.probabilities(_logit(p_uncalibrated), calibration.logit_shift, calibration.temperature)
 
 
-# files, groups, labels, uncalibrated P(malignant), P(malignant) under the fold's own (validation) calibration
-Fold = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def read_folds(job_dirs: Sequence[Path], report: str) -> list[Fold]:
-    """Each fold's readable, in-domain test rows as a `Fold`."""
+def read_folds(job_dirs: Sequence[Path], report: str) -> list[TargetPredictions]:
+    """Each fold's readable, in-domain test rows: P(malignant) uncalibrated and under the fold's own calibration."""
     out = []
     for job in job_dirs:
         run = crossval.load_run(job, report)
         if run["predictions"] is None:
             raise LungCNNInputError(f"{job}: no {report}/predictions.csv (run `python -m lungcnn.cv run` first)")
-        names, files, groups, labels, uncalibrated, calibrated, _dec = crossval.fold_arrays(run)
-        if len(names) != 2:
-            raise LungCNNInputError(f"cross-fitted calibration is for the binary task; {job} predicts {names}")
-        out.append((files, groups, labels, uncalibrated[:, 1], calibrated[:, 1]))
+        fold = crossval.fold_predictions(run)
+        if len(fold.names) != 2:
+            raise LungCNNInputError(f"cross-fitted calibration is for the binary task; {job} predicts {list(fold.names)}")
+        out.append(fold.target())
     return out
 
 
-def ensemble_folds(repeats: Sequence[Sequence[Fold]]) -> list[Fold]:
+def ensemble_folds(repeats: Sequence[Sequence[TargetPredictions]]) -> list[TargetPredictions]:
     """The cross-repeat ensemble's out-of-fold outputs, partitioned as the first repeat's folds.
 
     Each repeat's test folds hold every image once, so an image has one out-of-fold output per repeat, each from
@@ -114,31 +111,32 @@ def ensemble_folds(repeats: Sequence[Sequence[Fold]]) -> list[Fold]:
     logits: dict[str, list[float]] = {}
     own: dict[str, list[float]] = {}
     for folds in repeats:
-        for files, _g, _y, p, q in folds:
-            for f, z, c in zip(files, _logit(p), q):
+        for fold in folds:
+            for f, z, c in zip(fold.files, _logit(fold.uncalibrated), fold.calibrated):
                 logits.setdefault(str(f), []).append(float(z))
                 own.setdefault(str(f), []).append(float(c))
     out = []
-    for files, groups, labels, _p, _q in repeats[0]:
-        keep = np.array([len(logits[str(f)]) == len(repeats) for f in files], dtype=bool)
-        z = np.array([np.mean(logits[str(f)]) for f in files[keep]], dtype=np.float64)
-        q = np.array([np.mean(own[str(f)]) for f in files[keep]], dtype=np.float64)
-        out.append((files[keep], groups[keep], labels[keep], 1.0 / (1.0 + np.exp(-z)), q))
+    for fold in repeats[0]:
+        keep = np.array([len(logits[str(f)]) == len(repeats) for f in fold.files], dtype=bool)
+        z = np.array([np.mean(logits[str(f)]) for f in fold.files[keep]], dtype=np.float64)
+        q = np.array([np.mean(own[str(f)]) for f in fold.files[keep]], dtype=np.float64)
+        out.append(TargetPredictions(fold.target, fold.files[keep], fold.groups[keep], fold.labels[keep],
+                                     1.0 / (1.0 + np.exp(-z)), q))
     return out
 
 
-def crossfit_folds(folds: Sequence[Fold], method: str, target_sensitivity: float = 0.98, n_resamples: int = 1000,
+def crossfit_folds(folds: Sequence[TargetPredictions], method: str, target_sensitivity: float = 0.98, n_resamples: int = 1000,
                    seed: int = 0) -> dict[str, Any]:
     """Each fold calibrated on the others' out-of-fold outputs, pooled as `crossval` pools them:
     calibrated figures at 0.5 and at each fold's cross-fitted operating threshold, series-bootstrap 95% CIs."""
     groups, labels, calibrated, decided, thresholds = [], [], [], [], []
-    for k, (_f, g, y, p, _q) in enumerate(folds):
+    for k, fold in enumerate(folds):
         others = [f for j, f in enumerate(folds) if j != k]
-        p_fit, y_fit = np.concatenate([f[3] for f in others]), np.concatenate([f[2] for f in others])
+        p_fit, y_fit = (np.concatenate([f.uncalibrated for f in others]), np.concatenate([f.labels for f in others]))
         calibration, rule = fit(method, p_fit, y_fit, target_sensitivity, f"{len(y_fit)} out-of-fold images")
-        q = _apply(calibration, p)
+        q = _apply(calibration, fold.uncalibrated)
         for bucket, value in zip((groups, labels, calibrated, decided, thresholds),
-                                 (g, y, q, (q >= rule.threshold).astype(float), rule.threshold)):
+                                 (fold.groups, fold.labels, q, (q >= rule.threshold).astype(float), rule.threshold)):
             bucket.append(value)
     g, y, q, d = (np.concatenate(a) for a in (groups, labels, calibrated, decided))
     return {"n": int(y.size), "n_series": int(np.unique(g).size), "n_malignant": int(y.sum()), "method": method,
@@ -150,19 +148,15 @@ def crossfit_folds(folds: Sequence[Fold], method: str, target_sensitivity: float
 def scored(p: np.ndarray, y: np.ndarray, groups: np.ndarray, n_resamples: int = 1000, seed: int = 0,
            keep: Sequence[str] | None = None) -> dict[str, Any]:
     """binary_metrics of P(malignant) `p` (or 0/1 decisions) with series-bootstrap 95% CIs; only `keep` if given."""
-    metrics = binary_metrics(p, y)
-    ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed, groups=groups)
-    if keep is not None:
-        metrics, ci = {k: v for k, v in metrics.items() if k in keep}, {k: v for k, v in ci.items() if k in keep}
-    return {"metrics": metrics, "ci95": {k: list(v) for k, v in ci.items()}}
+    return Scored.of(binary_metrics, p, y, groups=groups, n_resamples=n_resamples, seed=seed, keep=keep).as_json()
 
 
 def fit_pooled(job_dirs: Sequence[Path], method: str, target_sensitivity: float = 0.98,
                report: str = "report") -> tuple[Calibration, DecisionRule]:
     """Calibration and threshold fitted on every given fold's out-of-fold outputs (for a new model of the recipe)."""
     folds = read_folds(job_dirs, report)
-    p, y = np.concatenate([f[3] for f in folds]), np.concatenate([f[2] for f in folds])
-    series = np.unique(np.concatenate([f[1] for f in folds])).size
+    p, y = np.concatenate([f.uncalibrated for f in folds]), np.concatenate([f.labels for f in folds])
+    series = np.unique(np.concatenate([f.groups for f in folds])).size
     return fit(method, p, y, target_sensitivity,
                f"{len(y)} out-of-fold test outputs of {len(folds)} cross-validation folds ({series} series)")
 

@@ -24,15 +24,16 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation import binary_metrics, bootstrap_ci
-from lungcnn.evaluation.multiclass_report import flat_metrics
+from lungcnn.evaluation import binary_metrics
+from lungcnn.evaluation.results import Predictions, Scored
+from lungcnn.fileio import plain
 from lungcnn.inference.schema import Table
 
 PREDICTIONS = "predictions.csv"
@@ -132,44 +133,20 @@ def pooled_metrics(runs: list[dict[str, Any]], n_resamples: int = 1000, seed: in
     out.update(kind="binary", n_malignant=int(y.sum()), threshold=0.5)
     for kind in KINDS:
         p = (pool.calibrated if kind == "calibrated" else pool.uncalibrated)[:, 1]
-        ci = bootstrap_ci(binary_metrics, p, y, n_resamples=n_resamples, seed=seed, groups=groups)
-        out[kind] = {"metrics": binary_metrics(p, y), "ci95": {k: list(v) for k, v in ci.items()}}
+        out[kind] = Scored.of(binary_metrics, p, y, groups=groups, n_resamples=n_resamples, seed=seed).as_json()
     # Each fold's own decisions (its checkpoint's operating threshold), scored as 0/1 "probabilities" at 0.5.
     decided = pool.decisions.astype(np.float64)
-    ci = bootstrap_ci(binary_metrics, decided, y, n_resamples=n_resamples, seed=seed, groups=groups)
-    out["operating_point"] = {"metrics": {k: v for k, v in binary_metrics(decided, y).items() if k in DECISION_METRICS},
-                              "ci95": {k: list(v) for k, v in ci.items() if k in DECISION_METRICS}}
+    out["operating_point"] = Scored.of(binary_metrics, decided, y, groups=groups, n_resamples=n_resamples, seed=seed,
+                                       keep=DECISION_METRICS).as_json()
     return out
 
 
-class Pool(NamedTuple):
-    """All folds' predictions as arrays: per-image file, series (`groups`), label index, per-class probabilities
-    (N, K) uncalibrated and calibrated, and the decision (class index) its own fold's checkpoint made."""
-
-    names: list[str]
-    files: np.ndarray
-    groups: np.ndarray
-    labels: np.ndarray
-    uncalibrated: np.ndarray
-    calibrated: np.ndarray
-    decisions: np.ndarray
-
-    def score(self, idx: np.ndarray, calibrated: bool = True) -> dict[str, float]:
-        """flat_metrics of the rows `idx`: calibrated with the folds' own decisions, or uncalibrated argmax."""
-        probs, decisions = (self.calibrated, self.decisions[idx]) if calibrated else (self.uncalibrated, None)
-        flat = flat_metrics(probs[idx], self.labels[idx], self.names, decisions)
-        if len(self.names) == 2:  # the ECE of P(malignant), as binary_metrics and the repeated-CV summary give it
-            flat["ece"] = binary_metrics(probs[idx, 1], self.labels[idx])["ece"]
-        return flat
-
-
-def pool_predictions(runs: list[dict[str, Any]]) -> Pool:
-    """All folds' prediction tables (read rows only) in one Pool; labels must be among the predicted classes."""
-    parts = [fold_arrays(r) for r in runs]
-    names = parts[0][0]
-    if any(p[0] != names for p in parts):
-        raise LungCNNInputError(f"the folds predict different classes: {[p[0] for p in parts]}")
-    return Pool(names, *(np.concatenate([p[i] for p in parts]) for i in range(1, 7)))
+def pool_predictions(runs: list[dict[str, Any]]) -> Predictions:
+    """All folds' prediction tables (read rows only) as one `Predictions`; every fold must predict the same classes."""
+    parts = [fold_predictions(r) for r in runs]
+    if any(p.names != parts[0].names for p in parts):
+        raise LungCNNInputError(f"the folds predict different classes: {[p.names for p in parts]}")
+    return Predictions.concat(parts)
 
 
 def out_of_domain(runs: list[dict[str, Any]]) -> int:
@@ -177,7 +154,7 @@ def out_of_domain(runs: list[dict[str, Any]]) -> int:
     return int(sum((r["predictions"].readable & ~r["predictions"].in_domain).sum() for r in runs))
 
 
-def fold_arrays(run: dict[str, Any]) -> tuple:
+def fold_predictions(run: dict[str, Any]) -> Predictions:
     """One fold's readable, in-domain rows as arrays, each image with its series (split.csv's group; the file
     itself without one). Rows the fold's domain guard flagged have no class decision; `out_of_domain` counts them."""
     table: Table = run["predictions"]
@@ -185,13 +162,14 @@ def fold_arrays(run: dict[str, Any]) -> tuple:
     split = run["split"]
     groups = dict(zip(split["file"], split["group"].astype(str))) if split is not None and "group" in split else {}
     files = table.frame["file"].astype(str).to_numpy()
-    return (table.class_names, files, np.array([groups.get(f, f) for f in files], dtype=str), table.label_indices(),
-            table.probabilities(calibrated=False), table.probabilities(), table.decision_indices())
+    return Predictions(tuple(table.class_names), files, np.array([groups.get(f, f) for f in files], dtype=str),
+                       table.label_indices(), table.probabilities(calibrated=False), table.probabilities(),
+                       table.decision_indices())
 
 
-def _pooled_multiclass(pool: Pool, n_resamples: int, seed: int) -> dict[str, Any]:
+def _pooled_multiclass(pool: Predictions, n_resamples: int, seed: int) -> dict[str, Any]:
     y = pool.labels
-    out: dict[str, Any] = {"kind": "multiclass", "class_names": pool.names,
+    out: dict[str, Any] = {"kind": "multiclass", "class_names": list(pool.names),
                            "class_counts": {n: int((y == i).sum()) for i, n in enumerate(pool.names)}}
     everything = np.arange(y.size)
     for kind in KINDS:
@@ -200,9 +178,8 @@ def _pooled_multiclass(pool: Pool, n_resamples: int, seed: int) -> dict[str, Any
         def metric(idx: np.ndarray, _y: np.ndarray, calibrated: bool = calibrated) -> dict[str, float]:
             return pool.score(idx, calibrated)
 
-        # bootstrap_ci resamples its first argument: row indices, so each image keeps its fold's decision rule
-        ci = bootstrap_ci(metric, everything, y, n_resamples=n_resamples, seed=seed, groups=pool.groups)
-        out[kind] = {"metrics": metric(everything, y), "ci95": {key: list(v) for key, v in ci.items()}}
+        # Scored resamples its first argument: row indices, so each image keeps its fold's decision rule
+        out[kind] = Scored.of(metric, everything, y, groups=pool.groups, n_resamples=n_resamples, seed=seed).as_json()
     return out
 
 
@@ -263,17 +240,6 @@ def _num(x: float) -> str:
 def _with_ci(entry: dict[str, Any], name: str) -> str:
     lo, hi = entry["ci95"].get(name, (math.nan, math.nan))
     return f"{_num(entry['metrics'][name])} [{_num(lo)}, {_num(hi)}]"
-
-
-def plain(x: Any) -> Any:
-    """NaN -> null, so cv_summary.json is strict JSON."""
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [plain(v) for v in x]
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
 
 
 def summarise_runs(run_dirs: Sequence[str | Path] = (), multirun: str | Path | None = None, n_resamples: int = 1000,

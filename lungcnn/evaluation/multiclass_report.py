@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from lungcnn.evaluation.plots import plot_confusion, plot_reliability
-from lungcnn.fileio import write_json, write_text
+from lungcnn.fileio import plain, write_json, write_text
 from lungcnn.metrics.bootstrap import bootstrap_ci
 from lungcnn.metrics.classification import multiclass_metrics
 from lungcnn.spec import DecisionRule
@@ -89,7 +89,7 @@ def build_multiclass_report(records: dict[str, Any], *, class_names: Sequence[st
         "decision_rule": rule_text, "decision": {"threshold": rule.threshold, "weights": rule.weights,
                                                  "priority": rule.priority}, "tta": tta,
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "alpha": ALPHA, "stratified": True},
-        "confusion_matrix": confusion, "results": _nan_to_none(results),
+        "confusion_matrix": confusion, "results": plain(results),
     }
     write_json(out / "report.json", report)
     write_text(out / "report.md", _markdown(report))
@@ -106,14 +106,6 @@ def decision_rule_text(rule: DecisionRule) -> str:
         rest = weighted or "the most probable of the other classes"
         return f"cancer first: {rule.priority} when P({rule.priority}) >= {rule.threshold:.3f}, else {rest}"
     return weighted or "the class with the highest calibrated probability"
-
-
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def _fmt(cell: dict[str, Any]) -> str:

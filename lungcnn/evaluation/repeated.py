@@ -27,7 +27,7 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import crossfit as cf
 from lungcnn.evaluation import crossval
 from lungcnn.evaluation.evaluate import evaluate
-from lungcnn.fileio import write_json
+from lungcnn.fileio import plain, write_json
 from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 
 SUMMARY_FILE = "repeated_cv.json"
@@ -118,7 +118,7 @@ def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds:
                   for s in seeds}
     summary = {"out": str(out), "repeats": repeats, "folds": folds, "seeds": seeds, "checkpoint": ckpt,
                "calibration": dict(calibration or {}), "overrides": list(overrides),
-               "per_repeat": {str(s): crossval.plain(v["pooled"]) for s, v in per_repeat.items()},
+               "per_repeat": {str(s): plain(v["pooled"]) for s, v in per_repeat.items()},
                "over_repeats": spread(per_repeat)}
     write_json(out / (SUMMARY_FILE if report == "report" else f"repeated_cv_{report}.json"), summary)
     return summary

@@ -24,7 +24,7 @@ from lungcnn.evaluation.plots import (
     plot_reliability,
     plot_roc,
 )
-from lungcnn.fileio import write_json, write_text
+from lungcnn.fileio import plain, write_json, write_text
 from lungcnn.metrics.bootstrap import bootstrap_ci
 from lungcnn.metrics.classification import METRIC_KEYS, binary_metrics, check_binary
 
@@ -90,7 +90,7 @@ def build_report(
     plot_histogram(prob_cal, y, out / PLOTS["histogram"], DEFAULT_CLASS_NAMES,
                    thresholds=sorted({0.5, t_cal}))
 
-    report = _plain({
+    report = plain({
         "title": title,
         "data_note": data_note,
         "n": int(y.size),
@@ -244,18 +244,3 @@ def _check_records(
         raise ValueError(f"records arrays differ in length: file {len(files)}, label {y.size}, "
                          f"logit {logit.shape}")
     return files, y, logit, prob, prob_cal
-
-
-def _plain(x: Any) -> Any:
-    """Plain JSON types; NaN/inf become None (null) so report.json is strict JSON."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.fileio import atomic_open, write_json, write_text
+from lungcnn.fileio import atomic_open, plain, write_json, write_text
 
 DIRECTIONS = ("maximize", "minimize")
 # Overrides that select the sweep itself, not the trained configuration: left out of the rerun command.
@@ -199,7 +199,8 @@ def _job_metrics(job: Path, metric: str, fast_dev_run: bool) -> dict[str, Any]:
         return {"status": "no metrics.json", "objective": math.nan, "note": "failed or unfinished"}
     result = json.loads(path.read_text())
     flat = {f"{split}/{k}": v for split in ("val", "test") for k, v in (result.get(split) or {}).items()}
-    value = float(flat.get(metric, math.nan))
+    value = flat.get(metric)
+    value = math.nan if value is None else float(value)  # null: a figure the run could not define
     note = "fast_dev_run: not measured" if fast_dev_run else ("" if math.isfinite(value) else f"no {metric}")
     return {"status": "done", **flat, "objective": math.nan if fast_dev_run else value, "note": note}
 
@@ -233,13 +234,9 @@ def _best_record(table: SweepTable, best: int | None) -> dict[str, Any]:
     if best is not None:
         row = table.rows.loc[best]
         record["best"] = {"job": row["job"], "value": float(row["objective"]),
-                          "params": {p: _plain(row[p]) for p in table.params}, "overrides": table.overrides[best],
+                          "params": {p: plain(row[p], finite=False) for p in table.params}, "overrides": table.overrides[best],
                           "command": "python -m lungcnn.train " + " ".join(table.overrides[best])}
     return record
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _cell(value: Any) -> str:
