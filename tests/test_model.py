@@ -114,3 +114,24 @@ def test_bad_finetune_settings():
         TwoStageFinetune(unfreeze_top_n=-1)
     with pytest.raises(LungCNNInputError, match="task"):
         LungClassifier(["a", "b", "c"], task="binary", pretrained="none")
+
+
+def test_the_optimizer_is_configuration():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from lungcnn.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model.head_lr=0.003", "model.weight_decay=0.02", "model.pretrained=none"])
+    adamw = instantiate(cfg.model.optimizer)
+    assert adamw.func is torch.optim.AdamW and adamw.keywords == {"lr": 0.003, "weight_decay": 0.02}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["model.pretrained=none", "model.optimizer._target_=torch.optim.SGD",
+                                          "+model.optimizer.momentum=0.9"])
+    model = instantiate(cfg.model, class_names=["benign", "malignant"], _convert_="all")
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    assert "optimizer" not in model.hparams  # a partial would stop weights_only loading of the checkpoint
+    with pytest.raises(LungCNNInputError, match="model.optimizer"):
+        LungClassifier(["benign", "malignant"], pretrained="none", optimizer="adamw")

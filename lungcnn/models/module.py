@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 
-from lungcnn.errors import require_number
+from lungcnn.errors import LungCNNInputError, require_number
 from lungcnn.models.net import LungNet
 from lungcnn.spec import ModelSpec
 from lungcnn.task import make_task
@@ -38,10 +39,17 @@ class LungClassifier(L.LightningModule):
         preprocessing: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         channels_last: bool = True,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
+        """`optimizer`: a partial optimizer (`model.optimizer`, Hydra `_partial_: true`) given the trainable
+        parameters; None: AdamW at `head_lr` with `weight_decay`. The fine-tuning callback adds backbone layers to
+        it in stage 2 at `head_lr / lr_divisor`."""
         super().__init__()
         check_optimizer(head_lr, weight_decay)
-        self.save_hyperparameters()
+        if optimizer is not None and not callable(optimizer):
+            raise LungCNNInputError(f"model.optimizer must be a partial optimizer (_partial_: true), got {optimizer!r}")
+        self.optimizer = optimizer
+        self.save_hyperparameters(ignore=["optimizer"])  # a partial is code, not a plain type: weights_only refuses it
         self.task = make_task(task, class_names)
         self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file)
         if channels_last:  # NHWC: about 1.6x faster training steps for depthwise convolutions on CPU
@@ -82,6 +90,8 @@ class LungClassifier(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Only what is trainable now: the fine-tuning callback adds backbone layers in stage 2.
         params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer is not None:
+            return self.optimizer(params)
         return torch.optim.AdamW(params, lr=self.hparams.head_lr, weight_decay=self.hparams.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
