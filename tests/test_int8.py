@@ -23,15 +23,15 @@ FOLDERS = {"benign": "benign", "malignant": "malignant", "Bengin cases": "benign
 
 @pytest.fixture(scope="module")
 def constant_ckpt(tiny_root, tmp_path_factory) -> Path:
-    """An untrained 64 px MobileNetV2 whose block 1.1 projection outputs 1e5 everywhere: a float32 histogram
+    """An untrained 64 px MobileNetV2 (width 0.5) whose block 1.1 projection outputs 1e5 everywhere: a float32 histogram
     of that tensor cannot have 2048 distinct bin edges, the failure that used to end the export."""
     torch.manual_seed(0)
-    net = LungNet("mobilenetv2_100", pretrained="none").eval()
+    net = LungNet("mobilenetv2_050", pretrained="none").eval()
     block = net.backbone.blocks[1][1]
     with torch.no_grad():
         block.conv_pwl.weight.zero_()
         block.bn3.bias.fill_(1e5)
-    spec = ModelSpec.for_training("binary", ["benign", "malignant"], "mobilenetv2_100", 128, 0.2,
+    spec = ModelSpec.for_training("binary", ["benign", "malignant"], "mobilenetv2_050", 128, 0.2,
                                   {"image_size": 64, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
                                   {"class_folders": FOLDERS})
     out = tmp_path_factory.mktemp("constant") / "constant.ckpt"
@@ -42,12 +42,12 @@ def constant_ckpt(tiny_root, tmp_path_factory) -> Path:
 def test_int8_export_of_a_model_with_a_constant_activation_does_not_crash(constant_ckpt, tiny_root):
     # percentile is the calibrator that raised `Too many bins for data range` on this model
     assert export_main(["--ckpt", str(constant_ckpt), "--quantize", "int8", "--data-root", str(tiny_root),
-                        "--calibration-images", "16", "--calibration-method", "percentile", "--min-agreement", "0"]) == 0
+                        "--calibration-images", "8", "--calibration-method", "percentile", "--min-agreement", "0"]) == 0
     onnx_path = constant_ckpt.with_suffix(".int8.onnx")
     report = json.loads(parity_path(onnx_path).read_text())
     fallback = report["range_fallback"]
-    assert any("blocks.1.1" in name for name in fallback), fallback  # the constant tensor got its min/max range
-    assert all("Too many bins" in why for why in fallback.values())
+    constant = [why for name, why in fallback.items() if "blocks.1.1" in name]  # it got its min/max range
+    assert constant and all("Too many bins" in why for why in constant), fallback
     assert report["calibration_method"] == "percentile" and report["images"] == 30 and onnx_path.stat().st_size > 0
 
 

@@ -38,7 +38,7 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_bytes, write_json
 from lungcnn.inference.int8_ranges import activation_ranges, write_calibration_cache
 from lungcnn.inference.onnx_export import onnx_bytes, sidecar_record
-from lungcnn.inference.onnx_runtime import INPUT, OnnxBackend, sidecar_path
+from lungcnn.inference.onnx_runtime import OnnxBackend, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.spec import ModelSpec
 
@@ -133,17 +133,6 @@ def calibration_batches(predictor: Predictor, images: np.ndarray, batch_size: in
     size = min(batch_size, len(images))
     for i in range(0, len(images) - size + 1, size):
         yield predictor.normalise(images[i : i + size])
-
-
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over `calibration_batches`."""
-
-    def __init__(self, batches: Iterator[np.ndarray]) -> None:
-        self.batches = batches
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
-        return None if batch is None else {INPUT: batch}
 
 
 def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, calibration: tuple[np.ndarray, np.ndarray],
@@ -241,19 +230,35 @@ def float_nodes(model: Any) -> list[str]:
     return kept
 
 
-def parity(spec: ModelSpec, fp32: Predictor, int8: Predictor, data: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """fp32 vs int8 on labelled images: ROC-AUC of each, decision agreement, largest calibrated probability change."""
+def parity(spec: ModelSpec, fp32: Predictor, int8: Predictor, data: tuple[np.ndarray, np.ndarray],
+           resamples: int = 1000) -> dict[str, Any]:
+    """fp32 vs int8 on labelled images: ROC-AUC of each and their difference, decision agreement, largest calibrated
+    probability change. Intervals (95%): exact binomial for the agreement, a paired bootstrap over images
+    (stratified by class, seed 0) for the AUC difference; images of one series are not independent, so both are
+    too narrow."""
+    from lungcnn.evaluation.bootstrap import resample_indices
+    from lungcnn.evaluation.report import clopper_pearson
+
     images, labels = data
     if not len(images):
         raise LungCNNInputError("no test images to compare the int8 model with fp32 on")
     task = spec.task
     calibrated = [spec.probabilities(p.logits(images)) for p in (fp32, int8)]
     probs = [task.class_probabilities(c) for c in calibrated]
-    decisions = [spec.decide(c) for c in calibrated]
-    return {"images": len(images), "roc_auc_fp32": _auc(probs[0], labels), "roc_auc_int8": _auc(probs[1], labels),
-            "decision_agreement": float(np.mean(decisions[0] == decisions[1])),
-            "max_probability_change": float(np.abs(probs[0] - probs[1]).max()),
-            "mean_probability_change": float(np.abs(probs[0] - probs[1]).mean())}
+    same = spec.decide(calibrated[0]) == spec.decide(calibrated[1])
+    aucs = [_auc(p, labels) for p in probs]
+    report = {"images": len(images), "roc_auc_fp32": aucs[0], "roc_auc_int8": aucs[1],
+              "roc_auc_difference": None, "roc_auc_difference_ci95": None,
+              "decision_agreement": float(np.mean(same)),
+              "decision_agreement_ci95": list(clopper_pearson(int(same.sum()), len(same))),
+              "max_probability_change": float(np.abs(probs[0] - probs[1]).max()),
+              "mean_probability_change": float(np.abs(probs[0] - probs[1]).mean())}
+    if aucs[0] is not None:
+        differences = [_auc(probs[1][i], labels[i]) - _auc(probs[0][i], labels[i])
+                       for i in resample_indices(labels, resamples, seed=0)]
+        report["roc_auc_difference"] = aucs[1] - aucs[0]
+        report["roc_auc_difference_ci95"] = [float(v) for v in np.percentile(differences, [2.5, 97.5])]
+    return report
 
 
 def _auc(per_class: np.ndarray, labels: np.ndarray) -> float | None:
