@@ -270,8 +270,8 @@ def int8_model(warm_ckpt, tiny_root) -> Path:
 
     The 2-epoch tiny model has probabilities a hair from its threshold, so its threshold is moved into the
     widest gap between them; even that gap can be about 0.02 wide (the tiny model barely separates its classes),
-    so the command is asked for 90% agreement rather than its 99% default (the reference model's figure is in
-    the README, from scripts/bench_int8.py).
+    so the command is asked for 90% agreement rather than its 99% default (the reference model's figures are
+    in docs/results/int8.md).
     """
     spec, state, p = _fp32_probabilities(warm_ckpt, tiny_root)
     p = np.sort(p)
@@ -290,6 +290,10 @@ def test_int8_export_keeps_head_in_float_and_reports_parity(int8_model, tiny_roo
     report = json.loads(parity_path(int8_model).read_text())
     assert record["quantization"] == report and report["images"] == 30 and report["calibration_images"] == 24
     assert report["decision_agreement"] >= report["min_agreement"] == 0.9
+    # --calibration-method auto (the default): three range methods, then three float-layer sets for the best
+    assert len(report["candidates"]) == 6 and report["selection_images"] == 30
+    best = min(report["candidates"], key=lambda c: (c["mean_calibrated_logit_change"], -c["agreement"], c["float_nodes"]))
+    assert (report["calibration_method"], report["float_layers"]) == (best["calibration_method"], best["float_layers"])
     graph = onnx.load(str(int8_model)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised
@@ -314,7 +318,8 @@ def test_int8_export_refuses_a_model_whose_decisions_disagree(warm_ckpt, tiny_ro
     flat = lambda predictor, images: iter([predictor.normalise(images[:8]) * 0 - 2])  # noqa: E731
     monkeypatch.setattr(quantize, "calibration_batches", flat)
     with pytest.raises(SystemExit) as exit_info:
-        export_main(["--ckpt", str(ckpt), "--quantize", "int8", "--data-root", str(tiny_root)])
+        export_main(["--ckpt", str(ckpt), "--quantize", "int8", "--data-root", str(tiny_root),
+                     "--calibration-method", "minmax"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "int8 decisions agree with fp32 on" in err and "not written" in err
     assert len(err.strip().splitlines()) == 1

@@ -29,7 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="int8: static quantisation calibrated on training images, refused if its decisions "
                              "agree with fp32 on fewer than --min-agreement of the test split")
     parser.add_argument("--calibration-images", type=int, default=128, help="training images that set int8 ranges")
-    parser.add_argument("--calibration-method", default="percentile", help="percentile, entropy or minmax")
+    parser.add_argument("--calibration-method", default="auto",
+                        help="int8 activation ranges: percentile, entropy, minmax, or auto (measured on the validation split)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="int8: the least share of test images whose decision must equal fp32's (default %(default)s)")
     parser.add_argument("--data-root", default=None, help="the data folder, if it moved since training")

@@ -1,17 +1,26 @@
 """int8 ONNX: static QDQ quantisation of a checkpoint's network, checked against fp32 before it is written.
 
-`quantize_onnx(ckpt)` exports the fp32 graph (`onnx_export.onnx_bytes`), quantises it with
-onnxruntime.quantization (`quant_pre_process`, then `quantize_static` in QDQ format, per-channel weights,
-percentile activation ranges) calibrated on images of the checkpoint's training split, and keeps every
-node after the last convolution in float: the pooled head, the prior shift, the temperature and the
-probability. Quantising those moved calibrated probabilities by up to 0.5 here (a temperature < 1
+`quantize_onnx(ckpt)` exports the fp32 graph (`onnx_export.onnx_bytes`) and quantises it with
+onnxruntime.quantization (`quant_pre_process`, then `quantize_static` in QDQ format, per-channel int8
+weights, uint8 activations) calibrated on images of the checkpoint's training split. Every node after the
+last convolution stays in float: the pooled head, the prior shift, the temperature, the probability and
+the domain guard. Quantising those moved calibrated probabilities by up to 0.5 here (a temperature < 1
 sharpens logit errors), while the convolutions carry almost all the compute.
+
+Activation ranges are measured one tensor at a time (`int8_ranges`): a tensor whose values defeat a
+histogram calibrator (the guard's kNN distances do: `Too many bins for data range`) gets its min/max range
+and is named in the report instead of ending the export with a traceback. With `method="auto"` (the
+default) each calibration method, and for the best of them a few sets of extra layers kept in float (the
+stem, the last convolution), are measured on the validation split (never the test split): the candidate
+whose calibrated logits move least, then whose decisions agree most with fp32, then with the fewest float
+nodes, is kept. The measurements are in the report (``candidates``).
 
 The int8 graph is then compared with the fp32 graph on the test split (ROC-AUC of both, decision
 agreement, largest change of a calibrated probability). A graph whose decisions agree less than
 `min_agreement` (99%) is refused: nothing is written. Otherwise `<name>.int8.onnx`, its sidecar (the
 usual `lungcnn-onnx/2` record plus a ``quantization`` entry holding the parity report) and
-`<name>.int8.parity.json` are written atomically.
+`<name>.int8.parity.json` are written atomically. Any failure of onnxruntime's quantiser ends in one
+`LungCNNInputError` line.
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ import numpy as np
 
 from lungcnn.errors import LungCNNInputError, require_choice, require_int, require_number
 from lungcnn.fileio import write_bytes, write_json
+from lungcnn.inference.int8_ranges import activation_ranges, write_calibration_cache
 from lungcnn.inference.onnx_export import onnx_bytes, sidecar_record
-from lungcnn.inference.onnx_runtime import INPUT, OnnxBackend, sidecar_path
+from lungcnn.inference.onnx_runtime import OnnxBackend, sidecar_path
 from lungcnn.inference.predictor import Predictor
 from lungcnn.spec import ModelSpec
 
-CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+RANGE_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("auto", *RANGE_METHODS)
 MIN_AGREEMENT = 0.99
 CALIBRATION_BATCH = 8
 
@@ -47,7 +58,7 @@ def parity_path(onnx_path: Path) -> Path:
 
 
 def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_root: str | Path | None = None,
-                  calibration_images: int = 128, method: str = "percentile",
+                  calibration_images: int = 128, method: str = "auto",
                   min_agreement: float = MIN_AGREEMENT) -> tuple[Path, Path, dict[str, Any]]:
     """Quantise a checkpoint to int8 ONNX; return (onnx path, sidecar path, parity report).
 
@@ -57,7 +68,8 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         data_root: the data folder when it moved since training (default: the one the checkpoint records);
             given a folder, calibration and parity use all of its images rather than the recorded splits.
         calibration_images: how many training images set the activation ranges (spread over the split).
-        method: activation range estimate: percentile (99.999%), entropy or minmax.
+        method: activation range estimate: percentile (99.999%), entropy, minmax, or auto (each measured on the
+            validation split with a few float layer sets; the best kept).
         min_agreement: the smallest share of test images whose int8 decision must equal the fp32 one.
     """
     from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
@@ -76,12 +88,16 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         fp32_file.write_bytes(fp32)
         reference = Predictor(spec, backend=OnnxBackend(fp32_file))
         calibration = _images(reference, spec, "train", data_root, calibration_images)
-        _quantize(fp32_file, int8_file, reference, calibration, method, Path(tmp))
+        selection = _images(reference, spec, "val", data_root)  # choices are made here, never on the test split
+        try:
+            chosen = _quantize(fp32_file, int8_file, reference, spec, calibration, selection, method, Path(tmp))
+        except (ValueError, RuntimeError, TypeError, AssertionError) as e:  # onnxruntime's quantiser, not our input
+            raise LungCNNInputError(f"{ckpt}: int8 quantisation failed: {' '.join(str(e).split())}") from e
         report = parity(spec, reference, Predictor(spec, backend=OnnxBackend(int8_file)),
                         _images(reference, spec, "test", data_root))
         data = int8_file.read_bytes()
     used = len(calibration[0]) - len(calibration[0]) % min(CALIBRATION_BATCH, len(calibration[0]))
-    report.update(calibration_images=used, calibration_method=method, min_agreement=min_agreement)
+    report.update(calibration_images=used, min_agreement=min_agreement, **chosen)
     if report["decision_agreement"] < min_agreement:
         raise LungCNNInputError(
             f"{ckpt}: int8 decisions agree with fp32 on {report['decision_agreement']:.1%} of {report['images']} test "
@@ -90,7 +106,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     write_json(parity_path(out), report)
     sidecar = sidecar_path(out)
     record = sidecar_record(spec, out, hashlib.sha256(data).hexdigest(), source=ckpt)
-    record["onnx"]["precision"] = "int8 (static QDQ; head and calibration in float)"
+    record["onnx"]["precision"] = "int8 (static QDQ; head, calibration and guard in float)"
     record["quantization"] = report
     write_json(sidecar, record)
     return out, sidecar, report
@@ -118,31 +134,85 @@ def calibration_batches(predictor: Predictor, images: np.ndarray, batch_size: in
         yield predictor.normalise(images[i : i + size])
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over `calibration_batches`."""
+def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, calibration: tuple[np.ndarray, np.ndarray],
+              selection: tuple[np.ndarray, np.ndarray], method: str, tmp: Path) -> dict[str, Any]:
+    """Write the chosen int8 graph to `out`; return what was chosen and the measurements it was chosen by.
 
-    def __init__(self, batches: Iterator[np.ndarray]) -> None:
-        self.batches = batches
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
-        return None if batch is None else {INPUT: batch}
-
-
-def _quantize(fp32: Path, out: Path, predictor: Predictor, calibration: tuple[np.ndarray, np.ndarray], method: str,
-              tmp: Path) -> None:
+    auto: every range method with only the head in float, then the best method with each extra float set."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = tmp / "prepared.onnx"
     quant_pre_process(str(fp32), str(prepared))
-    methods = {"percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
-               "minmax": CalibrationMethod.MinMax}
-    quantize_static(str(prepared), str(out), _Reader(calibration_batches(predictor, calibration[0])),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                    nodes_to_exclude=float_nodes(onnx.load(str(prepared))))
+    model = onnx.load(str(prepared))
+    head = float_nodes(model)
+    reference = predictor.logits(selection[0])
+    candidates: list[dict[str, Any]] = []
+
+    def measure(name: str, cache: Path, label: str, extra: list[str], fallback: dict[str, str]) -> None:
+        path = tmp / f"{name}-{label}.onnx"
+        _quantize_with(prepared, path, cache, head + extra)
+        errors = _selection_error(spec, reference, Predictor(spec, backend=OnnxBackend(path)).logits(selection[0]))
+        candidates.append({"calibration_method": name, "float_layers": label, "float_nodes": len(head) + len(extra),
+                           **errors, "path": path, "range_fallback": fallback})
+
+    caches: dict[str, tuple[Path, dict[str, str]]] = {}
+    for name in RANGE_METHODS if method == "auto" else (method,):
+        ranges, fallback = activation_ranges(prepared, calibration_batches(predictor, calibration[0]), name)
+        caches[name] = (tmp / f"ranges-{name}.json", fallback)
+        write_calibration_cache(ranges, caches[name][0])
+        measure(name, caches[name][0], "head", [], fallback)
+    if method == "auto":
+        name = min(candidates, key=_rank)["calibration_method"]
+        for label, extra in _extra_float_sets(model, head).items():
+            measure(name, caches[name][0], label, extra, caches[name][1])
+    best = min(candidates, key=_rank)
+    best["path"].replace(out)
+    return {"calibration_method": best["calibration_method"], "float_layers": best["float_layers"],
+            "float_nodes": best["float_nodes"], "range_fallback": best["range_fallback"],
+            "selection_images": len(selection[0]),
+            "candidates": [{k: v for k, v in c.items() if k not in ("path", "range_fallback")} for c in candidates]}
+
+
+def _rank(candidate: dict[str, Any]) -> tuple[float, float, int]:
+    """The smallest mean calibrated logit change, then the most decisions agreeing with fp32, then the fewest float
+    nodes. The logit change leads: on ~80 validation images agreement moves in steps of one image, while the
+    size of the change is what decides how many images near the threshold flip."""
+    return candidate["mean_calibrated_logit_change"], -candidate["agreement"], candidate["float_nodes"]
+
+
+def _selection_error(spec: ModelSpec, fp32: np.ndarray, int8: np.ndarray) -> dict[str, float]:
+    """How far int8 logits are from fp32 on the selection images, on the scale the decision is taken on."""
+    calibrated = [spec.probabilities(z) for z in (fp32, int8)]
+    change = np.abs(fp32 - int8) / spec.calibration.graph_temperature
+    return {"agreement": float(np.mean(spec.decide(calibrated[0]) == spec.decide(calibrated[1]))),
+            "mean_calibrated_logit_change": float(change.mean()), "max_calibrated_logit_change": float(change.max())}
+
+
+def _extra_float_sets(model: Any, head: list[str]) -> dict[str, list[str]]:
+    """Candidate layers to keep in float besides the head: the stem (first convolution and what follows it up to
+    the next convolution, so its activation is not quantised on the wide range before its clip) and the last
+    convolution likewise, and both."""
+    kept = set(head)
+    segments: list[list[str]] = []
+    for node in model.graph.node:
+        if node.name in kept:
+            continue
+        if node.op_type == "Conv":
+            segments.append([])
+        if segments:
+            segments[-1].append(node.name)
+    if len(segments) < 2:
+        return {}
+    return {"head+stem": segments[0], "head+last-conv": segments[-1], "head+stem+last-conv": segments[0] + segments[-1]}
+
+
+def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(prepared), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, calibration_cache_path=str(cache))
 
 
 def float_nodes(model: Any) -> list[str]:
@@ -159,19 +229,35 @@ def float_nodes(model: Any) -> list[str]:
     return kept
 
 
-def parity(spec: ModelSpec, fp32: Predictor, int8: Predictor, data: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """fp32 vs int8 on labelled images: ROC-AUC of each, decision agreement, largest calibrated probability change."""
+def parity(spec: ModelSpec, fp32: Predictor, int8: Predictor, data: tuple[np.ndarray, np.ndarray],
+           resamples: int = 1000) -> dict[str, Any]:
+    """fp32 vs int8 on labelled images: ROC-AUC of each and their difference, decision agreement, largest calibrated
+    probability change. Intervals (95%): exact binomial for the agreement, a paired bootstrap over images
+    (stratified by class, seed 0) for the AUC difference; images of one series are not independent, so both are
+    too narrow."""
+    from lungcnn.evaluation.bootstrap import resample_indices
+    from lungcnn.evaluation.report import clopper_pearson
+
     images, labels = data
     if not len(images):
         raise LungCNNInputError("no test images to compare the int8 model with fp32 on")
     task = spec.task
     calibrated = [spec.probabilities(p.logits(images)) for p in (fp32, int8)]
     probs = [task.class_probabilities(c) for c in calibrated]
-    decisions = [spec.decide(c) for c in calibrated]
-    return {"images": len(images), "roc_auc_fp32": _auc(probs[0], labels), "roc_auc_int8": _auc(probs[1], labels),
-            "decision_agreement": float(np.mean(decisions[0] == decisions[1])),
-            "max_probability_change": float(np.abs(probs[0] - probs[1]).max()),
-            "mean_probability_change": float(np.abs(probs[0] - probs[1]).mean())}
+    same = spec.decide(calibrated[0]) == spec.decide(calibrated[1])
+    aucs = [_auc(p, labels) for p in probs]
+    report = {"images": len(images), "roc_auc_fp32": aucs[0], "roc_auc_int8": aucs[1],
+              "roc_auc_difference": None, "roc_auc_difference_ci95": None,
+              "decision_agreement": float(np.mean(same)),
+              "decision_agreement_ci95": list(clopper_pearson(int(same.sum()), len(same))),
+              "max_probability_change": float(np.abs(probs[0] - probs[1]).max()),
+              "mean_probability_change": float(np.abs(probs[0] - probs[1]).mean())}
+    if aucs[0] is not None:
+        differences = [_auc(probs[1][i], labels[i]) - _auc(probs[0][i], labels[i])
+                       for i in resample_indices(labels, resamples, seed=0)]
+        report["roc_auc_difference"] = aucs[1] - aucs[0]
+        report["roc_auc_difference_ci95"] = [float(v) for v in np.percentile(differences, [2.5, 97.5])]
+    return report
 
 
 def _auc(per_class: np.ndarray, labels: np.ndarray) -> float | None:

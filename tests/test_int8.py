@@ -1,0 +1,94 @@
+"""int8 export: a tensor that defeats onnxruntime's histogram calibrator, failures as one line, parity on real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+from lungcnn.export import main as export_main
+from lungcnn.inference.quantize import parity_path, quantize_onnx
+from lungcnn.models.net import LungNet
+from lungcnn.spec import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "models" / "lungcnn-iqothnccd-binary.ckpt"
+SHARED_DATA = ROOT.parent / "shared" / "data" / "iqothnccd-dev"
+FOLDERS = {"benign": "benign", "malignant": "malignant", "Bengin cases": "benign", "Malignant cases": "malignant"}
+
+
+@pytest.fixture(scope="module")
+def constant_ckpt(tiny_root, tmp_path_factory) -> Path:
+    """An untrained 64 px MobileNetV2 (width 0.5) whose block 1.1 projection outputs 1e5 everywhere: a float32 histogram
+    of that tensor cannot have 2048 distinct bin edges, the failure that used to end the export."""
+    torch.manual_seed(0)
+    net = LungNet("mobilenetv2_050", pretrained="none").eval()
+    block = net.backbone.blocks[1][1]
+    with torch.no_grad():
+        block.conv_pwl.weight.zero_()
+        block.bn3.bias.fill_(1e5)
+    spec = ModelSpec.for_training("binary", ["benign", "malignant"], "mobilenetv2_050", 128, 0.2,
+                                  {"image_size": 64, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+                                  {"class_folders": FOLDERS})
+    out = tmp_path_factory.mktemp("constant") / "constant.ckpt"
+    save_checkpoint(out, spec, net.state_dict())
+    return out
+
+
+def test_int8_export_of_a_model_with_a_constant_activation_does_not_crash(constant_ckpt, tiny_root):
+    # percentile is the calibrator that raised `Too many bins for data range` on this model
+    assert export_main(["--ckpt", str(constant_ckpt), "--quantize", "int8", "--data-root", str(tiny_root),
+                        "--calibration-images", "8", "--calibration-method", "percentile", "--min-agreement", "0"]) == 0
+    onnx_path = constant_ckpt.with_suffix(".int8.onnx")
+    report = json.loads(parity_path(onnx_path).read_text())
+    fallback = report["range_fallback"]
+    constant = [why for name, why in fallback.items() if "blocks.1.1" in name]  # it got its min/max range
+    assert constant and all("Too many bins" in why for why in constant), fallback
+    assert report["calibration_method"] == "percentile" and report["images"] == 30 and onnx_path.stat().st_size > 0
+
+
+def test_a_quantiser_failure_is_one_line(constant_ckpt, tiny_root, tmp_path, monkeypatch, capsys):
+    from lungcnn.inference import quantize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : something\n  deep inside")
+
+    monkeypatch.setattr(quantize, "_quantize_with", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--ckpt", str(constant_ckpt), "--quantize", "int8", "--data-root", str(tiny_root),
+                     "--calibration-method", "minmax", "--out", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "int8 quantisation failed: [ONNXRuntimeError]" in err and "deep inside" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not (SHARED_DATA.is_dir() and REFERENCE.is_file()), reason="needs ../shared/data/iqothnccd-dev")
+def test_int8_parity_of_the_reference_model_on_real_slices(tmp_path):
+    """The committed reference model on 12 real test-split slices (6 per class; 8 of them
+    calibrate, as a folder given with --data-root is used whole)."""
+    import pandas as pd
+
+    split = pd.read_csv(REFERENCE.with_suffix(".split.csv"))
+    test = split[split["split"] == "test"]
+    root = tmp_path / "data"
+    per_class = [test[test["label"] == label] for label in (0, 1)]
+    picked = pd.concat([c.iloc[np.linspace(0, len(c) - 1, 6).round().astype(int)] for c in per_class])
+    for file in picked["file"]:
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        (root / file).symlink_to(SHARED_DATA / file)
+    spec, state = load_checkpoint(REFERENCE)
+    ckpt = tmp_path / "reference.ckpt"  # the reference weights, with no split file: the folder is the data
+    save_checkpoint(ckpt, spec.replace(data={"class_folders": FOLDERS}), state)
+    out, _, report = quantize_onnx(ckpt, data_root=root, calibration_images=8, method="minmax", min_agreement=0)
+    assert report["images"] == 12 and report["calibration_method"] == "minmax" and out.is_file()
+    assert report["range_fallback"] == {}  # minmax needs no histogram
+    # int8 stays close to fp32 on real slices: at most one decision differs, probabilities move little
+    assert report["decision_agreement"] >= 11 / 12
+    assert report["mean_probability_change"] < 0.05
+    assert abs(report["roc_auc_int8"] - report["roc_auc_fp32"]) <= 0.05
+    assert np.isfinite(report["max_probability_change"])
