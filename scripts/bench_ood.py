@@ -27,11 +27,11 @@ from PIL import Image, ImageDraw
 
 from lungcnn.data.catalog import labelled_files
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.report import clopper_pearson
 from lungcnn.fileio import write_json
 from lungcnn.inference.onnx_export import onnx_bytes
 from lungcnn.inference.onnx_runtime import OnnxBackend, cpu_count
 from lungcnn.inference.predictor import Predictor, TorchBackend
+from lungcnn.metrics.bootstrap import clopper_pearson
 from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lungcnn.evaluation.report import clopper_pearson
+from lungcnn.metrics.bootstrap import clopper_pearson
 from lungcnn.spec import ModelSpec
 
 

@@ -7,14 +7,12 @@ dict equals what is on disk); report.md is for people; predictions.csv lets anyo
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation.plots import (
@@ -25,7 +23,7 @@ from lungcnn.evaluation.plots import (
     plot_roc,
 )
 from lungcnn.fileio import plain, write_json, write_text
-from lungcnn.metrics.bootstrap import bootstrap_ci
+from lungcnn.metrics.bootstrap import bootstrap_ci, clopper_pearson
 from lungcnn.metrics.classification import METRIC_KEYS, binary_metrics, check_binary
 
 # Test-set figures reported by the paper we reproduce (its own split, n = 162 images).
@@ -209,15 +207,6 @@ def _exact_intervals(cf: Mapping[str, int]) -> dict[str, tuple[float, float]]:
         "sensitivity": clopper_pearson(cf["tp"], cf["tp"] + cf["fn"]),
         "specificity": clopper_pearson(cf["tn"], cf["tn"] + cf["fp"]),
     }
-
-
-def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) 1 - alpha interval of a share k / n; NaN for n = 0."""
-    if n == 0:
-        return (math.nan, math.nan)
-    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return (lo, hi)
 
 
 def _cell(entry: dict[str, Any], key: str) -> str:

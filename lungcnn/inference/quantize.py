@@ -235,8 +235,7 @@ def parity(spec: ModelSpec, fp32: Predictor, int8: Predictor, data: tuple[np.nda
     probability change. Intervals (95%): exact binomial for the agreement, a paired bootstrap over images
     (stratified by class, seed 0) for the AUC difference; images of one series are not independent, so both are
     too narrow."""
-    from lungcnn.evaluation.bootstrap import resample_indices
-    from lungcnn.evaluation.report import clopper_pearson
+    from lungcnn.metrics.bootstrap import clopper_pearson, resample_indices
 
     images, labels = data
     if not len(images):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.metrics.classification import binary_metrics, binary_metrics_batched
@@ -132,3 +133,12 @@ def _is_real(v: Any) -> bool:
     if isinstance(v, np.ndarray):
         return v.ndim == 0 and v.dtype.kind in "fiu"
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) 1 - alpha interval of a share k / n; NaN for n = 0."""
+    if n == 0:
+        return (math.nan, math.nan)
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return (lo, hi)
