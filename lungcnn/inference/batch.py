@@ -159,9 +159,11 @@ def single_threaded_opencv() -> Iterator[None]:
 
 # -- output ------------------------------------------------------------------------------------------
 def batch_predictions(predictor: Predictor, names: Sequence[str], index: Sequence[int], logits: np.ndarray,
-                      failed: Sequence[tuple[int, str]], domain_scores: np.ndarray | None = None) -> list[tuple[int, Prediction]]:
+                      failed: Sequence[tuple[int, str]], domain_scores: np.ndarray | None = None,
+                      lungs: np.ndarray | None = None) -> list[tuple[int, Prediction]]:
     """One batch's results in file order: classified images and unreadable files interleaved."""
-    done = list(zip(index, predictor.from_logits(logits, [names[i] for i in index], domain_scores))) if len(index) else []
+    done = (list(zip(index, predictor.from_logits(logits, [names[i] for i in index], domain_scores, lungs)))
+            if len(index) else [])
     done += [(i, Prediction(names[i], error=reason)) for i, reason in failed]
     return sorted(done, key=lambda pair: pair[0])
 
@@ -175,10 +177,10 @@ def default_workers() -> int:
 def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "predictions.csv", backend: str = "auto",
             batch_size: int = 32, workers: int | None = None, devices: int | str | None = None,
             strategy: str | None = None, num_nodes: int = 1, progress: bool = True, series_out: str | Path | None = None,
-            groups: str | Path | None = None) -> dict[str, Any]:
+            groups: str | Path | None = None, lung_check: bool | None = None) -> dict[str, Any]:
     """Classify every image under `paths` (zips opened in memory) and write `out` atomically; return counts and
     timings. `series_out` also writes one row per series (`lungcnn.data.series` groups them; `groups` is a
-    file,group CSV for images without DICOM series tags)."""
+    file,group CSV for images without DICOM series tags). `lung_check` overrides the checkpoint's lung check."""
     started = time.perf_counter()
     if batch_size < 1:
         raise LungCNNInputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -199,9 +201,9 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
     names = [s.name for s in sources]
     workers = default_workers() if workers is None else workers
     if lightning:
-        predictor = Predictor.from_checkpoint(ckpt, "torch")
+        predictor = Predictor.from_checkpoint(ckpt, "torch", lung_check=lung_check)
     else:
-        predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True)
+        predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True, lung_check=lung_check)
     ready = time.perf_counter()
     with single_threaded_opencv():
         if lightning:
@@ -232,7 +234,8 @@ def _run_plain(predictor: Predictor, names: Sequence[str], batches: Iterable[Bat
         for batch in batches:
             logits, scores = (predictor.forward(batch.images, batch_size=max(len(batch.index), 1))
                               if len(batch.index) else (None, None))
-            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores):
+            lungs = predictor.lungs(batch.images) if len(batch.index) else None
+            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores, lungs):
                 writer.write(p)
             bar.update(len(batch.index) + len(batch.failed))
     return writer.counts
@@ -246,6 +249,6 @@ def write_series(predictor: Predictor, sources: Sequence[Source], groups: dict |
     target = predictor.spec.series_target
     slices = schema.read_slice_probabilities(slices_csv, target)
     results = [summarise(predictor.spec, s.key, [x.name for x in s.sources], [slices[x.name][0] for x in s.sources],
-                         [slices[x.name][1] for x in s.sources])
+                         [slices[x.name][1] for x in s.sources], [slices[x.name][2] for x in s.sources])
                for s in group_series(sources, groups)]
     return schema.write_series_csv(series_out, target, (r.row(target) for r in results))
