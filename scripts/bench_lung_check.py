@@ -1,4 +1,4 @@
-"""How often the lung check (`lungcnn.data.lungcrop.find_lung_fields`) finds no lungs, per shared source.
+"""How often the lung check (`lungcnn.data.lungcrop.lungs_in_view`) says "no lungs in view", per shared source.
 
     python scripts/bench_lung_check.py --shared ../shared/data --out lung_check.csv
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from lungcnn.data.io import LungWindow
-from lungcnn.data.lungcrop import find_lung_fields
+from lungcnn.data.lungcrop import NO_BODY, find_lung_fields
 from lungcnn.data.transforms import load_for_model
 from lungcnn.evaluation.report import clopper_pearson
 from lungcnn.fileio import atomic_open
@@ -45,7 +45,8 @@ def main() -> None:
         for inverted in (False, True):
             fields = find_lung_fields(255 - image if inverted else image)
             rows.append({"source": source, "file": str(path.relative_to(shared / source)), "inverted": inverted,
-                         "found": fields.found, "area": fields.area, "reason": fields.reason})
+                         "found": fields.found, "area": fields.area, "reason": fields.reason,
+                         "lungs_in_view": fields.found or fields.reason == NO_BODY})
     table = pd.DataFrame(rows)
     with atomic_open(args.out, "w", newline="", encoding="utf-8") as f:
         table.to_csv(f, index=False)
@@ -64,7 +65,7 @@ def main() -> None:
         "inverted (all sources)": table[table["inverted"]],
     }
     for name, rows in sets.items():
-        k, n = int((~rows["found"]).sum()), len(rows)
+        k, n = int((~rows["lungs_in_view"]).sum()), len(rows)
         lo, hi = clopper_pearson(k, n)
         print(f"{name:<52} no lungs {k:>4}/{n:<4} = {k / max(n, 1):.3f} (95% CI {lo:.3f}-{hi:.3f})")
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lungcnn.data.io import LungWindow
-from lungcnn.data.lungcrop import crop_to_lungs, find_lung_fields, lung_bbox, lungs_in_view
+from lungcnn.data.lungcrop import NO_BODY, crop_to_lungs, find_lung_fields, lung_bbox, lungs_in_view
 from lungcnn.data.transforms import load_for_model
 
 
@@ -69,9 +69,18 @@ def _neck(size: int = 128) -> np.ndarray:
     """A small round neck with a bright spine and a narrow trachea: no lung fields."""
     y, x = np.mgrid[:size, :size] / size
     image = np.zeros((size, size), np.float32)
-    image[((x - 0.5) / 0.2) ** 2 + ((y - 0.5) / 0.18) ** 2 < 1] = 0.5
+    image[((x - 0.5) / 0.25) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1] = 0.5
     image[((x - 0.5) / 0.05) ** 2 + ((y - 0.6) / 0.05) ** 2 < 1] = 0.95  # vertebra
     image[((x - 0.5) / 0.025) ** 2 + ((y - 0.4) / 0.025) ** 2 < 1] = 0.0  # trachea
+    return image
+
+
+def _bone_window(size: int = 128) -> np.ndarray:
+    """Ribs and spine only, everything else black (a bone-window export): no body to look in."""
+    y, x = np.mgrid[:size, :size] / size
+    image = np.zeros((size, size), np.float32)
+    for angle in np.linspace(0, 2 * np.pi, 14, endpoint=False):
+        image[((x - 0.5 - 0.38 * np.cos(angle)) / 0.02) ** 2 + ((y - 0.5 - 0.28 * np.sin(angle)) / 0.02) ** 2 < 1] = 1.0
     return image
 
 
@@ -85,6 +94,9 @@ def test_lung_fields_found_in_a_chest_and_not_in_neck_abdomen_or_an_inverted_sli
         fields = find_lung_fields(make())
         assert not fields.found and fields.reason, name
         assert not lungs_in_view((make() * 255).astype(np.uint8)), name
+    # No body in view at all: the check cannot tell, so it does not stop the slice (the domain guard may).
+    bones = find_lung_fields(_bone_window())
+    assert not bones.found and bones.reason == NO_BODY and lungs_in_view(_bone_window())
 
 
 def _write(folder: Path, images: dict[str, np.ndarray]) -> list[Path]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+NO_BODY = "no body found"
 MIN_LUNG_FRACTION = 0.01  # of the image area, for a dark region inside the body to count as a lung
 MIN_BODY_FRACTION = 0.1  # of the image area, for the largest bright region to count as a body
 # Around a body lies dark air (at least the corners outside a round field of view); in an inverted slice the
@@ -71,8 +72,12 @@ def find_lung_fields(image: np.ndarray) -> LungFields:
 
 
 def lungs_in_view(image: np.ndarray) -> bool:
-    """True when both lung fields of the slice are found (the predictor's lung check)."""
-    return find_lung_fields(image).found
+    """The predictor's lung check: False when a body is in view without two lung fields in it (neck, abdomen) or
+    the image looks inverted; True when both lungs are found, and when no body is found at all. A bone-window
+    export (IQ-OTH/NCCD has some: only ribs and spine are bright) shows no body to look in, so the check cannot
+    tell, and an image that is no CT at all is the domain guard's to refuse."""
+    fields = find_lung_fields(image)
+    return fields.found or fields.reason == NO_BODY
 
 
 def lung_bbox(image: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -109,7 +114,7 @@ def _segment(gray: np.ndarray, threshold: float, scale: float, hull: bool = Fals
     tissue = cv2.morphologyEx(tissue, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     body = _largest_component(tissue)
     if body is None or body.sum() < MIN_BODY_FRACTION * 255 * gray.size:
-        return LungFields(None, None, "no body found")
+        return LungFields(None, None, NO_BODY)
     filled = _fill_holes(body) if not hull else _hull(body)
     outside = filled == 0
     if outside.mean() < MIN_OUTSIDE or (tissue[outside] > 0).mean() > MAX_BRIGHT_OUTSIDE:
