@@ -150,3 +150,10 @@ def gradcam(predictor: Predictor, image: np.ndarray, towards: str | None = None,
     else:  # nothing to highlight: a uniform blue wash would only hide the image
         overlay = rgb
     return CamResult(heatmap, overlay, layer_name, towards)
+
+
+def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a heat map's mass inside `mask` (e.g. the lung fields, `lungcrop.find_lung_fields`): how much of
+    the evidence the network drew from where a lesion can be. NaN for an all-zero map."""
+    total = float(heatmap.sum())
+    return float(heatmap[mask.astype(bool)].sum()) / total if total > 0 else float("nan")
