@@ -18,7 +18,7 @@ import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
 from lungcnn.errors import LungCNNInputError
-from lungcnn.inference.predictor import OUT_OF_DOMAIN, Predictor
+from lungcnn.inference.predictor import NO_LUNGS, OUT_OF_DOMAIN, Predictor
 from lungcnn.webapp import logs
 from lungcnn.webapp.auth import Access, AuthSettings, access, session_backoff, try_password
 from lungcnn.webapp.study import (
@@ -34,7 +34,6 @@ from lungcnn.webapp.uploads import (
     CALIBRATED_MEANS,
     ENV_CHECKPOINT,
     MIB,
-    NOT_IN_DOMAIN,
     UNCALIBRATED_MEANS,
     UPLOAD_TYPES,
     UploadLimits,
@@ -46,6 +45,7 @@ from lungcnn.webapp.uploads import (
     format_percent,
     headline,
     model_card,
+    not_judged_message,
     results_csv,
 )
 
@@ -215,10 +215,10 @@ def show_result(predictor: Predictor, r: UploadResult, with_cam: bool) -> None:
         if not r.ok:
             st.error(md(r.message or "This file could not be analysed."))
             return
-        if not r.answered:  # the domain guard flagged it: the image, one sentence, no number or heat map
+        if not r.answered:  # not judged (no lungs in view, or out of domain): the image, one sentence, no number
             left, right = st.columns([1, 2.4], gap="medium")
             left.image(r.image, caption="The image as the model sees it", width="stretch", clamp=True)
-            right.warning(NOT_IN_DOMAIN, icon=":material/block:")
+            right.warning(not_judged_message(r), icon=":material/block:")
             return
         pred = r.prediction
         left, middle, right = st.columns([1, 1, 1.4], gap="medium")
@@ -265,12 +265,17 @@ def show_study(predictor: Predictor, study: Study, with_cam: bool) -> None:
 def show_series(predictor: Predictor, series: StudySeries, with_cam: bool, index: int, count: int) -> None:
     result = series.result
     n, bad, flagged = len(result.names), result.counts.get("n_unreadable", 0), result.counts.get("n_out_of_domain", 0)
+    no_lungs = result.counts.get("n_no_lungs", 0)
     st.subheader(f"Series {index + 1} of {count}" if count > 1 else "Series result")
     with st.container(border=True):
         st.caption(f"Series: {md(result.key)} · {n} slices" + (f", {bad} could not be read" if bad else "")
-                   + (f", {flagged} unlike the training images" if flagged else ""))
+                   + (f", {flagged} unlike the training images" if flagged else "")
+                   + (f", {no_lungs} without lungs in view (not judged)" if no_lungs else ""))
         if result.decision is None:
             st.error(f"None of the {n} slices of this series could be read; the reasons are listed below.")
+        elif result.decision == NO_LUNGS:
+            st.warning(f"**Cannot judge this series**: none of its {n - bad} readable slices shows the lungs. No "
+                       "probability is given for it.", icon=":material/block:")
         elif result.decision == OUT_OF_DOMAIN:
             st.warning(f"**Cannot judge this series**: {flagged} of its {n - bad} readable slices are unlike the images "
                        "the model was trained on (another modality, scanner, body part or window?). No probability is "

@@ -5,7 +5,10 @@
 In-domain: the checkpoint's own test split (grouped: patients the network, the bank and the threshold never
 saw) and its validation split. Out of domain, built from what installed packages ship plus drawn patterns:
 every DICOM test file pydicom has locally (MR, ultrasound, colour, a head CT, ...), matplotlib's sample
-photographs, Pillow-drawn "photographs", flat images, noise, gradients, checkerboards and text. Reports
+photographs, Pillow-drawn "photographs", flat images, noise, gradients, checkerboards and text; and CT that a
+lung classifier must not judge: the test split's images inverted (a MONOCHROME1 slice decoded the wrong way round)
+and, where ../shared is present, the annotated DICOM series' neck and abdominal slices. Each set's share stopped
+by the lung check (`lungcrop.find_lung_fields`, whether or not the checkpoint turns it on) is reported too. Reports
 ROC-AUC (test split vs out-of-domain set, score = domain score), the share flagged of each set at the
 checkpoint's threshold with 95% Clopper-Pearson intervals, and the guard's cost in model throughput:
 batches of 32 through the same network with and without the guard, PyTorch and onnxruntime, interleaved
@@ -26,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lungcnn.data.catalog import labelled_files
+from lungcnn.data.lungcrop import lungs_in_view
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
 from lungcnn.inference.onnx_export import onnx_bytes
@@ -84,8 +88,22 @@ def drawn(seed: int = 0, size: int = 256) -> list[tuple[str, bytes]]:
     return out
 
 
-def scores_of(predictor: Predictor, items: list[tuple[str, bytes]]) -> tuple[list[str], np.ndarray, list[str]]:
-    """Domain scores of the items that read (and the names of those that did not)."""
+SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx-dev" / "A0001"
+NON_LUNG_SLICES = [*range(1, 7), *range(57, 65)]  # its neck and abdominal slices (instance numbers), read off the images
+
+
+def inverted(images: np.ndarray) -> list[tuple[str, bytes]]:
+    return [(f"inverted_{i}.png", _png(255 - image)) for i, image in enumerate(images)]
+
+
+def non_lung_slices() -> list[tuple[str, bytes]]:
+    if not SHARED_DICOM.is_dir():
+        return []
+    return [(f"dicom/1-{i:02d}.dcm", (SHARED_DICOM / f"1-{i:02d}.dcm").read_bytes()) for i in NON_LUNG_SLICES]
+
+
+def scores_of(predictor: Predictor, items: list[tuple[str, bytes]]) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """Domain scores of the items that read (and the names of those that did not), and the lung check's verdicts."""
     names, images, unreadable = [], [], []
     for name, data in items:
         try:
@@ -93,7 +111,8 @@ def scores_of(predictor: Predictor, items: list[tuple[str, bytes]]) -> tuple[lis
             names.append(name)
         except LungCNNInputError:
             unreadable.append(name)
-    return names, predictor.forward(np.stack(images))[1], unreadable
+    lungs = np.array([lungs_in_view(image) for image in images], dtype=bool)
+    return names, predictor.forward(np.stack(images))[1], unreadable, lungs
 
 
 def share(flags: np.ndarray) -> dict:
@@ -128,19 +147,26 @@ def main() -> None:
                                                        "fitted_on": spec.guard.fitted_on},
                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "machine": {"cores": cpu_count(), "loadavg": os.getloadavg()}}
-    splits = {}
+    splits, test_images = {}, None
     for split in ("test", "val"):
         frame = labelled_files(spec.data, list(spec.class_names), split)
         images, _ = predictor.read(list(frame["path"]))
+        test_images = images if split == "test" else test_images
         splits[split] = predictor.forward(images)[1]
-        result[f"{split}_split"] = share(~spec.guard.in_domain(splits[split]))
-    groups = {"pydicom": pydicom_files(), "matplotlib": matplotlib_photos(), "drawn": drawn()}
+        no_lungs = ~np.array([lungs_in_view(image) for image in images], dtype=bool)
+        result[f"{split}_split"] = {**share(~spec.guard.in_domain(splits[split])), "no_lungs": share(no_lungs)}
+    groups = {"pydicom": pydicom_files(), "matplotlib": matplotlib_photos(), "drawn": drawn(),
+              "inverted": inverted(test_images), "non_lung": non_lung_slices()}
     ood_scores, per_file = [], {}
     for group, items in groups.items():
-        names, scores, unreadable = scores_of(predictor, items)
+        if not items:
+            continue
+        names, scores, unreadable, lungs = scores_of(predictor, items)
         ood_scores.append(scores)
         per_file.update({n: float(s) for n, s in zip(names, scores)})
-        result[f"ood_{group}"] = {**share(~spec.guard.in_domain(scores)), "unreadable": unreadable}
+        flagged = ~spec.guard.in_domain(scores)
+        result[f"ood_{group}"] = {**share(flagged), "unreadable": unreadable, "no_lungs": share(~lungs),
+                                  "not_judged": share(flagged | ~lungs)}
     ood = np.concatenate(ood_scores)
     result["ood_all"] = share(~spec.guard.in_domain(ood))
     result["ood_missed"] = {n: s for n, s in per_file.items() if s <= spec.guard.threshold}
@@ -165,10 +191,14 @@ def main() -> None:
                       "new_patients_flagged<=0.02": result["test_split"]["share"] <= 0.02,
                       "throughput_cost<=0.10": max(result["guard_cost"].values()) <= 0.10}
     write_json(args.out, result)
-    for key in ("test_split", "val_split", "ood_pydicom", "ood_matplotlib", "ood_drawn", "ood_all"):
+    for key in ("test_split", "val_split", "ood_pydicom", "ood_matplotlib", "ood_drawn", "ood_inverted", "ood_non_lung",
+                "ood_all"):
+        if key not in result:
+            continue
         r = result[key]
         lo, hi = r["ci95"]
-        print(f"{key:<16} flagged {r['flagged']:>3}/{r['n']:<3} = {r['share']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+        lungs = f"; no lungs {r['no_lungs']['flagged']}/{r['no_lungs']['n']}" if "no_lungs" in r else ""
+        print(f"{key:<16} flagged {r['flagged']:>3}/{r['n']:<3} = {r['share']:.3f} (95% CI {lo:.3f}-{hi:.3f}){lungs}")
     print(f"AUROC test vs OOD {result['auroc_test_vs_ood']:.4f}; scores {result['scores']}")
     print(f"missed OOD: {result['ood_missed']}")
     print(f"images/s {ips}; guard cost {result['guard_cost']}; goal {result['goal']}")

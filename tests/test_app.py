@@ -168,13 +168,14 @@ def test_results_table_and_csv(predictor, ct_png):
     table = pd.read_csv(io.BytesIO(results_csv(predictor, results)), keep_default_na=False)
     # The page's download is lungcnn's prediction schema, cut to what the page shows.
     assert list(table.columns) == schema.columns(predictor.task, shown_only=True)
-    assert list(table.columns) == ["file", "decision", "in_domain", "probability_benign", "probability_malignant", "error"]
+    assert list(table.columns) == ["file", "decision", "in_domain", "lungs_in_view", "probability_benign",
+                                   "probability_malignant", "error"]
     assert float(table.loc[0, "probability_malignant"]) == pytest.approx(results[0].p_malignant)
     assert table.loc[0, "decision"] == results[0].prediction.decision and table.loc[0, "error"] == ""
     assert table.loc[1, "probability_malignant"] == "" and "empty" in table.loc[1, "error"]
     assert list(table["file"]) == ["a.png", "'=cmd.png"]  # a formula-looking name stays text in a spreadsheet
     shown = display_table(predictor, results)  # the page's table: the same columns, written for people
-    assert list(shown.columns) == ["file", "decision", "in_domain", "P(benign)", "P(malignant)", "error"]
+    assert list(shown.columns) == ["file", "decision", "in_domain", "lungs_in_view", "P(benign)", "P(malignant)", "error"]
     assert shown.loc[0, "P(malignant)"] == format_percent(results[0].p_malignant) and shown.loc[1, "P(malignant)"] == ""
     assert format_percent(0.0) == "< 0.1%" and format_percent(1.0) == "> 99.9%" and format_percent(0.2111) == "21.1%"
 

@@ -127,3 +127,35 @@ def test_page_says_it_cannot_judge_a_series_unlike_its_training_images(monkeypat
     assert any("Cannot judge this series" in w.value for w in at.warning)
     assert not [m for m in at.metric if m.label.startswith("Series probability")]
     assert not [m for m in at.markdown if m.value.startswith("Series result:")]
+
+
+def test_page_does_not_judge_slices_without_lungs(monkeypatch, trained_ckpt, tmp_path):
+    import dataclasses
+
+    from lungcnn.checkpoint import load_checkpoint, save_checkpoint
+    from lungcnn.inference.uploads import NO_LUNGS_IN_VIEW
+    from PIL import Image
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_lungcrop import NOT_CHEST, _phantom
+
+    spec, state = load_checkpoint(trained_ckpt)
+    ckpt = tmp_path / "lungs.ckpt"
+    save_checkpoint(ckpt, spec.replace(preprocessing=dataclasses.replace(spec.preprocessing, lung_check=True)), state)
+    slices = {"1_chest": _phantom(), **{f"{i + 2}_{k}": make() for i, (k, make) in enumerate(NOT_CHEST.items())}}
+    uploads = []
+    for name, image in slices.items():
+        buf = io.BytesIO()
+        Image.fromarray((image * 255).astype(np.uint8)).save(buf, format="PNG")
+        uploads.append((f"{name}.png", buf.getvalue(), "image/png"))
+    monkeypatch.setenv("LUNGCNN_CKPT", str(ckpt))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.radio[0].set_value(at.radio[0].options[1]).run()
+    at.file_uploader[0].set_value(uploads).run()
+    assert not at.exception, at.exception
+    assert "3 without lungs in view (not judged)" in _page_text(at)
+    shown = [m.value.lstrip("#").strip().replace("\\", "") for m in at.markdown if m.value.startswith("##### ")]
+    assert shown[:2] == ["The 1 most suspicious slices", "1_chest.png"]  # only the chest slice is ranked
+    at.slider[0].set_value(3).run()  # the neck slice, scrolled to: the image, one sentence, no probability
+    assert any(NO_LUNGS_IN_VIEW in w.value for w in at.warning)
+    assert len([m for m in at.metric if m.label == "Probability of malignancy"]) == 1

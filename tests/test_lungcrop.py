@@ -1,11 +1,17 @@
-"""Lung-field cropping finds the lungs of a phantom and never fails on a non-CT image."""
+"""Lung fields: cropping finds the lungs of a phantom and never fails on a non-CT image; the lung check judges no
+slice without lungs (neck, abdomen, inverted) and finds both lungs on a slice of every shared source."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
+import pandas as pd
+import pytest
 
 from lungcnn.data.io import LungWindow
-from lungcnn.data.lungcrop import crop_to_lungs, lung_bbox
+from lungcnn.data.lungcrop import NO_BODY, crop_to_lungs, find_lung_fields, lung_bbox, lungs_in_view
 from lungcnn.data.transforms import load_for_model
 
 
@@ -46,3 +52,105 @@ def test_load_for_model_crops_when_asked(tmp_path):
         return float(((image > 5) & (image < 30)).mean())
 
     assert lung_fraction(cropped) > 1.4 * lung_fraction(plain)
+
+
+# -- the lung check: slices without lung fields are not judged ---------------------------------------------
+def _abdomen(size: int = 128) -> np.ndarray:
+    """A body of organs (liver, stomach) with a small gas bubble: no lung fields."""
+    y, x = np.mgrid[:size, :size] / size
+    image = np.zeros((size, size), np.float32)
+    image[((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.32) ** 2 < 1] = 0.45
+    image[((x - 0.35) / 0.18) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1] = 0.6  # liver
+    image[((x - 0.68) / 0.03) ** 2 + ((y - 0.4) / 0.03) ** 2 < 1] = 0.0  # a gas bubble
+    return image
+
+
+def _neck(size: int = 128) -> np.ndarray:
+    """A small round neck with a bright spine and a narrow trachea: no lung fields."""
+    y, x = np.mgrid[:size, :size] / size
+    image = np.zeros((size, size), np.float32)
+    image[((x - 0.5) / 0.25) ** 2 + ((y - 0.5) / 0.2) ** 2 < 1] = 0.5
+    image[((x - 0.5) / 0.05) ** 2 + ((y - 0.6) / 0.05) ** 2 < 1] = 0.95  # vertebra
+    image[((x - 0.5) / 0.025) ** 2 + ((y - 0.4) / 0.025) ** 2 < 1] = 0.0  # trachea
+    return image
+
+
+def _bone_window(size: int = 128) -> np.ndarray:
+    """Ribs and spine only, everything else black (a bone-window export): no body to look in."""
+    y, x = np.mgrid[:size, :size] / size
+    image = np.zeros((size, size), np.float32)
+    for angle in np.linspace(0, 2 * np.pi, 14, endpoint=False):
+        image[((x - 0.5 - 0.38 * np.cos(angle)) / 0.02) ** 2 + ((y - 0.5 - 0.28 * np.sin(angle)) / 0.02) ** 2 < 1] = 1.0
+    return image
+
+
+NOT_CHEST = {"abdomen": _abdomen, "neck": _neck, "inverted": lambda: 1.0 - _phantom()}
+
+
+def test_lung_fields_found_in_a_chest_and_not_in_neck_abdomen_or_an_inverted_slice():
+    fields = find_lung_fields(_phantom())
+    assert fields.found and 0.1 < fields.area < 0.2  # two ellipses of 0.12 x 0.18 (pi * 0.0216 = 0.068 each)
+    for name, make in NOT_CHEST.items():
+        fields = find_lung_fields(make())
+        assert not fields.found and fields.reason, name
+        assert not lungs_in_view((make() * 255).astype(np.uint8)), name
+    # No body in view at all: the check cannot tell, so it does not stop the slice (the domain guard may).
+    bones = find_lung_fields(_bone_window())
+    assert not bones.found and bones.reason == NO_BODY and lungs_in_view(_bone_window())
+
+
+def _write(folder: Path, images: dict[str, np.ndarray]) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, image in images.items():
+        paths.append(folder / f"{name}.png")
+        Image.fromarray((image * 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_predict_does_not_judge_slices_without_lungs(trained_ckpt, tmp_path):
+    from lungcnn.inference.batch import predict
+    from lungcnn.inference.predictor import NO_LUNGS, Predictor
+
+    slices = {"1_chest": _phantom(), **{f"{i + 2}_{k}": make() for i, (k, make) in enumerate(NOT_CHEST.items())}}
+    paths = _write(tmp_path / "series", slices)
+    off = Predictor.from_checkpoint(trained_ckpt)  # a checkpoint without the setting: the check is off
+    assert all(p.lungs_in_view is None and p.decision != NO_LUNGS for p in off.predict_files(paths))
+    on = Predictor.from_checkpoint(trained_ckpt, lung_check=True)
+    chest, *others = on.predict_files(paths)
+    assert chest.lungs_in_view and chest.answered and chest.decision in on.class_names
+    assert all(p.lungs_in_view is False and p.decision == NO_LUNGS and not p.answered for p in others)
+    with pytest.raises(ValueError, match="lung check"):
+        on.from_logits(np.zeros(1, np.float32), ["x"], None if on.spec.guard is None else np.zeros(1))
+    out, series_out = tmp_path / "p.csv", tmp_path / "s.csv"
+    predict([tmp_path / "series"], trained_ckpt, out, backend="torch", workers=0, progress=False, series_out=series_out,
+            lung_check=True)
+    rows = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert rows["lungs_in_view"].tolist() == ["true", "false", "false", "false"]
+    assert rows["decision"].tolist()[1:] == [NO_LUNGS] * 3
+    [series] = pd.read_csv(series_out).to_dict("records")
+    assert series["n_no_lungs"] == 3 and series["most_suspicious_slice"].endswith("1_chest.png")
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_SLICES = {  # one chest slice of each shared source, as the reference model's pipeline renders it
+    "iqothnccd": "iqothnccd-dev/Bengin cases/Bengin case (1).jpg",
+    "chestct-kaggle": "chestct-kaggle-dev/adenocarcinoma/train__000000_(6).png",
+    "luna16": "luna16-normal-dev/normal/p1_z_120.png",
+    "lung-pet-ct-dx": "lung-pet-ct-dx-dev/A0001/1-30.dcm",
+}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared data at ../shared")
+@pytest.mark.parametrize("source", sorted(SHARED_SLICES))
+def test_lung_fields_of_one_slice_of_each_shared_source(source):
+    image = load_for_model(SHARED / SHARED_SLICES[source], 224, LungWindow(level=50, width=400))
+    fields = find_lung_fields(image)
+    assert fields.found and 0.04 < fields.area < 0.45, (source, fields.reason, fields.area)
+    count, labels = cv2.connectedComponents(fields.lungs.astype(np.uint8))
+    assert count == 3  # background and two lungs, one each side of the image's middle
+    sides = sorted(np.nonzero(labels == k)[1].mean() for k in (1, 2))
+    assert sides[0] < 112 < sides[1]
+    assert not find_lung_fields(255 - image).found  # the same slice inverted (a MONOCHROME1 mix-up)

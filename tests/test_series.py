@@ -246,7 +246,7 @@ def test_flagged_slices_are_left_out_and_a_mostly_flagged_series_gets_no_answer(
     p = [0.1, 0.99, 0.2, np.nan, 0.3]  # the 0.99 slice is a photo the guard flags: it must not make the series malignant
     some = summarise(spec, "A", names, p, [True, False, True, None, True])
     assert some.probability == pytest.approx(0.3) and some.decision == "benign" and some.most_suspicious == 4
-    assert some.counts == {"n_unreadable": 1, "n_out_of_domain": 1} and 1 not in some.ranked
+    assert some.counts == {"n_unreadable": 1, "n_no_lungs": 0, "n_out_of_domain": 1} and 1 not in some.ranked
     most = summarise(spec, "B", names, p, [False, False, True, None, False])
     assert most.decision == OUT_OF_DOMAIN and np.isnan(most.probability) and most.ranked == [2]
     row = most.row("malignant")
@@ -256,6 +256,25 @@ def test_flagged_slices_are_left_out_and_a_mostly_flagged_series_gets_no_answer(
     for bad in (0, 1.5, float("nan")):
         with pytest.raises(LungCNNInputError, match="min_in_domain"):
             SeriesRule(min_in_domain=bad)
+
+
+def test_slices_without_lungs_are_not_judged_and_do_not_make_a_series_out_of_domain(trained_ckpt):
+    from lungcnn.inference.study import summarise
+
+    from lungcnn.inference.predictor import NO_LUNGS
+
+    spec, _ = load_checkpoint(trained_ckpt)
+    spec = spec.replace(series=SeriesRule("max", 1, 0.5, min_in_domain=0.6))
+    names = [f"s{k}" for k in range(6)]
+    # A neck slice first, three abdominal slices last (0.999: what the reference model said of the liver).
+    p = [0.98, 0.2, 0.3, 0.999, 0.97, 0.99]
+    lungs = [False, True, True, False, False, False]
+    series = summarise(spec, "A", names, p, [True] * 6, lungs)
+    assert series.decision == "benign" and series.probability == pytest.approx(0.3) and series.most_suspicious == 2
+    assert series.counts == {"n_unreadable": 0, "n_no_lungs": 4, "n_out_of_domain": 0} and series.ranked == [2, 1]
+    assert series.row("malignant")["n_no_lungs"] == 4
+    none = summarise(spec, "B", names, p, None, [False] * 6)
+    assert none.decision == NO_LUNGS and np.isnan(none.probability) and none.ranked == [] and none.most_suspicious is None
 
 
 # -- lungcnn-predict --series-out ------------------------------------------------------------------------

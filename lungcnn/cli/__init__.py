@@ -45,6 +45,7 @@ COMMANDS = {
     "export": ("lungcnn.cli.export", "ONNX (optionally int8) export for fast inference"),
     "cv": ("lungcnn.cli.cv", "repeated grouped cross-validation: run, summary, compare, series, crossfit"),
     "publish": ("lungcnn.cli.publish", "a small float16 model file to ship, with its model card"),
+    "annotated": ("lungcnn.cli.annotated", "where the model looks on a series with tumour boxes (AUC, heat-map peak)"),
     "audit": ("lungcnn.cli.audit", "leakage audit of a folder-per-class data set (groups.csv)"),
     "doctor": ("lungcnn.cli.doctor", "is this machine ready? one OK/WARN/FAIL line per check"),
     "app": ("lungcnn.cli.app", "the clinicians' page (Streamlit), loopback unless sign-in is configured"),

@@ -33,6 +33,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategy", default=None, help="Lightning strategy for --devices (ddp, ...)")
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes for a multi-node Lightning strategy")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--lung-check", default=None, action=argparse.BooleanOptionalAction,
+                        help="judge no slice without lungs in view (default: the checkpoint's preprocessing.lung_check)")
     return parser.parse_args(argv)
 
 
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary = predict(args.paths, args.ckpt, args.out, args.backend, args.batch_size, args.workers, args.devices,
                       args.strategy, args.num_nodes, progress=not args.no_progress, series_out=args.series_out,
-                      groups=args.groups)
+                      groups=args.groups, lung_check=args.lung_check)
     if summary.get("classified") is None:
         return 0  # not the rank that wrote the file
     print(f"lungcnn-predict: {summary['images']} images ({summary['classified']} classified, "

@@ -1,69 +1,97 @@
-"""Lung-field cropping: find the two lungs and crop to them before resizing.
+"""Lung fields: find the two lungs of a CT slice, crop to them, and tell when no lungs are in view.
 
 Nodules are small; cropping away air, table and chest wall spends more of the model's pixels on the
-lungs. Method (classic, no learning): Otsu threshold -> the body is the largest bright component
-(holes filled) -> lungs are the dark regions inside the body -> keep the two largest -> their
-bounding box, widened by `margin`. Without two lungs (one each side of the body's midline) the box
-is the body's; if no body is found either (not a CT slice), the image is returned unchanged:
-cropping is an optimisation, never a reason to fail.
+lungs. And a slice without lung fields (neck, abdomen) or whose lungs cannot be found (an inverted
+image: a MONOCHROME1 file decoded the wrong way round) is nothing a lung-nodule classifier can judge:
+the reference model called such slices "malignant" at > 99%.
 
-Input and output: (H, W) float32 in [0, 1]; the output is a sub-rectangle of the input.
+Method (classic, no learning): threshold -> the body is the largest bright component (holes filled)
+-> lungs are the dark regions inside the body -> the two largest, one each side of the body's
+midline, each big enough. Exports differ in how bright soft tissue is (IQ-OTH/NCCD's soft-tissue-like
+JPEGs, lung-window PNGs, some lung-window JPEGs that keep tissue at 1-10 of 255), so Otsu's
+threshold is tried first, then lower ones, and the first that shows two lungs in a body wins.
+
+Input: (H, W) float in [0, 1] or uint8 in [0, 255]; masks are (H, W) bool.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
+NO_BODY = "no body found"
 MIN_LUNG_FRACTION = 0.01  # of the image area, for a dark region inside the body to count as a lung
+MIN_BODY_FRACTION = 0.1  # of the image area, for the largest bright region to count as a body
+# Around a body lies dark air (at least the corners outside a round field of view); in an inverted slice the
+# largest bright region is that air, and "inside" it is the whole image.
+MIN_OUTSIDE, MAX_BRIGHT_OUTSIDE = 0.08, 0.25
+# Tissue is closed into solid regions at ~1/40 of the image; where a soft-tissue window leaves the chest
+# wall's fat black (IQ-OTH/NCCD), only a coarser closing bridges the gaps between the ribs.
+# Last, where even that leaves the rib cage open: the body's convex hull, less a chest wall's depth.
+STAGES = ((False, 1 / 40), (False, 1 / 15), (True, 1 / 15))
+
+
+@dataclass(frozen=True)
+class LungFields:
+    """What `find_lung_fields` found: the lung fields and the body, or why not.
+
+    Args:
+        lungs: the two lung fields, or None when no two plausible lungs were found.
+        body: the body with its holes filled, or None when no body was found either.
+        reason: empty when the lungs were found, else why not (for tables and logs).
+    """
+
+    lungs: np.ndarray | None
+    body: np.ndarray | None
+    reason: str = ""
+
+    @property
+    def found(self) -> bool:
+        return self.lungs is not None
+
+    @property
+    def area(self) -> float:
+        """The lung fields' share of the image (0 when not found)."""
+        return 0.0 if self.lungs is None else float(self.lungs.mean())
+
+
+def find_lung_fields(image: np.ndarray) -> LungFields:
+    """The lung fields of one slice (see the module docstring); never raises for an odd image."""
+    gray = _gray(image)
+    otsu, _ = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    first: LungFields | None = None
+    for hull, scale, threshold in [(h, s, t) for h, s in STAGES for t in (otsu, otsu / 2, otsu / 4, 6.0, 2.0)]:
+        fields = _segment(gray, threshold, scale, hull)
+        if fields.found:
+            return fields
+        if first is None or (first.body is None and fields.body is not None):
+            first = fields  # the reason reported is Otsu's, unless only a lower threshold found a body
+    return first
+
+
+def lungs_in_view(image: np.ndarray) -> bool:
+    """The predictor's lung check: False when a body is in view without two lung fields in it (neck, abdomen) or
+    the image looks inverted; True when both lungs are found, and when no body is found at all. A bone-window
+    export (IQ-OTH/NCCD has some: only ribs and spine are bright) shows no body to look in, so the check cannot
+    tell, and an image that is no CT at all is the domain guard's to refuse."""
+    fields = find_lung_fields(image)
+    return fields.found or fields.reason == NO_BODY
 
 
 def lung_bbox(image: np.ndarray) -> tuple[int, int, int, int] | None:
     """(top, bottom, left, right) of the lung fields (else of the body), or None when neither is found."""
-    gray = cv2.GaussianBlur(np.clip(image * 255.0, 0, 255).astype(np.uint8), (5, 5), 0)
-    otsu, _ = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # Exports differ wildly in how bright soft tissue is (some lung-window JPEGs keep it at 1-10 of
-    # 255): try Otsu's threshold, then lower ones, and keep the first that shows two lungs in a body.
-    body_box = None
-    for threshold in (otsu, otsu / 2, otsu / 4, 6.0, 2.0):
-        body, lungs = _segment(gray, threshold)
-        if lungs is not None:
-            return _box(lungs)
-        if body_box is None and body is not None:
-            body_box = _box(body)
-    return body_box
-
-
-def _segment(gray: np.ndarray, threshold: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(body mask, lung mask) at one threshold; the lung mask only if two plausible lungs are found."""
-    k = max(3, int(round(min(gray.shape) / 40)) | 1)
-    tissue = (gray > threshold).astype(np.uint8) * 255
-    # Speckled tissue is closed into solid regions at a scale of ~1/40 of the image.
-    tissue = cv2.morphologyEx(tissue, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    body = _largest_component(tissue)
-    if body is None or body.sum() < 0.1 * 255 * gray.size:
-        return None, None
-    filled = _fill_holes(body)
-    lungs = cv2.morphologyEx(((filled > 0) & (body == 0)).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(lungs, connectivity=8)
-    order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
-    if len(order) < 2 or stats[order[1], cv2.CC_STAT_AREA] < MIN_LUNG_FRACTION * gray.size:
-        return filled, None
-    centre = _box(filled)
-    middle = (centre[2] + centre[3]) / 2
-    xs = sorted(centroids[order, 0])
-    if not xs[0] < middle < xs[1]:  # one lung on each side of the body's midline
-        return filled, None
-    return filled, np.isin(labels, order)
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    fields = find_lung_fields(image)
+    mask = fields.lungs if fields.found else fields.body
+    return None if mask is None else _box(mask)
 
 
 def crop_to_lungs(image: np.ndarray, margin: float = 0.08) -> np.ndarray:
-    """The lung fields' bounding box widened by `margin` (of the image size) on each side."""
+    """The lung fields' bounding box widened by `margin` (of the image size) on each side.
+
+    Without two lungs the box is the body's; with no body either (not a CT slice) the image is returned
+    unchanged: cropping is an optimisation, never a reason to fail (the lung check says "not judged")."""
     box = lung_bbox(image)
     if box is None:
         return image
@@ -71,6 +99,51 @@ def crop_to_lungs(image: np.ndarray, margin: float = 0.08) -> np.ndarray:
     top, bottom, left, right = box
     dy, dx = int(margin * h), int(margin * w)
     return image[max(0, top - dy) : min(h, bottom + dy), max(0, left - dx) : min(w, right + dx)]
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, np.float32) * 255.0, 0, 255).astype(np.uint8)
+    return cv2.GaussianBlur(image, (5, 5), 0)
+
+
+def _segment(gray: np.ndarray, threshold: float, scale: float, hull: bool = False) -> LungFields:
+    """Body and lungs at one threshold and closing scale; the lungs only if two plausible ones are found."""
+    k = max(3, int(round(min(gray.shape) * scale)) | 1)
+    tissue = (gray > threshold).astype(np.uint8) * 255
+    tissue = cv2.morphologyEx(tissue, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    body = _largest_component(tissue)
+    if body is None or body.sum() < MIN_BODY_FRACTION * 255 * gray.size:
+        return LungFields(None, None, NO_BODY)
+    filled = _fill_holes(body) if not hull else _hull(body)
+    outside = filled == 0
+    if outside.mean() < MIN_OUTSIDE or (tissue[outside] > 0).mean() > MAX_BRIGHT_OUTSIDE:
+        return LungFields(None, None, "no dark air around the body (an inverted image?)")
+    inside = filled if not hull else cv2.erode(filled, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    lungs = cv2.morphologyEx(((inside > 0) & (body == 0)).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(lungs, connectivity=8)
+    order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
+    body_mask = filled > 0
+    if len(order) < 2 or stats[order[1], cv2.CC_STAT_AREA] < MIN_LUNG_FRACTION * gray.size:
+        return LungFields(None, body_mask, "no two lung fields inside the body")
+    top, bottom, left, right = _box(filled)
+    middle = (left + right) / 2
+    xs = sorted(centroids[order, 0])
+    if not xs[0] < middle < xs[1]:
+        return LungFields(None, body_mask, "no lung field on one side of the body")
+    return LungFields(np.isin(labels, order), body_mask)
+
+
+def _hull(mask: np.ndarray) -> np.ndarray:
+    points = cv2.findNonZero(mask)
+    out = np.zeros_like(mask)
+    cv2.fillConvexPoly(out, cv2.convexHull(points), 255)
+    return out
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray | None:

@@ -75,10 +75,10 @@ def default_workers() -> int:
 def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "predictions.csv", backend: str = "auto",
             batch_size: int = 32, workers: int | None = None, devices: int | str | None = None,
             strategy: str | None = None, num_nodes: int = 1, progress: bool = True, series_out: str | Path | None = None,
-            groups: str | Path | None = None) -> dict[str, Any]:
+            groups: str | Path | None = None, lung_check: bool | None = None) -> dict[str, Any]:
     """Classify every image under `paths` (zips opened in memory) and write `out` atomically; return counts and
     timings. `series_out` also writes one row per series (`lungcnn.data.series` groups them; `groups` is a
-    file,group CSV for images without DICOM series tags)."""
+    file,group CSV for images without DICOM series tags). `lung_check` overrides the checkpoint's lung check."""
     started = time.perf_counter()
     if batch_size < 1:
         raise LungCNNInputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -99,9 +99,9 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
     names = [s.name for s in sources]
     workers = default_workers() if workers is None else workers
     if lightning:
-        predictor = Predictor.from_checkpoint(ckpt, "torch")
+        predictor = Predictor.from_checkpoint(ckpt, "torch", lung_check=lung_check)
     else:
-        predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True)
+        predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True, lung_check=lung_check)
     ready = time.perf_counter()
     with single_threaded_opencv():
         if lightning:
@@ -126,7 +126,8 @@ def _run_plain(predictor: Predictor, names: Sequence[str], batches: Iterable[Bat
         for batch in batches:
             logits, scores = (predictor.forward(batch.images, batch_size=max(len(batch.index), 1))
                               if len(batch.index) else (None, None))
-            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores):
+            lungs = predictor.lungs(batch.images) if len(batch.index) else None
+            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores, lungs):
                 writer.write(p)
             bar.update(len(batch.index) + len(batch.failed))
     return writer.counts
@@ -140,6 +141,6 @@ def write_series(predictor: Predictor, sources: Sequence[Source], groups: dict |
     target = predictor.spec.series_target
     slices = schema.read_slice_probabilities(slices_csv, target)
     results = [summarise(predictor.spec, s.key, [x.name for x in s.sources], [slices[x.name][0] for x in s.sources],
-                         [slices[x.name][1] for x in s.sources])
+                         [slices[x.name][1] for x in s.sources], [slices[x.name][2] for x in s.sources])
                for s in group_series(sources, groups)]
     return schema.write_series_csv(series_out, target, (r.row(target) for r in results))

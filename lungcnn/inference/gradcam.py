@@ -126,8 +126,10 @@ def gradcam(predictor: Predictor, image: np.ndarray, towards: str | None = None,
         raise ValueError(f"expected a ({size}, {size}) uint8 image from Predictor.load, got {image.shape} {image.dtype}")
     tensor = predictor.to_tensor(image[None])
     names = predictor.class_names
-    if towards is None:
-        towards = predictor.predict_images(image[None], ["image"])[0].decision
+    if towards is None:  # the decided class; for an image not judged (no lungs, out of domain) the most probable one
+        prediction = predictor.predict_images(image[None], ["image"])[0]
+        towards = prediction.decision if prediction.decision in names else max(prediction.probabilities,
+                                                                                key=prediction.probabilities.get)
     if towards not in names:
         raise ValueError(f"unknown class {towards!r}; the checkpoint's classes are {names}")
     target = _Logit(*predictor.task.logit_target(towards))
@@ -148,3 +150,10 @@ def gradcam(predictor: Predictor, image: np.ndarray, towards: str | None = None,
     else:  # nothing to highlight: a uniform blue wash would only hide the image
         overlay = rgb
     return CamResult(heatmap, overlay, layer_name, towards)
+
+
+def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a heat map's mass inside `mask` (e.g. the lung fields, `lungcrop.find_lung_fields`): how much of
+    the evidence the network drew from where a lesion can be. NaN for an all-zero map."""
+    total = float(heatmap.sum())
+    return float(heatmap[mask.astype(bool)].sum()) / total if total > 0 else float("nan")

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from lungcnn.data.io import MAX_BYTES, MAX_PIXELS
+from lungcnn.data.lungcrop import lungs_in_view
 from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
 from lungcnn.spec import TTA_MODES, ModelSpec
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # torch only on the PyTorch paths: an .onnx model runs withou
     import torch
 
 OUT_OF_DOMAIN = "out of domain"  # the decision of an image the domain guard flags
+NO_LUNGS = "no lungs in view"  # the decision of an image whose lung fields the lung check cannot find: not judged
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Prediction:
 
     `probabilities` are calibrated by the checkpoint, `uncalibrated` the network's own; both per class name.
     `domain_score`/`in_domain`: the guard's score and verdict (NaN/None when the checkpoint has no guard);
-    a flagged image's `decision` is `OUT_OF_DOMAIN`.
+    a flagged image's `decision` is `OUT_OF_DOMAIN`. `lungs_in_view`: the lung check's verdict (None when the
+    check is off); an image without lungs is decided `NO_LUNGS` (before the guard's verdict: the more useful reason).
     """
 
     file: str
@@ -48,6 +51,7 @@ class Prediction:
     error: str | None = None
     domain_score: float = float("nan")
     in_domain: bool | None = None
+    lungs_in_view: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,8 +59,8 @@ class Prediction:
 
     @property
     def answered(self) -> bool:
-        """Read, and not flagged by the domain guard: a result may be shown."""
-        return self.ok and self.in_domain is not False
+        """Read, lungs in view and not flagged by the domain guard: a result may be shown."""
+        return self.ok and self.in_domain is not False and self.lungs_in_view is not False
 
     @property
     def confidence(self) -> float:
@@ -141,10 +145,11 @@ class Predictor:
         backend: where logits come from; default: the network under PyTorch.
         guard: the domain guard's scoring module for the default PyTorch backend (`checkpoint.build_guard`);
             required when the spec has a guard and no backend is given.
+        lung_check: run the lung check (True/False), or None for the spec's `preprocessing.lung_check`.
     """
 
     def __init__(self, spec: ModelSpec, net: torch.nn.Module | None = None, backend: Backend | None = None,
-                 guard: torch.nn.Module | None = None) -> None:
+                 guard: torch.nn.Module | None = None, lung_check: bool | None = None) -> None:
         if backend is None and net is None:
             raise ValueError("Predictor needs a network or a backend")
         if backend is None and spec.guard is not None and guard is None:
@@ -158,15 +163,18 @@ class Predictor:
         self.lut = normalisation_lut(pre.mean, pre.std)
         self.class_names: list[str] = list(spec.class_names)
         self.tta = spec.calibration.tta
+        self.lung_check = pre.lung_check if lung_check is None else bool(lung_check)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", *, device: str | None = None,
-                        channels_last: bool = False, threads: int | None = None, with_net: bool = False) -> Predictor:
+                        channels_last: bool = False, threads: int | None = None, with_net: bool = False,
+                        lung_check: bool | None = None) -> Predictor:
         """A checkpoint (or an exported .onnx with its sidecar) with logits from `backend`.
 
         "onnx" given a checkpoint exports it beside itself on first use (re-exported when the checkpoint
         changes); "auto" is PyTorch on a CUDA GPU, else onnxruntime when installed, else PyTorch on CPU.
         `with_net` keeps the PyTorch network too (the app's Grad-CAM) when the logits come from onnxruntime.
+        `lung_check` overrides the checkpoint's `preprocessing.lung_check` (None: keep it).
         """
         path = Path(path)
         onnx_file = path.suffix.lower() == ".onnx"
@@ -186,7 +194,7 @@ class Predictor:
             from lungcnn.inference.onnx_runtime import load_onnx
 
             spec, onnx_backend = load_onnx(path, threads)
-            return cls(spec, backend=onnx_backend)
+            return cls(spec, backend=onnx_backend, lung_check=lung_check)
         from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
         if backend == "onnx":
@@ -194,10 +202,11 @@ class Predictor:
             from lungcnn.inference.onnx_runtime import load_onnx
 
             spec, onnx_backend = load_onnx(cached_export(path), threads)
-            return cls(spec, build_network(*load_checkpoint(path)) if with_net else None, backend=onnx_backend)
+            return cls(spec, build_network(*load_checkpoint(path)) if with_net else None, backend=onnx_backend,
+                       lung_check=lung_check)
         spec, state = load_checkpoint(path)
         net = build_network(spec, state)
-        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)))
+        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)), lung_check=lung_check)
 
     # -- pixels --------------------------------------------------------------------------------------
     def load(self, source: str | Path | bytes, name: str | None = None, *,
@@ -249,13 +258,25 @@ class Predictor:
             return self.task.empty_logits(), (None if self.spec.guard is None else np.zeros(0, np.float32))
         return np.concatenate(logits), (None if any(s is None for s in scores) else np.concatenate(scores))
 
+    def lungs(self, images: np.ndarray) -> np.ndarray | None:
+        """(N, S, S) uint8 -> whether each image's lung fields are found (N,) bool, or None when the check is off.
+
+        On the model's own pixels, so every path (files, uploads, zips, Lightning) checks the same image."""
+        if not self.lung_check:
+            return None
+        return np.array([lungs_in_view(image) for image in images], dtype=bool)
+
     # -- results --------------------------------------------------------------------------------------
-    def from_logits(self, logits: np.ndarray, names: list[str], domain_scores: np.ndarray | None = None) -> list[Prediction]:
-        """Logits (and domain scores) from any backend or Lightning's trainer.predict -> Predictions, calibrated
-        and decided; an image the guard flags is decided `OUT_OF_DOMAIN`."""
+    def from_logits(self, logits: np.ndarray, names: list[str], domain_scores: np.ndarray | None = None,
+                    lungs: np.ndarray | None = None) -> list[Prediction]:
+        """Logits (and domain scores, and the lung check's verdicts `Predictor.lungs`) from any backend or
+        Lightning's trainer.predict -> Predictions, calibrated and decided; an image without lungs in view is
+        decided `NO_LUNGS`, one the guard flags `OUT_OF_DOMAIN`."""
         task, spec = self.task, self.spec
         if spec.guard is not None and domain_scores is None:
             raise ValueError("this checkpoint has a domain guard: its scores must come with the logits")
+        if self.lung_check and lungs is None:
+            raise ValueError("the lung check is on: its verdicts (Predictor.lungs) must come with the logits")
         calibrated = spec.probabilities(logits)
         per_class = task.class_probabilities(calibrated)
         raw = task.class_probabilities(spec.probabilities(logits, calibrated=False))
@@ -263,14 +284,16 @@ class Predictor:
         rows = np.asarray(logits, np.float64).reshape(len(names), -1)
         scores = np.full(len(names), np.nan) if domain_scores is None else np.asarray(domain_scores, np.float64)
         inside = [None] * len(names) if spec.guard is None else spec.guard.in_domain(scores).tolist()
+        seen = [None] * len(names) if lungs is None else [bool(v) for v in lungs]
         return [Prediction(name, tuple(map(float, z)), dict(zip(self.class_names, map(float, c))),
-                           dict(zip(self.class_names, map(float, r))), d if ok is not False else OUT_OF_DOMAIN,
-                           domain_score=float(s), in_domain=ok)
-                for name, z, c, r, d, s, ok in zip(names, rows, per_class, raw, decisions, scores, inside)]
+                           dict(zip(self.class_names, map(float, r))),
+                           NO_LUNGS if found is False else OUT_OF_DOMAIN if ok is False else d,
+                           domain_score=float(s), in_domain=ok, lungs_in_view=found)
+                for name, z, c, r, d, s, ok, found in zip(names, rows, per_class, raw, decisions, scores, inside, seen)]
 
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
         logits, scores = self.forward(images)
-        return self.from_logits(logits, names, scores)
+        return self.from_logits(logits, names, scores, self.lungs(images))
 
     def read(self, sources: list[str | Path]) -> tuple[np.ndarray, list[str | None]]:
         """Read and preprocess files: the readable images stacked (n, S, S) uint8, and per source its error or None."""
@@ -290,7 +313,7 @@ class Predictor:
         names = [str(s) for s in sources] if names is None else names
         images, errors = self.read(sources)
         logits, scores = self.forward(images)
-        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None], scores))
+        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None], scores, self.lungs(images)))
         return [next(done) if e is None else Prediction(n, error=e) for n, e in zip(names, errors)], logits
 
     def predict_files(self, sources: list[str | Path]) -> list[Prediction]:

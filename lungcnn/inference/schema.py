@@ -10,14 +10,16 @@ means the same thing in every table:
 | `label` | the true class name (evaluation only) |
 | `decision` | the class the decision rule reports; `out of domain` when the guard flags the image; empty if unread |
 | `in_domain` | `true`: the image looks like the training images (the domain guard); `false`: flagged; empty: no guard |
+| `lungs_in_view` | `true`: the lung check found both lungs; `false`: none in view, decision `no lungs in view`; empty: no check |
 | `domain_score` | the guard's score (kNN distance of pooled features to the training images'; > threshold = flagged) |
 | `probability_<class>` | calibrated probability of each class (the checkpoint's calibration) |
 | `uncalibrated_probability_<class>` | the network's own probability of each class |
 | `logit` / `logit_<class>` | the raw output: one logit (binary) or one per class |
 | `error` | why the file could not be read (empty otherwise) |
 
-Files that could not be read keep their row, with only `file` and `error` filled. A flagged image keeps its
-probabilities in the full table (for research); the page's table (`shown_only`) leaves them blank.
+Files that could not be read keep their row, with only `file` and `error` filled. A flagged image (out of domain,
+or no lungs in view) keeps its probabilities in the full table (for research); the page's table (`shown_only`)
+leaves them blank.
 
 The series table (`lungcnn-predict --series-out`, the page's series result), one row per series:
 
@@ -29,10 +31,12 @@ The series table (`lungcnn-predict --series-out`, the page's series result), one
 | `decision` | `<class>` at or above the series threshold, else the other class (binary) or `not <class>` |
 | `most_suspicious_slice` | the slice with the highest P(class) |
 | `n_unreadable` | slices that could not be read |
-| `n_out_of_domain` | readable slices the domain guard flagged, left out of the series probability (see below) |
+| `n_no_lungs` | readable slices without lungs in view (neck, abdomen, inverted): not judged, left out of the probability |
+| `n_out_of_domain` | slices with lungs in view the domain guard flagged, left out of the series probability (see below) |
 
-When fewer than the series rule's `min_in_domain` of a series' readable slices are in the model's domain, its
-`decision` is `out of domain` and it has no probability or most suspicious slice.
+When fewer than the series rule's `min_in_domain` of a series' readable slices with lungs in view are in the model's
+domain, its `decision` is `out of domain`; when no readable slice has lungs in view, `no lungs in view`: either way it
+has no probability or most suspicious slice.
 """
 
 from __future__ import annotations
@@ -52,15 +56,16 @@ if TYPE_CHECKING:  # pandas only to read tables back: writing rows (lungcnn-pred
     from lungcnn.task import Task
 
 FILE, LABEL, DECISION, ERROR = "file", "label", "decision", "error"
-IN_DOMAIN, DOMAIN_SCORE = "in_domain", "domain_score"
+IN_DOMAIN, DOMAIN_SCORE, LUNGS_IN_VIEW = "in_domain", "domain_score", "lungs_in_view"
 PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", "logit"
-SHOWN = ("file", "decision", "in_domain", "probability", "error")  # what the page shows (and its download carries)
+# What the page shows (and its download carries).
+SHOWN = ("file", "decision", "in_domain", "lungs_in_view", "probability", "error")
 
 
 SERIES, N_SLICES, MOST_SUSPICIOUS = "series", "n_slices", "most_suspicious_slice"
-N_UNREADABLE, N_OUT_OF_DOMAIN = "n_unreadable", "n_out_of_domain"
+N_UNREADABLE, N_OUT_OF_DOMAIN, N_NO_LUNGS = "n_unreadable", "n_out_of_domain", "n_no_lungs"
 SERIES_PROBABILITY = "series_probability_"
-SERIES_COUNTS = (N_UNREADABLE, N_OUT_OF_DOMAIN)
+SERIES_COUNTS = (N_UNREADABLE, N_NO_LUNGS, N_OUT_OF_DOMAIN)
 
 
 def probability_column(class_name: str, calibrated: bool = True) -> str:
@@ -75,8 +80,9 @@ def columns(task: Task, *, labelled: bool = False, shown_only: bool = False) -> 
     """The table's header for `task`; `labelled` adds `label`; `shown_only` keeps what the page shows."""
     names = task.class_names
     if shown_only:
-        return [FILE, DECISION, IN_DOMAIN, *[probability_column(c) for c in names], ERROR]
-    return [FILE, *([LABEL] if labelled else []), DECISION, IN_DOMAIN, DOMAIN_SCORE, *[probability_column(c) for c in names],
+        return [FILE, DECISION, IN_DOMAIN, LUNGS_IN_VIEW, *[probability_column(c) for c in names], ERROR]
+    return [FILE, *([LABEL] if labelled else []), DECISION, IN_DOMAIN, LUNGS_IN_VIEW, DOMAIN_SCORE,
+            *[probability_column(c) for c in names],
             *[probability_column(c, calibrated=False) for c in names], *logit_columns(task), ERROR]
 
 
@@ -90,10 +96,11 @@ def row(task: Task, prediction: Prediction, label: str | None = None, *, shown_o
         return out
     out[DECISION] = prediction.decision
     out[IN_DOMAIN] = "" if prediction.in_domain is None else str(bool(prediction.in_domain)).lower()
+    out[LUNGS_IN_VIEW] = "" if prediction.lungs_in_view is None else str(bool(prediction.lungs_in_view)).lower()
     if not shown_only and prediction.in_domain is not None:
         out[DOMAIN_SCORE] = prediction.domain_score
     for c in task.class_names:
-        if shown_only and prediction.in_domain is False:
+        if shown_only and not prediction.answered:
             break
         out[probability_column(c)] = prediction.probabilities[c]
         if not shown_only:
@@ -163,16 +170,20 @@ class Table:
     def read(cls, path: str | Path) -> Table:
         import pandas as pd
 
-        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, IN_DOMAIN: str, ERROR: str}), str(path))
+        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, IN_DOMAIN: str, LUNGS_IN_VIEW: str,
+                                           ERROR: str}), str(path))
 
     @property
     def in_domain(self):
-        """Boolean mask of the rows the domain guard accepted (all True for a table without a guard's verdicts)."""
-        if IN_DOMAIN not in self.frame:
-            import pandas as pd
+        """Boolean mask of the rows judged: the domain guard accepted them and the lung check found lungs (all True
+        for a table without either's verdicts). Slices without lungs in view are counted like out-of-domain ones."""
+        import pandas as pd
 
-            return pd.Series(True, index=self.frame.index)
-        return self.frame[IN_DOMAIN].fillna("").astype(str) != "false"
+        judged = pd.Series(True, index=self.frame.index)
+        for column in (IN_DOMAIN, LUNGS_IN_VIEW):
+            if column in self.frame:
+                judged &= self.frame[column].fillna("").astype(str) != "false"
+        return judged
 
     def probabilities(self, calibrated: bool = True):
         """(N, K) per-class probabilities."""
@@ -226,12 +237,14 @@ def write_series_csv(path: str | Path, target: str, rows: Iterable[dict[str, Any
     return n
 
 
-def read_slice_probabilities(path: str | Path, target: str) -> dict[str, tuple[float, bool | None]]:
-    """{file: (calibrated P(target), in domain)} from a prediction table; NaN for a file that could not be read,
-    None where the checkpoint has no guard."""
+def read_slice_probabilities(path: str | Path, target: str) -> dict[str, tuple[float, bool | None, bool | None]]:
+    """{file: (calibrated P(target), in domain, lungs in view)} from a prediction table; NaN for a file that could
+    not be read, None where the checkpoint has no guard or the lung check is off (or the table predates it)."""
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype={FILE: str, ERROR: str, IN_DOMAIN: str}, keep_default_na=False,
+    frame = pd.read_csv(path, dtype={FILE: str, ERROR: str, IN_DOMAIN: str, LUNGS_IN_VIEW: str}, keep_default_na=False,
                         na_values={probability_column(target): [""]})
-    verdicts = [{"true": True, "false": False}.get(v) for v in frame[IN_DOMAIN]]
-    return dict(zip(frame[FILE], zip(frame[probability_column(target)].astype("float64"), verdicts)))
+    verdict = {"true": True, "false": False}
+    domain = [verdict.get(v) for v in frame[IN_DOMAIN]]
+    lungs = [verdict.get(v) for v in frame[LUNGS_IN_VIEW]] if LUNGS_IN_VIEW in frame else [None] * len(frame)
+    return dict(zip(frame[FILE], zip(frame[probability_column(target)].astype("float64"), domain, lungs)))

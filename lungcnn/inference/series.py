@@ -14,7 +14,7 @@ import numpy as np
 
 from lungcnn.data.aggregation import aggregate
 from lungcnn.inference import schema
-from lungcnn.inference.predictor import OUT_OF_DOMAIN
+from lungcnn.inference.predictor import NO_LUNGS, OUT_OF_DOMAIN
 from lungcnn.spec import ModelSpec
 
 
@@ -26,10 +26,10 @@ class SeriesResult:
         key: the series (UID, group or folder).
         names: its slices in slice order.
         probabilities: calibrated P(target) per slice in that order, NaN where the slice could not be read or the
-            domain guard flagged it (the page shows no probability for such a slice).
+            domain guard flagged it or it has no lungs in view (the page shows no probability for such a slice).
         probability: the series probability (NaN when no slice was readable or the series is out of domain).
-        decision: the series decision, `OUT_OF_DOMAIN` when too few slices are in the model's domain, or None
-            when no slice was readable.
+        decision: the series decision, `OUT_OF_DOMAIN` when too few slices are in the model's domain, `NO_LUNGS`
+            when no readable slice has lungs in view, or None when no slice was readable.
         most_suspicious: index of the slice with the highest P(target), or None.
         counts: per-series tallies (`schema.SERIES_COUNTS`).
     """
@@ -63,17 +63,24 @@ def series_decision(spec: ModelSpec, probability: float) -> str:
 
 
 def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Sequence[float],
-              in_domain: Sequence[bool | None] | None = None) -> SeriesResult:
-    """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice) and the
-    domain guard's verdicts (False: flagged; None or no list: no guard). Flagged slices are left out of the score."""
+              in_domain: Sequence[bool | None] | None = None, lungs: Sequence[bool | None] | None = None) -> SeriesResult:
+    """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice), the domain
+    guard's verdicts and the lung check's (False: flagged; None or no list: no guard / no check). Slices without
+    lungs in view (a series runs from the neck to the abdomen) and flagged ones are left out of the score; the
+    domain rule counts only slices with lungs in view, so a series' abdominal slices do not make it "out of domain"."""
     p = np.asarray(probabilities, dtype=np.float64)
     readable = np.isfinite(p)
-    flagged = readable & np.array([v is False for v in (in_domain or [None] * len(p))], dtype=bool)
-    counts = {schema.N_UNREADABLE: int((~readable).sum()), schema.N_OUT_OF_DOMAIN: int(flagged.sum())}
-    judged = np.where(flagged, np.nan, p)
+    no_lungs = readable & np.array([v is False for v in (lungs or [None] * len(p))], dtype=bool)
+    flagged = readable & ~no_lungs & np.array([v is False for v in (in_domain or [None] * len(p))], dtype=bool)
+    counts = {schema.N_UNREADABLE: int((~readable).sum()), schema.N_NO_LUNGS: int(no_lungs.sum()),
+              schema.N_OUT_OF_DOMAIN: int(flagged.sum())}
+    judged = np.where(flagged | no_lungs, np.nan, p)
     if not readable.any():
         return SeriesResult(key, tuple(names), judged, float("nan"), None, None, counts)
-    if (readable & ~flagged).sum() < spec.series.min_in_domain * readable.sum():
+    with_lungs = readable & ~no_lungs
+    if not with_lungs.any():
+        return SeriesResult(key, tuple(names), judged, float("nan"), NO_LUNGS, None, counts)
+    if (with_lungs & ~flagged).sum() < spec.series.min_in_domain * with_lungs.sum():
         return SeriesResult(key, tuple(names), judged, float("nan"), OUT_OF_DOMAIN, None, counts)
     score = aggregate(spec.series.method, judged, spec.series.k)
     top = int(np.nanargmax(judged))

@@ -86,7 +86,8 @@ def _classify_series(predictor: Predictor, series: Series, limits: UploadLimits)
     target = spec.series_target
     probs = [r.prediction.probabilities[target] if r.ok else float("nan") for r in slices]
     verdicts = [r.prediction.in_domain if r.ok else None for r in slices]
-    return StudySeries(summarise(spec, series.key, [r.name for r in slices], probs, verdicts), slices)
+    lungs = [r.prediction.lungs_in_view if r.ok else None for r in slices]
+    return StudySeries(summarise(spec, series.key, [r.name for r in slices], probs, verdicts, lungs), slices)
 
 
 SHOWN_SLICES = 5  # slices the page shows with heat maps, most suspicious first
@@ -112,8 +113,9 @@ def series_explanation(predictor: Predictor, result: SeriesResult) -> str:
     spec = predictor.spec
     side = "at or above" if result.probability >= spec.series_threshold else "below"
     top = result.most_suspicious
-    flagged = result.counts.get(schema.N_OUT_OF_DOMAIN, 0)
+    flagged, no_lungs = result.counts.get(schema.N_OUT_OF_DOMAIN, 0), result.counts.get(schema.N_NO_LUNGS, 0)
     left_out = (f" {flagged} slice(s) unlike the training images were left out of it." if flagged else "")
+    left_out += f" {no_lungs} slice(s) without lungs in view were not judged." if no_lungs else ""
     return (f"Reported as **{result.decision}** because the series probability ({spec.series.describe()}) is "
             f"{format_percent(result.probability)}, {side} the series threshold of **{format_percent(spec.series_threshold)}**."
             f"{left_out} Most suspicious slice: **{Path(result.names[top]).name}** (slice {top + 1} of {len(result.names)}, "

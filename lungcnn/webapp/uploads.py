@@ -47,6 +47,7 @@ CALIBRATED_MEANS = (
 NOT_IN_DOMAIN = (
     "This image does not look like the lung CT slices this model was trained on, so no result is given."
 )
+NO_LUNGS_IN_VIEW = "No lungs in view (a slice of the neck or abdomen, or an inverted image?): not judged."
 NO_GUARD = "none: this model cannot tell when an image is unlike its training images, and answers every image"
 UNCALIBRATED_MEANS = (
     "This model is not calibrated: its percentages were not checked against held-out cases and may be over- or "
@@ -79,7 +80,7 @@ class UploadResult:
 
     @property
     def answered(self) -> bool:
-        """Read and in the model's domain: the page may show a result (a flagged image shows NOT_IN_DOMAIN)."""
+        """Read, lungs in view and in the model's domain: the page may show a result (else `not_judged_message`)."""
         return self.ok and self.prediction is not None and self.prediction.answered
 
     @property
@@ -109,6 +110,11 @@ def analyse_upload(predictor: Predictor, name: str, data: bytes, *, with_cam: bo
     if with_cam and result.answered:  # no heat map for an image the model gives no result on
         add_heatmap(predictor, result)
     return result
+
+
+def not_judged_message(result: UploadResult) -> str:
+    """Why a readable image gets no result: no lungs in view, or unlike the training images."""
+    return NO_LUNGS_IN_VIEW if result.prediction is not None and result.prediction.lungs_in_view is False else NOT_IN_DOMAIN
 
 
 def add_heatmap(predictor: Predictor, result: UploadResult) -> None:

@@ -1,0 +1,61 @@
+"""The annotated-series evaluation: figures recomputed from its table, and a run end to end on drawn slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungcnn.evaluation.annotated import COLUMNS, evaluate_series, figures, model_to_slice
+
+
+def _table(path, probability, tumour, judged, peak_in_box):
+    rows = [{"file": f"s/{i}.dcm", "instance_number": i + 1, "tumour": t, "probability": p, "judged": j,
+             "peak_in_box": b if t else "", "cam_lung_mass": 0.5 if j else ""}
+            for i, (p, t, j, b) in enumerate(zip(probability, tumour, judged, peak_in_box))]
+    pd.DataFrame(rows).reindex(columns=COLUMNS).to_csv(path, index=False)
+    return path
+
+
+def test_figures_from_a_hand_made_table(tmp_path):
+    # Slice 0 is an abdominal slice at 0.99 the lung check stopped: not judged, so ranked last, not first.
+    path = _table(tmp_path / "a.csv", [0.99, 0.2, 0.9, 0.4, 0.1], [0, 0, 1, 1, 0], [False, True, True, True, True],
+                  [False, False, True, False, False])
+    result = figures(path)
+    assert result["auc"] == pytest.approx(1.0) and result["first_tumour_rank"] == 1
+    assert result["auc_every_slice"] == pytest.approx(4 / 6)  # 0.99 outranks both tumour slices when judged
+    assert result["peak_in_box"] == pytest.approx(0.5) and result["peak_in_box_k"] == 1
+    assert result["judged"] == 4 and result["cam_lung_mass"] == pytest.approx(0.5)
+    lo, hi = result["auc_ci95"]
+    assert lo <= result["auc"] <= hi
+    flipped = figures(_table(tmp_path / "b.csv", [0.99, 0.9, 0.1, 0.2, 0.3], [0, 0, 1, 1, 0], [True] * 5, [False] * 5))
+    assert flipped["auc"] == pytest.approx(0.0) and flipped["first_tumour_rank"] == 4
+
+
+def test_model_grid_points_map_back_to_slice_pixels():
+    assert model_to_slice(0, 0, 512, 512, 224) == pytest.approx((512 / 224 / 2 - 0.5,) * 2)
+    x, y = model_to_slice(111.5, 111.5, 300, 600, 224)  # the grid's centre is the slice's centre, padding undone
+    assert (x, y) == pytest.approx((299.5, 149.5))
+
+
+def test_evaluate_series_writes_a_table_its_figures_come_from(trained_ckpt, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(folder / f"{i}.png")
+        tumour = i in (1, 2)
+        rows.append({"file": f"series/{i}.png", "instance_number": i + 1, "tumour": int(tumour),
+                     "xmin": 0 if tumour else None, "ymin": 0 if tumour else None,
+                     "xmax": 63 if tumour else None, "ymax": 63 if tumour else None})
+    pd.DataFrame(rows).to_csv(tmp_path / "boxes.csv", index=False)
+    result = evaluate_series(trained_ckpt, tmp_path / "boxes.csv", tmp_path / "out.csv", lung_check=False)
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == COLUMNS and len(table) == 4
+    assert result == figures(tmp_path / "out.csv")
+    assert result["tumour_slices"] == 2 and 1 <= result["first_tumour_rank"] <= 3
+    # The box is the whole slice: every tumour slice's peak lies inside it.
+    assert result["peak_in_box"] == 1.0 and table.loc[[0, 3], "peak_in_box"].isna().all()
