@@ -259,7 +259,7 @@ def test_flagged_slices_are_left_out_and_a_mostly_flagged_series_gets_no_answer(
 
 
 def test_slices_without_lungs_are_not_judged_and_do_not_make_a_series_out_of_domain(trained_ckpt):
-    from lungcnn.inference.study import summarise
+    from lungcnn.inference.series import summarise
 
     from lungcnn.inference.predictor import NO_LUNGS
 
