@@ -31,8 +31,11 @@ def scan_folder(
     class_names: list[str],
     normal_as: str = "drop",
     groups_file: str | Path | None = "groups.csv",
+    require_all_classes: bool = True,
 ) -> pd.DataFrame:
-    """One row per image: file (relative to root, '/'-separated), label, class_name, group."""
+    """One row per image: file (relative to root, '/'-separated), label, class_name, group.
+
+    `require_all_classes=False` lets a folder hold only some classes (one source of several, e.g. normal scans)."""
     root = Path(root)
     check_class_map(class_folders, class_names, normal_as)
     if not root.is_dir():
@@ -58,7 +61,7 @@ def scan_folder(
         rows += [(p.relative_to(root).as_posix(), label, class_name) for p in files]
     frame = pd.DataFrame(rows, columns=COLUMNS[:3])
     missing = sorted(set(range(len(class_names))) - set(frame["label"]))
-    if missing:
+    if missing and require_all_classes:
         raise LungCNNInputError(
             f"{root}: no images for class(es) {[class_names[i] for i in missing]}; check data.class_folders"
         )
