@@ -1,6 +1,7 @@
 """`python -m lungcnn.cv run|summary|compare|series ...`: repeated grouped cross-validation, the project's yardstick.
 
     python -m lungcnn.cv run outputs/rcv --repeats 3 --folds 5 experiment=iqothnccd data.root=...
+    python -m lungcnn.cv run outputs/loso --by-source experiment=multisource     # leave one source out
     python -m lungcnn.cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
     python -m lungcnn.cv compare base=outputs/rcv/seed0 "flip TTA=outputs/rcv/seed0:report_tta"
     python -m lungcnn.cv series --multirun outputs/rcv/seed0     # series-level AUC of each series rule
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibrate", nargs="*", default=[], metavar="KEY=VALUE",
                    help="lungcnn.calibrate arguments, e.g. method=isotonic decision=balanced tta=flip")
     r.add_argument("--report", default="report", help="each fold's report folder (another name: re-evaluate)")
+    r.add_argument("--by-source", action="store_true",
+                   help="leave one of data.sources out per job instead of k folds (lungcnn.evaluation.by_source)")
     s = sub.add_parser("summary", allow_abbrev=False, help="pool one cross-validation's folds")
     s.add_argument("run_dirs", nargs="*", help="fold run folders (each with metrics.json)")
     s.add_argument("--multirun", help="a Hydra multirun folder: every job folder in it is one fold")
@@ -85,6 +88,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 @friendly_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "run" and args.by_source:
+        from lungcnn.evaluation import by_source
+
+        print(by_source.run(args.out, args.overrides, args.ckpt, args.n_resamples, args.seed)["markdown"], flush=True)
+        return 0
     if args.command == "run":
         from lungcnn.evaluation.repeated import format_summary, run
 
