@@ -36,19 +36,20 @@ from sklearn.preprocessing import StandardScaler
 from lungcnn.data.io import LungWindow
 from lungcnn.data.rendering import render
 from lungcnn.data.sources import parse_sources, scan_sources
-from lungcnn.data.transforms import build_transform, to_model_grid
+from lungcnn.data.transforms import CROPS, build_transform, to_model_grid
 from lungcnn.evaluation.by_source import markdown, per_source_table
 from lungcnn.models.backbone import create_backbone, normalization_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
 BORDER = 12  # px of the 224 px grid: the frame a scanner's annotations, padding and field of view leave
-# name -> (model window or None, each source's window override; unnamed sources keep the config's).
+# name -> (model window or None, each source's window override (unnamed sources keep the config's), crop).
 RENDERINGS = {
-    "as is (no re-windowing)": (None, {"iqothnccd": "as_is", "luna16-normal": "as_is"}),
-    "lung window -600/1500": ((-600, 1500), {}),
-    "soft-tissue window 50/400": ((50, 400), {}),
-    "wide window -300/1200": ((-300, 1200), {}),
+    "as is (no re-windowing)": (None, {"iqothnccd": "as_is", "luna16-normal": "as_is"}, "none"),
+    "lung window -600/1500": ((-600, 1500), {}, "none"),
+    "soft-tissue window 50/400": ((50, 400), {}, "none"),
+    "wide window -300/1200": ((-300, 1200), {}, "none"),
+    "soft-tissue window 50/400, lung crop": ((50, 400), {}, "lungs"),
 }
 
 
@@ -82,9 +83,11 @@ def probe():
 
 
 def source_shortcut(x: np.ndarray, source: np.ndarray, groups: np.ndarray, seed: int) -> dict:
-    """Grouped 5-fold CV balanced accuracy of predicting the source from `x`."""
+    """Grouped k-fold CV balanced accuracy of predicting the source from `x`; k = 5, or fewer so that every fold
+    has every source (LUNA16's two patients: k = 2)."""
     scores = []
-    for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(x, source, groups):
+    k = min(5, min(len(np.unique(groups[source == s])) for s in np.unique(source)))
+    for train, test in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(x, source, groups):
         scores.append(balanced_accuracy_score(source[test], probe().fit(x[train], source[train]).predict(x[test])))
     return {"balanced_accuracy": float(np.mean(scores)), "per_fold": [round(float(s), 3) for s in scores],
             "chance": 1 / len(np.unique(source))}
@@ -110,18 +113,19 @@ def main() -> None:
               "counts": {k: {str(c): int(n) for c, n in v.items()} for k, v in
                          frame.groupby("source")["class_name"].value_counts().unstack(fill_value=0).T.to_dict().items()},
               "groups": frame.groupby("source")["group"].nunique().to_dict(), "renderings": {}}
-    for rendering, (model_window, overrides) in RENDERINGS.items():
+    for rendering, (model_window, overrides, crop) in RENDERINGS.items():
         window = LungWindow(*model_window) if model_window else LungWindow()
         feats, borders = [], []
         for source in sources_for(overrides):
             # An 8-bit image taken as it is does not depend on the model window: its features are computed once.
             depends = source.rendering.kind != "as_is"
             key = f"{source.name}__{source.rendering.describe()}__{model_window if depends else ''}".replace(" ", "")
+            key += "" if crop == "none" else f"__{crop}"
             path = cache / (key.replace("/", "_").replace("'", "").replace(":", "=") + ".npz")
             part = frame[frame["source"] == source.name]
             if not path.is_file():
-                images = np.stack([to_model_grid(render(source.root / f.split("/", 1)[1], source.rendering, window), SIZE)
-                                   for f in part["file"]])
+                images = np.stack([to_model_grid(CROPS[crop](render(source.root / f.split("/", 1)[1], source.rendering,
+                                                                     window)), SIZE) for f in part["file"]])
                 np.savez(path, features=features(images, model, transform), border=border_features(images))
             saved = np.load(path)
             feats.append(saved["features"])
@@ -137,7 +141,7 @@ def main() -> None:
         table = per_source_table(pd.concat(rows, ignore_index=True), args.n_resamples, args.seed)
         source, groups = frame["source"].to_numpy(), frame["group"].to_numpy()
         result["renderings"][rendering] = {
-            "model_window": model_window, "per_source": table, "markdown": markdown(table),
+            "model_window": model_window, "crop": crop, "per_source": table, "markdown": markdown(table),
             "source_from_features": source_shortcut(x, source, groups, args.seed),
             "source_from_border": source_shortcut(border, source, groups, args.seed)}
         print(f"\n## {rendering}\n{markdown(table)}\nsource from features: "
