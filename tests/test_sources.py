@@ -166,6 +166,12 @@ def test_rendering_augment_changes_rendering_not_shape():
     out = transform(image=image)["image"]
     assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
 
+    # As one entry of data.augment (the list it returns is spliced in, before the tensor conversion).
+    dm = LungCTDataModule(root="unused", class_folders={"a": "b"}, class_names=NAMES,
+                          augment=[A.HorizontalFlip(p=0.5), rendering_augment(p=0.5)])
+    names = [type(t).__name__ for t in dm.train_transform.transforms]
+    assert names[:5] == ["HorizontalFlip", "RandomBrightnessContrast", "RandomGamma", "GaussNoise", "ImageCompression"]
+
 
 def test_by_source_cv_end_to_end(tmp_path, capsys):
     """`python -m lungcnn.cv run --by-source`: two tiny sources, one job per held-out source; each job tests on

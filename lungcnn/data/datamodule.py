@@ -149,6 +149,8 @@ class LungCTDataModule(L.LightningDataModule):
         self.window = LungWindow(**(window or {}))
         self.mean = IMAGENET_MEAN if mean is None else tuple(mean)
         self.std = IMAGENET_STD if std is None else tuple(std)
+        # An entry may be a list of transforms (lungcnn.data.rendering.rendering_augment gives one): spliced in.
+        augment = [t for entry in augment for t in (entry if isinstance(entry, list) else [entry])]
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop
