@@ -210,3 +210,11 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
         for key, value in _figures(np.stack([p, called], 1), y).items():
             assert row[key]["value"] == pytest.approx(value)
             assert row[key]["ci95"][0] <= value + 1e-9 and value - 1e-9 <= row[key]["ci95"][1]
+
+
+def test_calibrate_and_evaluate_refuse_a_multi_source_split_in_one_line():
+    from lungcnn.data.catalog import labelled_files
+
+    data = {"root": None, "class_folders": {"a": "b"}, "sources": [{"name": "a"}], "split_file": "split.csv"}
+    with pytest.raises(LungCNNInputError, match="trained on data.sources"):
+        labelled_files(data, NAMES, "val")

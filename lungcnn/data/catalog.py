@@ -114,6 +114,10 @@ def labelled_files(data: dict, class_names: list[str], split: str | None, root: 
 
     if not data.get("class_folders"):
         raise LungCNNInputError("the checkpoint does not say how its data was laid out (no data.class_folders)")
+    if root is None and data.get("sources"):
+        # Its splits span several sources, each read in its own rendering: not one folder this function can scan.
+        raise LungCNNInputError("the checkpoint was trained on data.sources: pass data_root=FOLDER, or score its held-out "
+                                "source with `python -m lungcnn.cv run --by-source`")
     base = Path(root or data.get("root") or "")
     frame = scan_folder(base, data["class_folders"], class_names, data.get("normal_as", "drop"))
     if root is None and split is not None:
