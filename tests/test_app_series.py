@@ -132,11 +132,11 @@ def test_page_says_it_cannot_judge_a_series_unlike_its_training_images(monkeypat
 def test_page_does_not_judge_slices_without_lungs(monkeypatch, trained_ckpt, tmp_path):
     import dataclasses
 
-    from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
-    from lungcnn.webapp.uploads import NO_LUNGS_IN_VIEW
     from PIL import Image
     from streamlit.testing.v1 import AppTest
 
+    from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
+    from lungcnn.webapp.uploads import NO_LUNGS_IN_VIEW
     from tests.test_lungcrop import NOT_CHEST, _phantom
 
     spec, state = load_checkpoint(trained_ckpt)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lungcnn.cli.export import main as export_main
 
+from lungcnn.cli.export import main as export_main
 from lungcnn.inference.quantize import parity_path, quantize_onnx
 from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.models.net import LungNet

@@ -259,9 +259,8 @@ def test_flagged_slices_are_left_out_and_a_mostly_flagged_series_gets_no_answer(
 
 
 def test_slices_without_lungs_are_not_judged_and_do_not_make_a_series_out_of_domain(trained_ckpt):
-    from lungcnn.inference.series import summarise
-
     from lungcnn.inference.predictor import NO_LUNGS
+    from lungcnn.inference.series import summarise
 
     spec, _ = load_checkpoint(trained_ckpt)
     spec = spec.replace(series=SeriesRule("max", 1, 0.5, min_in_domain=0.6))

@@ -30,8 +30,11 @@ def scan_folder(
     class_names: list[str],
     normal_as: str = "drop",
     groups_file: str | Path | None = "groups.csv",
+    require_all_classes: bool = True,
 ) -> pd.DataFrame:
-    """One row per image: file (relative to root, '/'-separated), label, class_name, group."""
+    """One row per image: file (relative to root, '/'-separated), label, class_name, group.
+
+    `require_all_classes=False` lets a folder hold only some classes (one source of several, e.g. normal scans)."""
     root = Path(root)
     check_class_map(class_folders, class_names, normal_as)
     if not root.is_dir():
@@ -57,7 +60,7 @@ def scan_folder(
         rows += [(p.relative_to(root).as_posix(), label, class_name) for p in files]
     frame = pd.DataFrame(rows, columns=COLUMNS[:3])
     missing = sorted(set(range(len(class_names))) - set(frame["label"]))
-    if missing:
+    if missing and require_all_classes:
         raise LungCNNInputError(
             f"{root}: no images for class(es) {[class_names[i] for i in missing]}; check data.class_folders"
         )
@@ -110,6 +113,10 @@ def labelled_files(data: dict, class_names: list[str], split: str | None, root: 
 
     if not data.get("class_folders"):
         raise LungCNNInputError("the checkpoint does not say how its data was laid out (no data.class_folders)")
+    if root is None and data.get("sources"):
+        # Its splits span several sources, each read in its own rendering: not one folder this function can scan.
+        raise LungCNNInputError("the checkpoint was trained on data.sources: pass data_root=FOLDER, or score its held-out "
+                                "source with `python -m lungcnn.cv run --by-source`")
     base = Path(root or data.get("root") or "")
     frame = scan_folder(base, data["class_folders"], class_names, data.get("normal_as", "drop"))
     if root is None and split is not None:

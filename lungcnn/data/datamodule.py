@@ -1,9 +1,14 @@
-"""LightningDataModule for a folder-per-class CT dataset.
+"""LightningDataModule for a folder-per-class CT dataset, or several of them (`data.sources`).
 
 setup(): scan the folder -> split (or reuse `split_file`) -> decode every image once into an
 in-memory uint8 cache of shape (N, S, S) -> sampler weights from the training split. Epochs after
 the first never touch a JPEG again, and an unreadable image is reported and skipped before any
 training starts.
+
+With `data.sources` (lungcnn.data.sources) every source is scanned with its own class map and groups, read
+in its own rendering into the model's window (`data.window`, lungcnn.data.rendering), and the frame carries a
+`source` column (in split.csv too). `data.holdout_source=NAME` makes that source the whole test split and splits
+the others into train and val: leave-one-source-out (lungcnn.evaluation.by_source).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcnn.data.catalog import check_class_map, scan_folder
 from lungcnn.data.io import LungWindow
+from lungcnn.data.rendering import render
+from lungcnn.data.sources import Source, parse_sources, scan_sources
 from lungcnn.data.splits import assign_splits, check_split_args, load_split, save_split
-from lungcnn.data.transforms import build_transform, check_model_input, load_for_model
+from lungcnn.data.transforms import CROPS, build_transform, check_model_input, load_for_model, to_model_grid
 from lungcnn.errors import LungCNNInputError, fail, require_choice, require_int
 from lungcnn.seeding import derive_seed
 
@@ -83,7 +90,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
 class LungCTDataModule(L.LightningDataModule):
     def __init__(
         self,
-        root: str,
+        root: str | None,
         class_folders: dict[str, str],
         class_names: Sequence[str],
         normal_as: str = "drop",
@@ -105,6 +112,8 @@ class LungCTDataModule(L.LightningDataModule):
         output_dir: str | None = None,
         synthetic: bool | dict[str, Any] = False,
         crop: str = "none",
+        sources: Sequence[Mapping[str, Any]] | None = None,
+        holdout_source: str | None = None,
     ) -> None:
         super().__init__()
         # Every argument is checked here, by the data module or the function it passes it to, before any file is read.
@@ -116,16 +125,31 @@ class LungCTDataModule(L.LightningDataModule):
         require_choice("data.imbalance", imbalance, IMBALANCE)
         if not isinstance(synthetic, (bool, Mapping)):
             fail("data.synthetic", "true, false or a mapping of make_synthetic_dataset arguments", synthetic)
-        self.root = Path(root)
+        self.sources: list[Source] | None = None
+        if sources:
+            if synthetic:
+                raise LungCNNInputError("data.synthetic makes one folder: use data.root, not data.sources")
+            self.sources = parse_sources(sources, class_folders)
+        elif not root:
+            raise LungCNNInputError("data.root is not set: pass data.root=FOLDER (or a list data.sources)")
+        names = [s.name for s in self.sources or []]
+        if holdout_source is not None and holdout_source not in names:
+            raise LungCNNInputError(f"data.holdout_source must name one of data.sources {names}, got {holdout_source!r}")
+        self.holdout_source = holdout_source
+        self.root = Path(root) if root else None
         self.class_folders, self.class_names = dict(class_folders), list(class_names)
         self.normal_as, self.image_size = normal_as, image_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction, grouped=grouped,
                                n_folds=n_folds, fold=fold, seed=seed)
+        if holdout_source is not None and n_folds is not None:
+            raise LungCNNInputError("data.holdout_source makes its source the test split: leave data.n_folds unset")
         self.split_file, self.imbalance, self.seed = split_file, imbalance, seed
         self.window = LungWindow(**(window or {}))
         self.mean = IMAGENET_MEAN if mean is None else tuple(mean)
         self.std = IMAGENET_STD if std is None else tuple(std)
+        # An entry may be a list of transforms (lungcnn.data.rendering.rendering_augment gives one): spliced in.
+        augment = [t for entry in augment for t in (entry if isinstance(entry, list) else [entry])]
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop
@@ -146,9 +170,12 @@ class LungCTDataModule(L.LightningDataModule):
         if self.frame is not None:
             return
         frame = self._scan()
-        frame["split"] = (
-            load_split(self.split_file, frame) if self.split_file else assign_splits(frame, **self.split_args)
-        )
+        if self.split_file:
+            frame["split"] = load_split(self.split_file, frame)
+        elif self.holdout_source is not None:
+            frame["split"] = holdout_split(frame, self.holdout_source, **self.split_args)
+        else:
+            frame["split"] = assign_splits(frame, **self.split_args)
         frame, self.images = self._decode(frame)
         self.frame = frame.reset_index(drop=True)
         if self.output_dir:
@@ -157,19 +184,29 @@ class LungCTDataModule(L.LightningDataModule):
         log.info("split (images per class):\n%s", counts.to_string())
 
     def _scan(self) -> pd.DataFrame:
+        if self.sources:
+            return scan_sources(self.sources, self.class_names, self.normal_as)
         return scan_folder(self.root, self.class_folders, self.class_names, self.normal_as)
+
+    def _load(self, file: str) -> np.ndarray:
+        if not self.sources:
+            return load_for_model(self.root / file, self.image_size, self.window, crop=self.crop)
+        name, _, rest = file.partition("/")
+        source = next(s for s in self.sources if s.name == name)
+        image = render(source.root / rest, source.rendering, self.window, name=file)
+        return to_model_grid(CROPS[self.crop](image), self.image_size)
 
     def _decode(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         keep, images = [], []
         for i, file in enumerate(frame["file"]):
             try:
-                images.append(load_for_model(self.root / file, self.image_size, self.window, crop=self.crop))
+                images.append(self._load(file))
                 keep.append(i)
             except LungCNNInputError as e:
                 self.skipped.append(str(e))
                 log.warning("skipped unreadable image: %s", e)
         if not images:
-            raise LungCNNInputError(f"{self.root}: none of the {len(frame)} images could be read")
+            raise LungCNNInputError(f"{self.root or 'data.sources'}: none of the {len(frame)} images could be read")
         frame = frame.iloc[keep]
         for name in ("train", "val", "test"):
             if not (frame["split"] == name).any():
@@ -206,7 +243,9 @@ class LungCTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         images, labels = self._subset("train")
         weights = None
-        if self.imbalance == "sampler":
+        if self.imbalance == "sampler" and self.sources:
+            weights = torch.as_tensor(source_weights(self.split_frame("train"), self.sources), dtype=torch.double)
+        elif self.imbalance == "sampler":
             counts = np.bincount(labels, minlength=len(self.class_names))
             weights = torch.as_tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.double)
         # The epoch about to start (a resumed run's too): worker processes fetch before `set_epoch` is called.
@@ -227,6 +266,8 @@ class LungCTDataModule(L.LightningDataModule):
 
     def data_note(self) -> str:
         """What the model was trained on, for checkpoints, reports and the app's model card."""
+        if self.sources:
+            return "images from " + ", ".join(s.name for s in self.sources)
         if self.synthetic or (self.root / "SYNTHETIC.txt").is_file():
             return "synthetic demo data (drawn phantoms, not medical images)"
         return f"images from {self.root.name}"
@@ -234,8 +275,8 @@ class LungCTDataModule(L.LightningDataModule):
     def describe(self) -> dict[str, Any]:
         """Where the data and its split live, so calibrate/evaluate can find the same val/test images."""
         split_file = Path(self.output_dir) / "split.csv" if self.output_dir else self.split_file
-        return {
-            "root": str(self.root.resolve()),
+        described = {
+            "root": str(self.root.resolve()) if self.root else None,
             "class_folders": self.class_folders,
             "normal_as": self.normal_as,
             "split_file": str(Path(split_file).resolve()) if split_file else None,
@@ -243,6 +284,9 @@ class LungCTDataModule(L.LightningDataModule):
             "imbalance": self.imbalance,
             "train_class_counts": self.class_counts("train").tolist() if self.frame is not None else None,
         }
+        if self.sources:
+            described.update(sources=[s.describe() for s in self.sources], holdout_source=self.holdout_source)
+        return described
 
     def preprocessing(self) -> dict[str, Any]:
         """What a checkpoint needs to see new images exactly as training saw them (plain types)."""
@@ -254,3 +298,27 @@ class LungCTDataModule(L.LightningDataModule):
             "crop": self.crop,
             "pad": "square, value 0",
         }
+
+
+def holdout_split(frame: pd.DataFrame, holdout: str, **split_args: Any) -> pd.Series:
+    """Leave one source out: every image of `holdout` is test; the other sources split into train and val
+    (grouped within each source, stratified by label, `data.val_fraction` of them val)."""
+    split = pd.Series("test", index=frame.index, name="split")
+    rest = frame[frame["source"] != holdout]
+    if rest.empty:
+        raise LungCNNInputError(f"data.holdout_source={holdout}: no other source is left to train on")
+    val_fraction = split_args["val_fraction"]
+    # assign_splits' own test fold becomes val here; its val fold (a tiny share) goes back to training.
+    inner = assign_splits(rest, val_fraction=min(val_fraction, 0.5), test_fraction=val_fraction,
+                          seed=split_args["seed"], grouped=split_args["grouped"])
+    split[rest.index] = inner.map({"train": "train", "val": "train", "test": "val"})
+    return split
+
+
+def source_weights(frame: pd.DataFrame, sources: Sequence[Source]) -> np.ndarray:
+    """Sampler weight per training image: each source draws in proportion to its `weight`, and within a source
+    each of its classes equally (a source with one class, such as normal scans, gives all its draws to it)."""
+    weight = {s.name: s.weight for s in sources}
+    cell = frame.groupby(["source", "label"])["file"].transform("size").to_numpy(dtype=float)
+    n_classes = frame.groupby("source")["label"].transform("nunique").to_numpy(dtype=float)
+    return frame["source"].map(weight).to_numpy(dtype=float) / (cell * n_classes)

@@ -84,7 +84,8 @@ def check_split_args(val_fraction: float, test_fraction: float, n_folds: int | N
 
 def save_split(frame: pd.DataFrame, path: str | Path) -> None:
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:
-        frame[["file", "label", "group", "split"]].to_csv(f, index=False)
+        # `source` only where the data has several sources: a single folder's split.csv stays as it was.
+        frame[["file", "label", "group", "split", *(["source"] if "source" in frame.columns else [])]].to_csv(f, index=False)
 
 
 def load_split(path: str | Path, frame: pd.DataFrame) -> pd.Series:

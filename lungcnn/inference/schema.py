@@ -8,6 +8,7 @@ means the same thing in every table:
 |---|---|
 | `file` | the image (a path, or the uploaded file's name) |
 | `label` | the true class name (evaluation only) |
+| `source` | the data source the image came from (`data.sources`; evaluation of several sources only) |
 | `decision` | the class the decision rule reports; `out of domain` when the guard flags the image; empty if unread |
 | `in_domain` | `true`: the image looks like the training images (the domain guard); `false`: flagged; empty: no guard |
 | `lungs_in_view` | `true`: the lung check found both lungs; `false`: none in view, decision `no lungs in view`; empty: no check |
@@ -55,7 +56,7 @@ if TYPE_CHECKING:  # pandas only to read tables back: writing rows (lungcnn-pred
     from lungcnn.inference.predictor import Prediction
     from lungcnn.task import Task
 
-FILE, LABEL, DECISION, ERROR = "file", "label", "decision", "error"
+FILE, LABEL, SOURCE, DECISION, ERROR = "file", "label", "source", "decision", "error"
 IN_DOMAIN, DOMAIN_SCORE, LUNGS_IN_VIEW = "in_domain", "domain_score", "lungs_in_view"
 PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", "logit"
 # What the page shows (and its download carries).
@@ -76,22 +77,27 @@ def logit_columns(task: Task) -> list[str]:
     return [LOGIT] if task.outputs == 1 else [f"{LOGIT}_{c}" for c in task.class_names]
 
 
-def columns(task: Task, *, labelled: bool = False, shown_only: bool = False) -> list[str]:
-    """The table's header for `task`; `labelled` adds `label`; `shown_only` keeps what the page shows."""
+def columns(task: Task, *, labelled: bool = False, shown_only: bool = False, sourced: bool = False) -> list[str]:
+    """The table's header for `task`; `labelled` adds `label`, `sourced` adds `source`; `shown_only` keeps what
+    the page shows."""
     names = task.class_names
     if shown_only:
         return [FILE, DECISION, IN_DOMAIN, LUNGS_IN_VIEW, *[probability_column(c) for c in names], ERROR]
-    return [FILE, *([LABEL] if labelled else []), DECISION, IN_DOMAIN, LUNGS_IN_VIEW, DOMAIN_SCORE,
+    return [FILE, *([LABEL] if labelled else []), *([SOURCE] if sourced else []), DECISION, IN_DOMAIN, LUNGS_IN_VIEW,
+            DOMAIN_SCORE,
             *[probability_column(c) for c in names],
             *[probability_column(c, calibrated=False) for c in names], *logit_columns(task), ERROR]
 
 
-def row(task: Task, prediction: Prediction, label: str | None = None, *, shown_only: bool = False) -> dict[str, Any]:
+def row(task: Task, prediction: Prediction, label: str | None = None, *, shown_only: bool = False,
+        source: str | None = None) -> dict[str, Any]:
     """One prediction as {column: value}; an unreadable file's row has `file` and `error` only, and a flagged
     image's `shown_only` row no probabilities."""
     out: dict[str, Any] = {FILE: prediction.file, ERROR: prediction.error or ""}
     if label is not None:
         out[LABEL] = label
+    if source is not None:
+        out[SOURCE] = source
     if not prediction.ok:
         return out
     out[DECISION] = prediction.decision
@@ -114,18 +120,19 @@ class Writer:
     """Rows streamed into a CSV that appears atomically when the `with` block ends cleanly (a failed or
     interrupted run leaves the previous file untouched). `counts` tallies classified and unreadable files."""
 
-    def __init__(self, path: str | Path, task: Task, labelled: bool = False) -> None:
-        self.path, self.task, self.labelled = path, task, labelled
+    def __init__(self, path: str | Path, task: Task, labelled: bool = False, sourced: bool = False) -> None:
+        self.path, self.task, self.labelled, self.sourced = path, task, labelled, sourced
         self.counts = {"classified": 0, "unreadable": 0}
 
     def __enter__(self) -> Writer:
         self._file = atomic_open(self.path, "w", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file.__enter__(), columns(self.task, labelled=self.labelled), restval="")
+        self._writer = csv.DictWriter(self._file.__enter__(), columns(self.task, labelled=self.labelled, sourced=self.sourced),
+                                      restval="")
         self._writer.writeheader()
         return self
 
-    def write(self, prediction: Prediction, label: str | None = None) -> None:
-        self._writer.writerow(row(self.task, prediction, label))
+    def write(self, prediction: Prediction, label: str | None = None, source: str | None = None) -> None:
+        self._writer.writerow(row(self.task, prediction, label, source=source))
         self.counts["classified" if prediction.ok else "unreadable"] += 1
 
     def __exit__(self, *exc: Any) -> None:
@@ -133,11 +140,11 @@ class Writer:
 
 
 def write_csv(path: str | Path, task: Task, predictions: Iterable[Prediction],
-              labels: Sequence[str] | None = None) -> dict[str, int]:
+              labels: Sequence[str] | None = None, sources: Sequence[str] | None = None) -> dict[str, int]:
     """Write the whole table atomically; return counts of classified and unreadable files."""
-    with Writer(path, task, labelled=labels is not None) as writer:
+    with Writer(path, task, labelled=labels is not None, sourced=sources is not None) as writer:
         for i, p in enumerate(predictions):
-            writer.write(p, None if labels is None else labels[i])
+            writer.write(p, None if labels is None else labels[i], None if sources is None else sources[i])
     return writer.counts
 
 
@@ -170,8 +177,8 @@ class Table:
     def read(cls, path: str | Path) -> Table:
         import pandas as pd
 
-        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, DECISION: str, IN_DOMAIN: str, LUNGS_IN_VIEW: str,
-                                           ERROR: str}), str(path))
+        return cls(pd.read_csv(path, dtype={FILE: str, LABEL: str, SOURCE: str, DECISION: str, IN_DOMAIN: str,
+                                           LUNGS_IN_VIEW: str, ERROR: str}), str(path))
 
     @property
     def in_domain(self):

@@ -1,0 +1,220 @@
+"""Several sources through one data module (class maps, groups per source, the source column), their bad-input
+messages, and the rendering into the model's window (re-windowing round trip, rendering augmentation)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lungcnn.data.datamodule import LungCTDataModule, source_weights
+from lungcnn.data.io import LungWindow
+from lungcnn.data.rendering import parse_window, render, rendering_augment, rewindow, to_hu
+from lungcnn.data.splits import load_split
+from lungcnn.errors import LungCNNInputError
+
+NAMES = ["not_malignant", "malignant"]
+LUNG, SOFT = LungWindow(-600, 1500), LungWindow(40, 400)
+
+
+def _hu_phantom(size: int = 48, seed: int = 0) -> np.ndarray:
+    """A synthetic axial slice in HU: air, body (soft tissue), two lungs, a bright nodule, noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size] / size
+    hu = np.full((size, size), -1000.0)
+    hu[(x - 0.5) ** 2 / 0.2 + (y - 0.5) ** 2 / 0.12 < 1] = 40.0
+    for cx in (0.32, 0.68):
+        hu[(x - cx) ** 2 / 0.02 + (y - 0.5) ** 2 / 0.06 < 1] = -850.0
+    hu[(x - 0.3) ** 2 + (y - 0.45) ** 2 < 0.003] = 30.0
+    return hu + rng.normal(0, 20, hu.shape)
+
+
+def _blocks_hu(seed: int) -> np.ndarray:
+    """64 x 64 random 8 x 8 blocks of -900..100 HU: slices far apart in the audit's hash (only copies group)."""
+    return np.kron(np.random.default_rng(seed).uniform(-900, 100, (8, 8)), np.ones((8, 8)))
+
+
+def _export(hu: np.ndarray, window: LungWindow, path) -> None:
+    """An 8-bit PNG export of `hu` with `window`, as a PACS screenshot or a data set's PNGs are made."""
+    Image.fromarray(np.rint(window.apply(hu) * 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory, tiny_root):
+    """`hospital`: the tiny synthetic set under other folder names (benign folder = not malignant), its groups.csv;
+    `scans`: normal slices only, exported with a lung window, two near-identical copies per slice (no groups)."""
+    base = tmp_path_factory.mktemp("sources")
+    hospital = base / "hospital"
+    shutil.copytree(tiny_root, hospital)
+    (hospital / "benign").rename(hospital / "Benign cases")
+    (hospital / "malignant").rename(hospital / "Malignant cases")
+    groups = pd.read_csv(hospital / "groups.csv")
+    groups["file"] = groups["file"].str.replace("benign/", "Benign cases/").str.replace("malignant/", "Malignant cases/")
+    groups.to_csv(hospital / "groups.csv", index=False)
+    scans = base / "scans" / "normal"
+    scans.mkdir(parents=True)
+    for k in range(6):
+        hu = _blocks_hu(k)
+        _export(hu, LUNG, scans / f"s{k}_a.png")
+        _export(hu + 1.0, LUNG, scans / f"s{k}_b.png")
+    return [
+        {"name": "hospital", "root": str(hospital), "window": "as_is", "groups": "groups.csv",
+         "class_folders": {"Benign cases": "not_malignant", "Malignant cases": "malignant"}},
+        {"name": "scans", "root": str(base / "scans"), "window": "lung", "groups": "similarity", "weight": 2.0,
+         "class_folders": {"normal": "normal"}},
+    ]
+
+
+def _dm(sources, tmp_path=None, **kwargs) -> LungCTDataModule:
+    return LungCTDataModule(root=None, class_folders={"x": "y"}, class_names=NAMES, normal_as="negative",
+                            image_size=64, batch_size=4, sources=sources, seed=0,
+                            output_dir=str(tmp_path) if tmp_path else None, **kwargs)
+
+
+def test_two_sources_through_one_datamodule(two_sources, tmp_path):
+    dm = _dm(two_sources, tmp_path, window={"level": 40, "width": 400})
+    dm.setup()
+    frame = dm.frame
+    assert sorted(frame["source"].unique()) == ["hospital", "scans"] and len(frame) == 30 + 12
+    scans = frame[frame["source"] == "scans"]
+    # Class map: normal -> label 0 under normal_as=negative; the hospital's folders by its own map.
+    assert (scans["label"] == 0).all() and (scans["class_name"] == "not_malignant").all()
+    assert set(frame.loc[frame["source"] == "hospital", "label"]) == {0, 1}
+    # Groups: the hospital's from its groups.csv, the scans' near-identical pairs joined by the similarity grouping.
+    assert frame["group"].str.split(":").str[0].eq(frame["source"]).all()
+    assert frame.loc[frame["source"] == "hospital", "group"].nunique() == 10
+    assert scans["group"].nunique() == 6 and (scans.groupby("group").size() == 2).all()
+    assert not (frame.groupby("group")["split"].nunique() > 1).any()  # grouped within each source
+    # The source column is in split.csv, and the saved split reads back.
+    saved = pd.read_csv(tmp_path / "split.csv")
+    assert list(saved.columns) == ["file", "label", "group", "split", "source"]
+    assert load_split(tmp_path / "split.csv", frame).equals(frame["split"])
+    assert dm.describe()["sources"][1]["window"] == {"level": -600.0, "width": 1500.0}
+    # A lung-window export read into the soft-tissue model window: the HU as that window renders them.
+    first = scans.index[0]
+    assert frame.loc[first, "file"] == "scans/normal/s0_a.png"
+    expected = SOFT.apply(_blocks_hu(0)) * 255
+    assert np.abs(dm.images[first] - expected).max() <= 255 * LUNG.width / 255 / SOFT.width + 1
+
+
+def test_holdout_source_is_the_whole_test_split(two_sources):
+    dm = _dm(two_sources, holdout_source="scans")
+    dm.setup()
+    split = dm.frame.groupby("source")["split"].agg(set)
+    assert split["scans"] == {"test"} and split["hospital"] == {"train", "val"}
+
+
+def test_source_weights_share_draws_by_weight_and_class():
+    frame = pd.DataFrame({"source": ["a"] * 4 + ["b"] * 2, "label": [0, 1, 1, 1, 0, 0], "file": list("uvwxyz")})
+    sources = [type("S", (), {"name": "a", "weight": 1.0})(), type("S", (), {"name": "b", "weight": 3.0})()]
+    w = source_weights(frame, sources)
+    assert np.isclose(w[:4].sum() * 3, w[4:].sum())  # b draws three times as often as a
+    assert np.isclose(w[0], w[1:4].sum())  # within a, each class equally
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"root": "/no/such/folder"}, r"data\.sources\[scans\]\.root: folder not found"),
+    ({"window": "sunset"}, r"data\.sources\[scans\]\.window: unknown window 'sunset'"),
+    ({"window": None, "drop": "window"}, r"data\.sources\[scans\]\.window is missing"),
+    ({"class_folders": {"tumour": "malignant"}}, r"data\.sources\[scans\]: .*unknown class folder 'normal'"),
+    ({"groups": "patients.csv"}, r"data\.sources\[scans\]\.groups: .*patients\.csv not found"),
+    ({"weight": 0}, r"data\.sources\[scans\]\.weight must be a number > 0"),
+])
+def test_a_bad_source_gets_one_line_before_any_image_is_read(two_sources, change, match):
+    bad = {**two_sources[1], **{k: v for k, v in change.items() if k != "drop"}}
+    bad.pop(change.get("drop", "-"), None)
+    with pytest.raises(LungCNNInputError, match=match) as caught:
+        _dm([two_sources[0], bad]).prepare_data()
+    assert "\n" not in str(caught.value)
+
+
+def test_one_root_stays_one_folder_without_a_source_column(tiny_root, tmp_path):
+    dm = LungCTDataModule(root=str(tiny_root), class_folders={"benign": "benign", "malignant": "malignant"},
+                          class_names=["benign", "malignant"], image_size=64, output_dir=str(tmp_path))
+    dm.setup()
+    assert "source" not in dm.frame and list(pd.read_csv(tmp_path / "split.csv").columns) == ["file", "label", "group", "split"]
+
+
+def test_rewindow_round_trip_on_a_synthetic_hu_image(tmp_path):
+    hu = _hu_phantom()
+    # Exact inside the window (8-bit quantisation aside: at most half a grey level, width / 510 HU).
+    lung = np.rint(LUNG.apply(hu) * 255) / 255
+    inside = (hu > LUNG.level - LUNG.width / 2) & (hu < LUNG.level + LUNG.width / 2)
+    assert np.abs(to_hu(lung, LUNG) - hu)[inside].max() <= LUNG.width / 510 + 1e-6
+    # Lung window -> soft-tissue window equals rendering the HU in the soft-tissue window directly, within the
+    # lung export's quantisation (1500/255 HU, i.e. 3.75 soft-tissue grey levels).
+    assert np.abs(rewindow(lung, LUNG, SOFT) - SOFT.apply(hu)).max() <= LUNG.width / 255 / SOFT.width + 1e-6
+    # And back: soft -> lung -> soft is the identity inside the soft window.
+    soft = SOFT.apply(hu)
+    assert np.allclose(rewindow(rewindow(soft, SOFT, LUNG), LUNG, SOFT), soft, atol=1e-5)
+    # Through a file, as a source reads it: an 8-bit export read back into the model window.
+    _export(hu, LUNG, tmp_path / "slice.png")
+    read = render(tmp_path / "slice.png", parse_window("k", "lung"), SOFT)
+    assert np.abs(read - SOFT.apply(hu)).max() <= LUNG.width / 255 / SOFT.width + 1e-6
+    assert np.array_equal(render(tmp_path / "slice.png", parse_window("k", "as_is"), SOFT), lung.astype(np.float32))
+
+
+def test_rendering_augment_changes_rendering_not_shape():
+    import albumentations as A
+
+    image = np.rint(SOFT.apply(_hu_phantom(64)) * 255).astype(np.uint8)
+    transform = A.Compose(rendering_augment({"level": 40, "width": 400}, p=1.0), seed=0)
+    out = transform(image=image)["image"]
+    assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
+
+    # As one entry of data.augment (the list it returns is spliced in, before the tensor conversion).
+    dm = LungCTDataModule(root="unused", class_folders={"a": "b"}, class_names=NAMES,
+                          augment=[A.HorizontalFlip(p=0.5), rendering_augment(p=0.5)])
+    names = [type(t).__name__ for t in dm.train_transform.transforms]
+    assert names[:5] == ["HorizontalFlip", "RandomBrightnessContrast", "RandomGamma", "GaussNoise", "ImageCompression"]
+
+
+def test_by_source_cv_end_to_end(tmp_path, capsys):
+    """`python -m lungcnn.cv run --by-source`: two tiny sources, one job per held-out source; each job tests on
+    exactly its held-out source, and the per-source table is recomputed from the predictions written."""
+    from lungcnn.cli import cv
+    from lungcnn.data.synthetic import make_synthetic_dataset
+    from lungcnn.evaluation.by_source import _figures
+    from lungcnn.inference.schema import Table
+    from tests.conftest import tiny_overrides
+
+    a = make_synthetic_dataset(tmp_path / "a", n_patients={"benign": 3, "malignant": 3}, slices_per_patient=2,
+                               image_size=48, seed=0)
+    b = make_synthetic_dataset(tmp_path / "b", n_patients={"benign": 3, "malignant": 3}, slices_per_patient=2,
+                               image_size=48, seed=1)
+    maps = "class_folders:{benign:not_malignant,malignant:malignant}"
+    sources = (f"data.sources=[{{name:a,root:'{a}',window:as_is,{maps}}},"
+               f"{{name:b,root:'{b}',window:{{level:40,width:400}},groups:similarity,{maps}}}]")
+    overrides = ["experiment=multisource", *tiny_overrides(a)[1:], "data.root=null", sources, "data.image_size=48",
+                 "trainer.max_epochs=1", "callbacks.finetune.stage1_epochs=1", "data.val_fraction=0.34"]
+    out = tmp_path / "loso"
+    assert cv.main(["run", str(out), "--by-source", *overrides, "--n-resamples", "20"]) == 0
+    assert "| a |" in capsys.readouterr().out
+    summary = json.loads((out / "by_source.json").read_text())
+    assert summary["sources"] == ["a", "b"]
+    for name, other in (("a", "b"), ("b", "a")):
+        split = pd.read_csv(out / name / "split.csv")
+        assert set(split.loc[split["split"] == "test", "source"]) == {name}
+        assert set(split.loc[split["split"] != "test", "source"]) == {other}
+        table = Table.read(out / name / "holdout" / "predictions.csv")
+        assert set(table.frame["source"]) == {name} and len(table.frame) == 12
+        p = table.frame["probability_malignant"].to_numpy()
+        y = (table.frame["label"] == "malignant").to_numpy(int)
+        called = (table.frame["decision"] == "malignant").to_numpy(int)
+        row = summary["per_source"][name]
+        assert row["n"] == 12 and row["n_positive"] == 6
+        for key, value in _figures(np.stack([p, called], 1), y).items():
+            assert row[key]["value"] == pytest.approx(value)
+            assert row[key]["ci95"][0] <= value + 1e-9 and value - 1e-9 <= row[key]["ci95"][1]
+
+
+def test_calibrate_and_evaluate_refuse_a_multi_source_split_in_one_line():
+    from lungcnn.data.catalog import labelled_files
+
+    data = {"root": None, "class_folders": {"a": "b"}, "sources": [{"name": "a"}], "split_file": "split.csv"}
+    with pytest.raises(LungCNNInputError, match="trained on data.sources"):
+        labelled_files(data, NAMES, "val")
