@@ -127,6 +127,7 @@ class LungCTDataModule(L.LightningDataModule):
         self.window = LungWindow(**(window or {}))
         self.mean = IMAGENET_MEAN if mean is None else tuple(mean)
         self.std = IMAGENET_STD if std is None else tuple(std)
+        self.augment = tuple(augment)
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop
@@ -206,15 +207,21 @@ class LungCTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         images, labels = self._subset("train")
+        return self.training_loader(CachedImages(images, labels, self.train_transform), labels, self.trainer)
+
+    def training_loader(self, dataset: Dataset, labels: np.ndarray, trainer: L.Trainer | None,
+                        workers: int | None = None) -> DataLoader:
+        """The training split's loader over `dataset` (items `(index, augmentation seed)` from `EpochSampler`);
+        the feature cache's data module (`lungcnn.features`) draws the same batches through it."""
         weights = None
         if self.imbalance == "sampler":
             counts = np.bincount(labels, minlength=len(self.class_names))
             weights = torch.as_tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.double)
         # The epoch about to start (a resumed run's too): worker processes fetch before `set_epoch` is called.
-        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
         sampler = EpochSampler(len(labels), self.seed, weights, epoch)
-        return self._loader(CachedImages(images, labels, self.train_transform), sampler=sampler,
-                            generator=torch.Generator().manual_seed(self.seed), drop_last=len(labels) > self.batch_size)
+        return self._loader(dataset, workers, sampler=sampler, generator=torch.Generator().manual_seed(self.seed),
+                            drop_last=len(labels) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(CachedImages(*self._subset("val"), self.eval_transform))
@@ -222,9 +229,9 @@ class LungCTDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(CachedImages(*self._subset("test"), self.eval_transform))
 
-    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, **kwargs)
+    def _loader(self, dataset: Dataset, workers: int | None = None, **kwargs: Any) -> DataLoader:
+        workers = self.num_workers if workers is None else workers
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=workers, persistent_workers=workers > 0, **kwargs)
 
     def data_note(self) -> str:
         """What the model was trained on, for checkpoints, reports and the app's model card."""
