@@ -168,7 +168,7 @@ def _owner_calls():
         (dm(n_folds=5, fold=5), "data.fold"),
         (lambda: create_backbone("mobilenetv2_100", "yes"), "model.pretrained"),
         (lambda: create_backbone("mobilenetv2_100", "none", "/no/weights.pth"), "model.weights_file"),
-        (lambda: ClassifierHead(8, hidden=0), "model.hidden"),
+        (lambda: ClassifierHead(8, hidden=-1), "model.hidden"),
         (lambda: ClassifierHead(8, dropout=1.0), "model.dropout"),
         (lambda: LungClassifier(names, head_lr=0), "model.head_lr"),
         (lambda: LungClassifier(names, weight_decay=-1), "model.weight_decay"),

@@ -132,3 +132,14 @@ def test_which_recipes_use_the_cache(tmp_path):
         wanted(make_cfg(tmp_path, ["experiment=paper", "feature_cache.enabled=true"]))
     with pytest.raises(LungCNNInputError, match="feature_cache.views"):
         wanted(make_cfg(tmp_path, ["experiment=iqothnccd", "feature_cache.views=-1"]))
+
+
+def test_a_linear_head_round_trips_through_a_checkpoint(tmp_path, tiny_root):
+    """model.hidden=0: a linear head (what the recipe comparison measured), saved and rebuilt like any other."""
+    from lungcnn.checkpoint import build_network
+
+    result = _run(tmp_path, tiny_root, "linear", "model.hidden=0", "trainer.max_epochs=1")
+    spec, state = load_checkpoint(result["best_checkpoint"])
+    head = {k: v.shape for k, v in state.items() if k.startswith("head.")}
+    assert spec.network.hidden == 0 and list(head.values()) == [(1, 1280), (1,)], head
+    assert build_network(spec, state)(torch.zeros(2, 3, 64, 64)).shape == (2,)

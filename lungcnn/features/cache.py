@@ -106,20 +106,22 @@ class FeatureCache:
         """(N, 1 + views, F) float32 features of `images` (decoded from `files`, in the same order)."""
         keys = [content_key(f) for f in files]
         stored = [self._read(k) for k in keys]
-        todo = [(i, v) for i, rows in enumerate(stored) for v in range(0 if rows is None else len(rows), 1 + views)]
-        missing = {i for i, _ in todo}
+        missing = [i for i, rows in enumerate(stored) if rows is None or len(rows) < 1 + views]
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        computed = self._compute(images, todo, keys)
-        for i in sorted(missing):
-            first = 0 if stored[i] is None else len(stored[i])
-            new = np.stack([computed[i, v] for v in range(first, 1 + views)])
-            rows = stored[i] = new if stored[i] is None else np.concatenate([stored[i], new])
-            buffer = io.BytesIO()
-            np.save(buffer, rows, allow_pickle=False)
-            write_bytes(self.entry(keys[i]), buffer.getvalue())
-        if missing:
-            log.info("feature cache %s: %d images computed, %d read", self.folder, len(missing), len(keys) - len(missing))
+        # A chunk of images at a time, each entry written when computed: an interrupted run keeps its work.
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            todo = [(i, v) for i in chunk for v in range(0 if stored[i] is None else len(stored[i]), 1 + views)]
+            computed = self._compute(images, todo, keys)
+            for i in chunk:
+                first = 0 if stored[i] is None else len(stored[i])
+                new = np.stack([computed[i, v] for v in range(first, 1 + views)])
+                rows = stored[i] = new if stored[i] is None else np.concatenate([stored[i], new])
+                buffer = io.BytesIO()
+                np.save(buffer, rows, allow_pickle=False)
+                write_bytes(self.entry(keys[i]), buffer.getvalue())
+            log.info("feature cache %s: %d of %d missing images computed", self.folder, start + len(chunk), len(missing))
         return np.stack([rows[: 1 + views] for rows in stored]).astype(np.float32, copy=False)
 
     def _read(self, key: str) -> np.ndarray | None:
