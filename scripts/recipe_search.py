@@ -35,8 +35,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
 
+from lungcnn.calibration.prior import prior_shift
+from lungcnn.calibration.temperature import fit_temperature
+from lungcnn.calibration.threshold import threshold_for_sensitivity
 from lungcnn.data.splits import assign_splits
 from lungcnn.evaluation.bootstrap import bootstrap_ci
+from lungcnn.evaluation.metrics import binary_metrics
 from lungcnn.evaluation.series_level import series_scores
 from lungcnn.features.data import FeatureDataModule, feature_datamodule
 from lungcnn.fileio import write_json
@@ -61,18 +65,18 @@ VARIANTS = {
 
 
 class Recorder(L.Callback):
-    """At every validation: the validation AUC and the test-fold probabilities of the head as it is now."""
+    """At every validation: the validation AUC and the logits of the validation and test images (view 0)."""
 
     def __init__(self, val: torch.Tensor, val_labels: np.ndarray, test: torch.Tensor) -> None:
         self.val, self.val_labels, self.test = val, val_labels, test
         self.val_auc: list[float] = []
-        self.test_p: list[np.ndarray] = []
+        self.logits: list[tuple[np.ndarray, np.ndarray]] = []
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        p = [torch.sigmoid(pl_module(x)).numpy() for x in (self.val, self.test)]
-        self.val_auc.append(float(roc_auc_score(self.val_labels, p[0])))
-        self.test_p.append(p[1])
+        z = tuple(pl_module(x).double().numpy() for x in (self.val, self.test))
+        self.val_auc.append(float(roc_auc_score(self.val_labels, z[0])))
+        self.logits.append(z)
 
 
 def checkpoint_epoch(val_auc: list[float], rule: str, epochs: int) -> int:
@@ -93,8 +97,8 @@ def checkpoint_epoch(val_auc: list[float], rule: str, epochs: int) -> int:
     return best
 
 
-def fit_fold(cfg, base, features: np.ndarray, seed: int, fold: int, folds: int) -> tuple[np.ndarray, Recorder]:
-    """Train one fold on cached features through lungcnn's model, callbacks and trainer; return its test mask."""
+def fit_fold(cfg, base, features: np.ndarray, seed: int, fold: int, folds: int) -> tuple[pd.Series, Recorder]:
+    """Train one fold on cached features through lungcnn's model, callbacks and trainer; return its split."""
     images = copy.copy(base)
     frame = base.frame.drop(columns="split")
     frame["split"] = assign_splits(frame, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
@@ -103,21 +107,40 @@ def fit_fold(cfg, base, features: np.ndarray, seed: int, fold: int, folds: int) 
     data = FeatureDataModule(images, features)
     L.seed_everything(seed, workers=True)
     model = build_model(cfg, images)
-    masks = {s: (frame["split"] == s).to_numpy() for s in ("val", "test")}
-    recorder = Recorder(data.features[torch.from_numpy(np.flatnonzero(masks["val"])), 0],
-                        frame["label"].to_numpy()[masks["val"]],
-                        data.features[torch.from_numpy(np.flatnonzero(masks["test"])), 0])
+    rows = {s: torch.from_numpy(np.flatnonzero(frame["split"] == s)) for s in ("val", "test")}
+    recorder = Recorder(data.features[rows["val"], 0], frame["label"].to_numpy()[rows["val"].numpy()],
+                        data.features[rows["test"], 0])
     callbacks = [instantiate(cfg.callbacks.finetune), recorder]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=data)
-    return masks["test"], recorder
+    return frame["split"], recorder
 
 
-def scores(frame: pd.DataFrame, p: np.ndarray, fold: np.ndarray) -> tuple[float, float, pd.DataFrame]:
-    slices = pd.DataFrame({"fold": fold, "group": frame["group"].astype(str), "label": frame["label"], "p": p})
-    series = series_scores(slices, SERIES)
-    return roc_auc_score(slices["label"], p), roc_auc_score(series["label"], series["score"]), series
+def calibrated(split: pd.Series, labels: np.ndarray, val_logits: np.ndarray, test_logits: np.ndarray,
+               imbalance: str, target: float) -> tuple[np.ndarray, float]:
+    """Test P(malignant) and the operating threshold as `lungcnn.calibrate` fits them on the validation split:
+    prior correction for the training balance, temperature, the strictest threshold reaching `target` sensitivity."""
+    train = labels[(split == "train").to_numpy()]
+    shift = prior_shift(np.bincount(train, minlength=2), imbalance)
+    y_val = labels[(split == "val").to_numpy()]
+    t = fit_temperature(val_logits + shift, y_val).temperature
+    p_val, p_test = (1 / (1 + np.exp(-(z + shift) / t)) for z in (val_logits, test_logits))
+    return p_test, float(threshold_for_sensitivity(p_val, y_val, target))
+
+
+def figures(frame: pd.DataFrame, p: np.ndarray, threshold: np.ndarray, fold: np.ndarray) -> tuple[dict, pd.DataFrame]:
+    """Slice and series figures of one repeat's pooled out-of-fold calibrated predictions."""
+    y = frame["label"].to_numpy()
+    slices = pd.DataFrame({"fold": fold, "group": frame["group"].astype(str).to_numpy(), "label": y, "p": p, "t": threshold})
+    series = series_scores(slices, SERIES).merge(slices.groupby(["fold", "group"])["t"].first().reset_index())
+    # Each fold's own threshold; the decisions scored as 0/1 "probabilities" at 0.5, as crossval.pooled_metrics does.
+    at = binary_metrics((p >= threshold).astype(float), y)
+    series_at = binary_metrics((series["score"] >= series["t"]).to_numpy(float), series["label"].to_numpy())
+    out = {"slice_auc": roc_auc_score(y, p), "series_auc": roc_auc_score(series["label"], series["score"]),
+           "slice_ece": binary_metrics(p, y)["ece"], "slice_sens": at["sensitivity"], "slice_spec": at["specificity"],
+           "series_sens": series_at["sensitivity"], "series_spec": series_at["specificity"]}
+    return out, series
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: int) -> tuple[float, float, float]:
@@ -132,69 +155,94 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: int) -> tup
     return diff(idx, y)["d"], lo, hi
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[6, 12, 20, 30])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--rules", nargs="+", default=["best", "last", "stop"])
-    parser.add_argument("--cache", default=".cache/lungcnn/features", help="feature_cache.dir")
-    parser.add_argument("--n-resamples", type=int, default=1000)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
+def search(args: argparse.Namespace) -> dict:
+    """Fit every variant on every fold; return the frame and each (variant rule@E, seed)'s out-of-fold arrays."""
     torch.set_num_threads(1)
-    seeds = list(range(args.repeats))
-    oof: dict[str, dict[int, np.ndarray]] = {}  # "variant rule@E" -> seed -> out-of-fold P(malignant)
+    runs: dict = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for name in args.variants:
             start = time.perf_counter()
             cfg = compose("train", overrides=["experiment=iqothnccd", f"data.root={args.root}", "run_dir=/tmp/recipe_search",
-                                              "data.output_dir=null",
-                                              f"feature_cache.dir={args.cache}", f"trainer.max_epochs={max(args.epochs)}",
-                                              *VARIANTS[name]])
+                                              "data.output_dir=null", f"feature_cache.dir={args.cache}",
+                                              f"trainer.max_epochs={max(args.epochs)}", *VARIANTS[name]])
             base = build_datamodule(cfg)
             base.setup("fit")
             if base.skipped:
                 sys.exit(f"unreadable images change the folds: {base.skipped}")
             features = feature_datamodule(cfg, base, build_model(cfg, base)).features.numpy()
-            for seed in seeds:
-                p = {key: np.zeros(len(base.frame)) for key in (f"{r}@{e}" for r in args.rules for e in args.epochs)}
-                fold_of = np.zeros(len(base.frame), int)
+            labels = base.frame["label"].to_numpy()
+            for seed in range(args.repeats):
+                arrays = {f"{r}@{e}": {"p": np.zeros(len(labels)), "t": np.zeros(len(labels))}
+                          for r in args.rules for e in args.epochs}
+                fold_of = np.zeros(len(labels), int)
                 for k in range(args.folds):
-                    test, rec = fit_fold(cfg, base, features, seed, k, args.folds)
+                    split, rec = fit_fold(cfg, base, features, seed, k, args.folds)
+                    test = (split == "test").to_numpy()
                     fold_of[test] = k
-                    for rule in args.rules:
-                        for e in args.epochs:
-                            p[f"{rule}@{e}"][test] = rec.test_p[checkpoint_epoch(rec.val_auc, rule, e)]
-                for key, values in p.items():
-                    oof.setdefault(f"{name} {key}", {})[seed] = values
-                oof.setdefault("_fold", {})[seed] = fold_of
+                    for key, a in arrays.items():
+                        rule, epochs = key.split("@")
+                        val_z, test_z = rec.logits[checkpoint_epoch(rec.val_auc, rule, int(epochs))]
+                        a["p"][test], a["t"][test] = calibrated(split, labels, val_z, test_z, cfg.data.imbalance,
+                                                                args.target_sensitivity)
+                for key, a in arrays.items():
+                    runs[f"{name} {key}|{seed}"] = {"p": a["p"].tolist(), "t": a["t"].tolist(), "fold": fold_of.tolist()}
             print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
-    frame = base.frame
-    table, series = [], {}
-    for key in (k for k in oof if k != "_fold"):
+    return {"frame": base.frame[["file", "group", "label"]].astype({"group": str}).to_dict(orient="list"), "runs": runs,
+            "repeats": args.repeats, "folds": args.folds, "root": args.root}
+
+
+def table(results: list[dict], baseline: str, n_resamples: int) -> pd.DataFrame:
+    frame = pd.DataFrame(results[0]["frame"])
+    runs = {k: v for r in results for k, v in r["runs"].items()}
+    seeds = sorted({int(k.split("|")[1]) for k in runs})
+    rows, series = [], {}
+    for key in dict.fromkeys(k.split("|")[0] for k in runs):
         row: dict = {"variant": key}
         for seed in seeds:
-            s_auc, r_auc, series[key, seed] = scores(frame, oof[key][seed], oof["_fold"][seed])
-            row[f"slice_auc_s{seed}"], row[f"series_auc_s{seed}"] = s_auc, r_auc
-        table.append(row)
-    table = pd.DataFrame(table)
-    for level in ("slice", "series"):
-        cols = [f"{level}_auc_s{s}" for s in seeds]
-        table[f"{level}_min"], table[f"{level}_mean"] = table[cols].min(axis=1), table[cols].mean(axis=1)
-    baseline = table["variant"].iloc[0]
+            run = runs[f"{key}|{seed}"]
+            got, series[key, seed] = figures(frame, np.array(run["p"]), np.array(run["t"]), np.array(run["fold"]))
+            row.update({f"{name}_s{seed}": value for name, value in got.items()})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for name in ("slice_auc", "series_auc", "slice_ece", "series_sens", "series_spec"):
+        cols = [f"{name}_s{s}" for s in seeds]
+        out[f"{name}_min"], out[f"{name}_max"], out[f"{name}_mean"] = out[cols].min(axis=1), out[cols].max(axis=1), out[cols].mean(axis=1)
     for seed in seeds:
-        diffs = [paired(series[baseline, seed], series[key, seed], args.n_resamples, seed) for key in table["variant"]]
-        table[f"series_diff_s{seed}"] = [f"{d:+.3f} ({lo:+.3f}, {hi:+.3f})" for d, lo, hi in diffs]
-    table = table.sort_values(["slice_min", "series_min"], ascending=False)
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_rows", 500)
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        diffs = [paired(series[baseline, seed], series[key, seed], n_resamples, seed) for key in out["variant"]]
+        out[f"series_auc_diff_s{seed}"] = [f"{d:+.3f} ({lo:+.3f}, {hi:+.3f})" for d, lo, hi in diffs]
+        base = out.loc[out["variant"] == baseline, f"slice_auc_s{seed}"].iloc[0]
+        out[f"slice_auc_diff_s{seed}"] = out[f"slice_auc_s{seed}"] - base
+    return out.sort_values(["slice_auc_min", "series_auc_min"], ascending=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", help="the dataset folder (fits the variants)")
+    parser.add_argument("--combine", nargs="+", type=Path, help="score the --save files of earlier runs together")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[6, 12, 20])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--rules", nargs="+", default=["best", "last", "stop"])
+    parser.add_argument("--baseline", default="mlp best@12", help="the variant paired differences are taken from")
+    parser.add_argument("--target-sensitivity", type=float, default=0.98, help="as lungcnn.calibrate's default")
+    parser.add_argument("--cache", default=".cache/lungcnn/features", help="feature_cache.dir")
+    parser.add_argument("--n-resamples", type=int, default=1000)
+    parser.add_argument("--save", type=Path, help="write the out-of-fold predictions (for --combine)")
+    parser.add_argument("--out", type=Path, help="write the table as JSON")
+    args = parser.parse_args(argv)
+    if bool(args.root) == bool(args.combine):
+        parser.error("give --root (fit) or --combine FILES (score)")
+    results = [json.loads(f.read_text()) for f in args.combine] if args.combine else [search(args)]
+    if args.save:
+        write_json(args.save, results[0])
+    out = table(results, args.baseline, args.n_resamples)
+    pd.set_option("display.width", 400)
+    pd.set_option("display.max_columns", 200)
+    cols = ["variant"] + [c for c in out.columns if c.endswith(("_min", "_mean", "_max"))]
+    print(out[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"), flush=True)
     if args.out:
-        write_json(args.out, {"table": json.loads(table.to_json(orient="records")), "baseline": baseline,
-                              "seeds": seeds, "folds": args.folds, "epochs": args.epochs, "root": args.root})
+        write_json(args.out, json.loads(out.to_json(orient="records")))
     return 0
 
 
