@@ -206,7 +206,8 @@ def table(results: list[dict], baseline: str, n_resamples: int) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     for name in ("slice_auc", "series_auc", "slice_ece", "series_sens", "series_spec"):
         cols = [f"{name}_s{s}" for s in seeds]
-        out[f"{name}_min"], out[f"{name}_max"], out[f"{name}_mean"] = out[cols].min(axis=1), out[cols].max(axis=1), out[cols].mean(axis=1)
+        for stat in ("min", "max", "mean"):
+            out[f"{name}_{stat}"] = getattr(out[cols], stat)(axis=1)
     for seed in seeds:
         diffs = [paired(series[baseline, seed], series[key, seed], n_resamples, seed) for key in out["variant"]]
         out[f"series_auc_diff_s{seed}"] = [f"{d:+.3f} ({lo:+.3f}, {hi:+.3f})" for d, lo, hi in diffs]
