@@ -39,7 +39,6 @@ from lungcnn.calibration.prior import prior_shift
 from lungcnn.calibration.temperature import fit_temperature
 from lungcnn.calibration.threshold import threshold_for_sensitivity
 from lungcnn.data.splits import assign_splits
-from lungcnn.evaluation.bootstrap import bootstrap_ci
 from lungcnn.evaluation.metrics import binary_metrics
 from lungcnn.evaluation.series_level import series_scores
 from lungcnn.features.data import FeatureDataModule, feature_datamodule
@@ -61,6 +60,8 @@ VARIANTS = {
     "linear noaug": ["model.hidden=0", "feature_cache.views=0"],
     "linear wd1e-2": ["model.hidden=0", "model.weight_decay=1e-2"],
     "linear drop0.5": ["model.hidden=0", "model.dropout=0.5"],
+    "mlp noaug drop0": ["feature_cache.views=0", "model.dropout=0.0"],
+    "mlp noaug drop0.5": ["feature_cache.views=0", "model.dropout=0.5"],
 }
 
 
@@ -144,15 +145,23 @@ def figures(frame: pd.DataFrame, p: np.ndarray, threshold: np.ndarray, fold: np.
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int, seed: int) -> tuple[float, float, float]:
-    """Series AUC of b minus a, with a 95% bootstrap interval over series (both scored on each resample)."""
+    """Series AUC of b minus a on the same series, with a 95% percentile interval from a class-stratified
+    bootstrap over series (both scored on each resample; the AUC by pair counting, vectorised: the generic
+    `bootstrap_ci` costs ~70 ms a resample here, too slow for dozens of comparisons)."""
+    if not (a["group"].to_numpy() == b["group"].to_numpy()).all():
+        raise ValueError("paired differences need the same series in the same order")
     y = a["label"].to_numpy()
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(seed)
+    draws = [(pos, neg)] + [(rng.choice(pos, pos.size), rng.choice(neg, neg.size)) for _ in range(n_resamples)]
+    diffs = np.array([_auc(b["score"].to_numpy(), i, j) - _auc(a["score"].to_numpy(), i, j) for i, j in draws])
+    return float(diffs[0]), *(float(q) for q in np.percentile(diffs[1:], [2.5, 97.5]))
 
-    def diff(idx: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return {"d": roc_auc_score(labels, b["score"].to_numpy()[idx]) - roc_auc_score(labels, a["score"].to_numpy()[idx])}
 
-    idx = np.arange(len(y))
-    lo, hi = bootstrap_ci(diff, idx, y, n_resamples=n_resamples, seed=seed)["d"]
-    return diff(idx, y)["d"], lo, hi
+def _auc(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+    """ROC-AUC as P(score of a positive > score of a negative), ties counted half."""
+    d = score[pos][:, None] - score[neg][None, :]
+    return float((d > 0).mean() + 0.5 * (d == 0).mean())
 
 
 def search(args: argparse.Namespace) -> dict:

@@ -67,7 +67,7 @@ BAD = [
     ("model.weight_decay=-1", "model.weight_decay"),
     ("model.dropout=1.0", "model.dropout"),
     ("model.dropout=-0.1", "model.dropout"),
-    ("model.hidden=0", "model.hidden"),
+    ("model.hidden=-1", "model.hidden"),
     ("callbacks.finetune.stage1_epochs=-1", "callbacks.finetune.stage1_epochs"),
     ("callbacks.finetune.stage1_epochs=20 trainer.max_epochs=10", "callbacks.finetune.stage1_epochs"),
     ("callbacks.finetune.unfreeze_top_n=-3", "callbacks.finetune.unfreeze_top_n"),
