@@ -9,11 +9,12 @@ draws do not depend on trainer.max_epochs, so epoch E of that fit is a run with 
 checkpoint rule is read from the same fit: `last@E` (the last epoch), `best@E` (the epoch of the highest
 validation AUC, as the default ModelCheckpoint keeps it), `stop@E` (early stopping, patience 3 on validation AUC).
 
-Figures per repeat, pooled over its K folds (every image tested once): slice ROC-AUC and series ROC-AUC (the
-project's series rule: mean of the 3 most suspicious slices, `lungcnn.evaluation.series_level`), uncalibrated
-(AUC does not change under calibration); paired differences from the first variant with a 95% bootstrap
-interval over series (the same resamples for both). ECE and the operating point need the calibrated folds:
-`python -m lungcnn.cv run` measures those for the chosen recipe.
+Each fold is calibrated as `lungcnn.calibrate` does it, on its own validation split (prior shift, temperature,
+the strictest threshold reaching --target-sensitivity); the domain guard is not applied. Figures per repeat,
+pooled over its K folds (every image tested once): slice ROC-AUC, series ROC-AUC (the project's series rule:
+mean of the 3 most suspicious slices, `lungcnn.evaluation.series_level`), slice ECE, and slice and series
+sensitivity / specificity at each fold's threshold; paired differences from --baseline, the series-AUC one
+with a 95% bootstrap interval over series (the same resamples for both).
 
     python scripts/recipe_search.py --root ../shared/data/iqothnccd-dev --out recipe_search.json
 """
@@ -49,7 +50,7 @@ from lungcnn.train import build_datamodule, build_model
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SERIES = SeriesRule("topk_mean", 3)
 
-# name -> Hydra overrides on top of experiment=iqothnccd (the first is the baseline of the paired differences).
+# name -> Hydra overrides on top of experiment=iqothnccd.
 VARIANTS = {
     "mlp": [],
     "mlp noaug": ["feature_cache.views=0"],
