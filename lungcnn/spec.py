@@ -55,7 +55,7 @@ class NetworkSpec:
 
     Args:
         backbone: a timm model name (e.g. `mobilenetv2_100`).
-        hidden: width of the head's hidden layer (>= 1).
+        hidden: width of the head's hidden layer (>= 1), or 0 for a linear head (dropout -> Linear(F, outputs)).
         dropout: dropout probability in [0, 1).
     """
 
@@ -66,8 +66,8 @@ class NetworkSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
             raise LungCNNInputError(f"network backbone must be a timm model name, got {self.backbone!r}")
-        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
-            raise LungCNNInputError(f"head hidden width must be an integer >= 1, got {self.hidden!r}")
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 0:
+            raise LungCNNInputError(f"head hidden width must be an integer >= 0 (0: linear), got {self.hidden!r}")
         if not 0.0 <= _finite(self.dropout, "head dropout") < 1.0:
             raise LungCNNInputError(f"head dropout must be in [0, 1), got {self.dropout}")
 

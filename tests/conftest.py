@@ -33,7 +33,9 @@ def make_cfg(run_dir: Path, overrides: list[str] = ()) -> DictConfig:
 
 def tiny_overrides(root: Path) -> list[str]:
     """Fast settings for tests: 64 px, small batches, a few epochs, no ImageNet download needed."""
+    # The feature cache (frozen-backbone recipes) beside the data, never in the working tree.
     return [f"data.root={root}", "data.synthetic=false", "data.image_size=64", "data.batch_size=8",
+            f"feature_cache.dir={Path(root).parent / 'feature_cache'}",
             "trainer.max_epochs=2", "callbacks.finetune.stage1_epochs=1", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 

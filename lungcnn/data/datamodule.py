@@ -150,6 +150,7 @@ class LungCTDataModule(L.LightningDataModule):
         self.std = IMAGENET_STD if std is None else tuple(std)
         # An entry may be a list of transforms (lungcnn.data.rendering.rendering_augment gives one): spliced in.
         augment = [t for entry in augment for t in (entry if isinstance(entry, list) else [entry])]
+        self.augment = tuple(augment)
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop
@@ -242,6 +243,12 @@ class LungCTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         images, labels = self._subset("train")
+        return self.training_loader(CachedImages(images, labels, self.train_transform), labels, self.trainer)
+
+    def training_loader(self, dataset: Dataset, labels: np.ndarray, trainer: L.Trainer | None,
+                        workers: int | None = None) -> DataLoader:
+        """The training split's loader over `dataset` (items `(index, augmentation seed)` from `EpochSampler`);
+        the feature cache's data module (`lungcnn.features`) draws the same batches through it."""
         weights = None
         if self.imbalance == "sampler" and self.sources:
             weights = torch.as_tensor(source_weights(self.split_frame("train"), self.sources), dtype=torch.double)
@@ -249,10 +256,10 @@ class LungCTDataModule(L.LightningDataModule):
             counts = np.bincount(labels, minlength=len(self.class_names))
             weights = torch.as_tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.double)
         # The epoch about to start (a resumed run's too): worker processes fetch before `set_epoch` is called.
-        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
         sampler = EpochSampler(len(labels), self.seed, weights, epoch)
-        return self._loader(CachedImages(images, labels, self.train_transform), sampler=sampler,
-                            generator=torch.Generator().manual_seed(self.seed), drop_last=len(labels) > self.batch_size)
+        return self._loader(dataset, workers, sampler=sampler, generator=torch.Generator().manual_seed(self.seed),
+                            drop_last=len(labels) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(CachedImages(*self._subset("val"), self.eval_transform))
@@ -260,9 +267,9 @@ class LungCTDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(CachedImages(*self._subset("test"), self.eval_transform))
 
-    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, **kwargs)
+    def _loader(self, dataset: Dataset, workers: int | None = None, **kwargs: Any) -> DataLoader:
+        workers = self.num_workers if workers is None else workers
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=workers, persistent_workers=workers > 0, **kwargs)
 
     def data_note(self) -> str:
         """What the model was trained on, for checkpoints, reports and the app's model card."""

@@ -59,9 +59,14 @@ class LungClassifier(L.LightningModule):
         self.test_metrics = self.task.make_metrics().clone(prefix="test/")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, S, S), or their pooled backbone features (N, F) from the feature cache (`lungcnn.features`)."""
+        return self.net.logits_of(x if x.ndim == 2 else self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, S, S) -> pooled backbone features (N, F)."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net.backbone(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -1,5 +1,6 @@
 """The network: backbone -> global average pooling -> dropout -> Linear(F, hidden) -> ReLU -> dropout
--> Linear(hidden, outputs). One output (a logit for P(malignant)) for the binary task, K for K classes.
+-> Linear(hidden, outputs); with hidden = 0 a linear head, dropout -> Linear(F, outputs). One output (a logit
+for P(malignant)) for the binary task, K for K classes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from lungcnn.models.backbone import create_backbone
 
 def check_head(hidden: int, dropout: float) -> None:
     """The head's settings (model.hidden, model.dropout); `ClassifierHead` checks them on construction."""
-    require_int("model.hidden", hidden, 1)
+    require_int("model.hidden", hidden, 0)
     require_number("model.dropout", dropout, 0, 1, low_open=False)
 
 
 class ClassifierHead(nn.Sequential):
     def __init__(self, in_features: int, hidden: int = 128, dropout: float = 0.2, outputs: int = 1) -> None:
         check_head(hidden, dropout)
+        if hidden == 0:  # linear: a logistic regression on the pooled features
+            super().__init__(nn.Dropout(dropout), nn.Linear(in_features, outputs))
+            return
         super().__init__(
             nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(hidden, outputs),

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lungcnn.errors import LungCNNInputError, fail, require_bool
+from lungcnn.features import data as features
 from lungcnn.fileio import write_json
 from lungcnn.models.backbone import normalization_for
 from lungcnn.models.checkpoint import load_checkpoint
@@ -47,6 +48,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; return the metrics written to metrics.json."""
     _check_run(cfg)
     config_check.validate(cfg)
+    cached = features.wanted(cfg)  # feature_cache.*: a frozen backbone's features computed once, not every epoch
     run_dir = Path(cfg.run_dir)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or "last" for resume=true
     _refuse_overwrite(run_dir, ckpt_path)
@@ -58,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
+    if cached:
+        datamodule = features.feature_datamodule(cfg, datamodule, model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += resume_callbacks(cfg.seed, callbacks)  # exact resume: per-epoch seeds, last.ckpt every epoch
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]

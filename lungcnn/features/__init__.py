@@ -1,0 +1,1 @@
+"""Cached backbone features (`cache.FeatureCache`) and training heads on them (`data.FeatureDataModule`)."""
