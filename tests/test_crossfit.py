@@ -165,14 +165,15 @@ def test_crossfit_ensemble_averages_each_images_out_of_fold_logits_over_repeats(
     repeats = [cf.read_folds(sorted(out.glob(f"seed{s}/fold*")), "report") for s in (0, 1)]
     logit = {}
     for folds in repeats:
-        for files, _g, _y, p, _q in folds:
-            for f, pi in zip(files, p):
+        for fold in folds:
+            for f, pi in zip(fold.files, fold.uncalibrated):
                 logit.setdefault(f, []).append(np.log(pi / (1 - pi)))
     assert all(len(v) == 2 for v in logit.values()) and len(logit) == len(truth)
     members = cf.ensemble_folds(repeats)
-    for (files, _g, _y, p, _q), (files0, *_rest) in zip(members, repeats[0]):
-        np.testing.assert_array_equal(files, files0)  # the first repeat's partition
-        np.testing.assert_allclose(p, [1 / (1 + np.exp(-np.mean(logit[f]))) for f in files], rtol=1e-9)
+    for member, fold0 in zip(members, repeats[0]):
+        np.testing.assert_array_equal(member.files, fold0.files)  # the first repeat's partition
+        np.testing.assert_allclose(member.uncalibrated, [1 / (1 + np.exp(-np.mean(logit[f]))) for f in member.files],
+                                   rtol=1e-9)
     assert summary["ensemble"]["n"] == len(truth)
     assert summary["ensemble"] == {**cf.crossfit_folds(members, "platt", n_resamples=30),
                                    "members_own_calibration": summary["ensemble"]["members_own_calibration"]}

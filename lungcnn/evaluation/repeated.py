@@ -148,7 +148,7 @@ def crossfit(out: str | Path, method: str = "platt", target_sensitivity: float =
     if ensemble:
         members = cf.ensemble_folds(list(folds.values()))
         summary["ensemble"] = cf.crossfit_folds(members, method, target_sensitivity, n_resamples)
-        q, y, g = (np.concatenate([f[i] for f in members]) for i in (4, 2, 1))
+        q, y, g = (np.concatenate([getattr(f, name) for f in members]) for name in ("calibrated", "labels", "groups"))
         summary["ensemble"]["members_own_calibration"] = cf.scored(q, y, g, n_resamples)
         name += "_ensemble"
     write_json(out / f"{name}.json", summary)
