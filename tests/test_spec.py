@@ -99,7 +99,7 @@ def test_decision_rules() -> None:
 
 def test_schema_columns_and_rows_share_names() -> None:
     binary, three = make_task("binary", ("benign", "malignant")), make_task("multiclass", THREE)
-    assert schema.columns(binary) == ["file", "decision", "in_domain", "domain_score", "probability_benign",
+    assert schema.columns(binary) == ["file", "decision", "in_domain", "lungs_in_view", "domain_score", "probability_benign",
                                       "probability_malignant", "uncalibrated_probability_benign",
                                       "uncalibrated_probability_malignant", "logit", "error"]
     assert schema.columns(three, labelled=True)[:3] == ["file", "label", "decision"]
@@ -109,7 +109,7 @@ def test_schema_columns_and_rows_share_names() -> None:
         assert set(shown) <= set(schema.columns(task))
     p = Prediction("a.png", (0.4,), {"benign": 0.4, "malignant": 0.6}, {"benign": 0.5, "malignant": 0.5}, "malignant")
     assert schema.row(binary, p, "benign") == {"file": "a.png", "label": "benign", "error": "", "decision": "malignant",
-                                               "in_domain": "",
+                                               "in_domain": "", "lungs_in_view": "",
                                                "probability_benign": 0.4, "probability_malignant": 0.6,
                                                "uncalibrated_probability_benign": 0.5,
                                                "uncalibrated_probability_malignant": 0.5, "logit": 0.4}
@@ -118,7 +118,11 @@ def test_schema_columns_and_rows_share_names() -> None:
                          "out of domain", domain_score=1.2, in_domain=False)
     assert schema.row(binary, flagged)["domain_score"] == 1.2 and schema.row(binary, flagged)["probability_malignant"] == 0.9
     assert schema.row(binary, flagged, shown_only=True) == {"file": "c.png", "error": "", "decision": "out of domain",
-                                                            "in_domain": "false"}  # the page shows no number
+                                                            "in_domain": "false", "lungs_in_view": ""}  # no number
+    no_lungs = Prediction("d.png", (3.0,), {"benign": 0.1, "malignant": 0.9}, {"benign": 0.1, "malignant": 0.9},
+                          "no lungs in view", lungs_in_view=False)
+    assert schema.row(binary, no_lungs, shown_only=True) == {"file": "d.png", "error": "", "decision": "no lungs in view",
+                                                             "in_domain": "", "lungs_in_view": "false"}
 
 
 def test_schema_table_reads_back_what_was_written(tmp_path) -> None:
