@@ -83,8 +83,8 @@ class Preprocessing:
         window: the CT window (HU) that renders DICOM pixel data to [0, 1].
         crop: `none` or `lungs` (crop to the lung fields before resizing).
         lung_check: find the lung fields in every image (`data.lungcrop`) and judge none without them ("no lungs in
-            view": neck, abdomen, an inverted image). Off where the setting is missing (older checkpoints): on the
-            IQ-OTH/NCCD dev set the check flags ~6% of the slices, above the 2% allowed (docs/lesion.md).
+            view": neck, abdomen, an inverted image). Off where the setting is missing (older checkpoints); training
+            records `data.lung_check` (on in the real-data experiments; docs/lesion.md has its flag rates).
     """
 
     image_size: int

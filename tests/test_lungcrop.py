@@ -154,3 +154,18 @@ def test_lung_fields_of_one_slice_of_each_shared_source(source):
     sides = sorted(np.nonzero(labels == k)[1].mean() for k in (1, 2))
     assert sides[0] < 112 < sides[1]
     assert not find_lung_fields(255 - image).found  # the same slice inverted (a MONOCHROME1 mix-up)
+
+
+def test_training_records_the_lung_check_in_the_checkpoint_spec(tiny_root):
+    from lungcnn.data.datamodule import LungCTDataModule
+    from lungcnn.errors import LungCNNInputError
+    from lungcnn.spec import ModelSpec
+
+    folders = {"benign": "benign", "malignant": "malignant"}
+    for on in (True, False):
+        dm = LungCTDataModule(root=str(tiny_root), class_folders=folders, class_names=["benign", "malignant"],
+                              image_size=64, lung_check=on)
+        spec = ModelSpec.for_training("binary", ["benign", "malignant"], "mobilenetv2_100", 8, 0.0, dm.preprocessing())
+        assert ModelSpec.from_metadata(spec.to_metadata()).preprocessing.lung_check is on
+    with pytest.raises(LungCNNInputError, match="data.lung_check"):
+        LungCTDataModule(root=str(tiny_root), class_folders=folders, class_names=["benign", "malignant"], lung_check="yes")

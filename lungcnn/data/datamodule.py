@@ -32,7 +32,7 @@ from lungcnn.data.rendering import render
 from lungcnn.data.sources import Source, parse_sources, scan_sources
 from lungcnn.data.splits import assign_splits, check_split_args, load_split, save_split
 from lungcnn.data.transforms import CROPS, build_transform, check_model_input, load_for_model, to_model_grid
-from lungcnn.errors import LungCNNInputError, fail, require_choice, require_int
+from lungcnn.errors import LungCNNInputError, fail, require_bool, require_choice, require_int
 from lungcnn.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class LungCTDataModule(L.LightningDataModule):
         output_dir: str | None = None,
         synthetic: bool | dict[str, Any] = False,
         crop: str = "none",
+        lung_check: bool = False,
         sources: Sequence[Mapping[str, Any]] | None = None,
         holdout_source: str | None = None,
     ) -> None:
@@ -154,6 +155,7 @@ class LungCTDataModule(L.LightningDataModule):
         self.train_transform = build_transform(self.mean, self.std, augment, seed=seed)
         self.eval_transform = build_transform(self.mean, self.std)
         self.output_dir, self.synthetic, self.crop = output_dir, synthetic, crop
+        self.lung_check = require_bool("data.lung_check", lung_check)
         self.frame: pd.DataFrame | None = None
         self.images: np.ndarray | None = None
         self.skipped: list[str] = []
@@ -303,6 +305,7 @@ class LungCTDataModule(L.LightningDataModule):
             "std": list(self.std),
             "window": {"level": self.window.level, "width": self.window.width},
             "crop": self.crop,
+            "lung_check": self.lung_check,
             "pad": "square, value 0",
         }
 
