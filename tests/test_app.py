@@ -192,6 +192,7 @@ def test_model_card_says_what_is_known_and_what_is_not(predictor, calibrated_ckp
     assert card["synthetic"] and "synthetic" in card["warning"]
     assert "training images" in card["details"]["Out-of-domain check"] and "series" in card["details"]["Out-of-domain check"]
     assert "cannot tell" in model_card(predictor)["details"]["Out-of-domain check"]  # uncalibrated: no guard
+    assert card["details"]["Lung check"].startswith(("on", "off"))
     assert card["details"]["Calibration"].startswith("temperature scaling")
     assert "at or above" in card["details"]["Decision threshold"]
     assert card["metrics"] == {"ROC AUC": "0.912"}

@@ -284,6 +284,8 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "Image size the model sees": f"{pre.image_size} x {pre.image_size} pixels",
         "CT window (DICOM)": f"level {pre.window.level:g} HU, width {pre.window.width:g} HU",
         "Out-of-domain check": _guard_text(spec.guard),
+        "Lung check": ("on: a slice without both lungs in view (neck, abdomen, an inverted image) gets no result"
+                       if pre.lung_check else "off: every slice is judged, with or without lungs in view"),
         "Network": spec.network.backbone,
         "Created": _date_text(spec.created),
         "Test results": "see below" if metrics else "not recorded",
