@@ -7,6 +7,7 @@ process, with `--help` in place of its arguments.
 
 from __future__ import annotations
 
+import logging
 import re
 import runpy
 import sys
@@ -43,6 +44,17 @@ def collect() -> dict[str, set[tuple[str, ...]]]:
 
 
 FOUND = collect()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    # Hydra's commands configure logging in this process: handlers on this test's captured stderr would outlive it
+    # and break later tests' logging ("I/O operation on closed file").
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate, disabled in saved:
+        lg.handlers[:], lg.level, lg.propagate, lg.disabled = handlers, level, propagate, disabled
 
 
 def _help(main, capsys) -> str:

@@ -191,12 +191,19 @@ class LungCTDataModule(L.LightningDataModule):
             return scan_sources(self.sources, self.class_names, self.normal_as)
         return scan_folder(self.root, self.class_folders, self.class_names, self.normal_as)
 
-    def _load(self, file: str) -> np.ndarray:
+    def source_of(self, file: str) -> tuple[Path, Any]:
+        """A `file` of the table -> (its path on disk, its source's rendering; None for a single data.root)."""
         if not self.sources:
-            return load_for_model(self.root / file, self.image_size, self.window, crop=self.crop)
+            return self.root / file, None
         name, _, rest = file.partition("/")
         source = next(s for s in self.sources if s.name == name)
-        image = render(source.root / rest, source.rendering, self.window, name=file)
+        return source.root / rest, source.rendering
+
+    def _load(self, file: str) -> np.ndarray:
+        path, rendering = self.source_of(file)
+        if rendering is None:
+            return load_for_model(path, self.image_size, self.window, crop=self.crop)
+        image = render(path, rendering, self.window, name=file)
         return to_model_grid(CROPS[self.crop](image), self.image_size)
 
     def _decode(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:

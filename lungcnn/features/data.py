@@ -15,7 +15,6 @@ inputs are those of the image path, and so is the trained model (tests/test_feat
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -109,8 +108,12 @@ def feature_datamodule(cfg: DictConfig, images: LungCTDataModule, model: L.Light
         return images.train_transform(image=image)["image"]
 
     settings: Any = cfg.feature_cache
-    cache = FeatureCache(settings.dir, model.net.backbone, model.features, transform, images.preprocessing(),
+    located = [images.source_of(f) for f in images.frame["file"]]
+    # A file's pixels depend on its source's rendering too: the renderings are part of the preprocessing key.
+    renderings = sorted({repr(rendering) for _, rendering in located if rendering is not None})
+    preprocessing = {**images.preprocessing(), **({"source_renderings": renderings} if renderings else {})}
+    cache = FeatureCache(settings.dir, model.net.backbone, model.features, transform, preprocessing,
                          images.augment, batch_size=images.batch_size)
     views = int(settings.views) if images.augment else 0
-    files = [Path(images.root) / f for f in images.frame["file"]]
+    files = [path for path, _ in located]
     return FeatureDataModule(images, cache.features(files, images.images, views))
