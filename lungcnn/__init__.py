@@ -10,8 +10,13 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+from pathlib import Path
 
 __version__ = "0.1.0"
+
+# Hydra's configs, the user's API, by absolute path: a relative config_path would resolve against the calling
+# module's package when a command runs as an installed script, where the repository's conf/ is not a package.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 COMMAND_ALIASES = {
     "lungcnn.train": "lungcnn.cli.train",

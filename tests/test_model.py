@@ -120,7 +120,7 @@ def test_the_optimizer_is_configuration():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from lungcnn.cli import CONF_DIR
+    from lungcnn import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["model.head_lr=0.003", "model.weight_decay=0.02", "model.pretrained=none"])

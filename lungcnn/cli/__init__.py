@@ -9,16 +9,11 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from lungcnn.errors import input_error_in
 
 F = TypeVar("F", bound=Callable)
-
-# Hydra's configs, by absolute path: a relative config_path resolves against the calling module's package when a
-# command runs as an installed script (`lungcnn train`), where the repository's conf/ is not a package.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def friendly_errors(fn: F) -> F:

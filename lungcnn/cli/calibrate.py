@@ -10,9 +10,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lungcnn import CONF_DIR
 from lungcnn.calibration.fit import calibrate
 from lungcnn.calibration.guard import GuardConfig
-from lungcnn.cli import CONF_DIR, friendly_errors
+from lungcnn.cli import friendly_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="calibrate")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lungcnn.cli import CONF_DIR, friendly_errors
+from lungcnn import CONF_DIR
+from lungcnn.cli import friendly_errors
 from lungcnn.training.train import train_objective
 
 

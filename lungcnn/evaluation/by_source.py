@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lungcnn import CONF_DIR
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
 
@@ -37,8 +38,7 @@ def source_names(overrides: Sequence[str]) -> list[str]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
     sources = OmegaConf.to_container(cfg.data, resolve=False).get("sources") or []
     names = [s.get("name") for s in sources if isinstance(s, dict)]
