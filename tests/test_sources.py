@@ -218,3 +218,17 @@ def test_calibrate_and_evaluate_refuse_a_multi_source_split_in_one_line():
     data = {"root": None, "class_folders": {"a": "b"}, "sources": [{"name": "a"}], "split_file": "split.csv"}
     with pytest.raises(LungCNNInputError, match="trained on data.sources"):
         labelled_files(data, NAMES, "val")
+
+
+def test_a_dicom_without_a_suffix_in_a_windowed_source_is_not_re_windowed(tmp_path):
+    # PACS exports name files without suffixes: read_image decodes them as DICOM (in the model's window) by their
+    # DICM marker, so render must not re-window them as if they were an 8-bit export of the source's window.
+    from lungcnn.data.io import read_image
+    from lungcnn.data.synthetic.dicom import write_ct_series
+
+    path = write_ct_series(tmp_path, 1, 64)[0]
+    assert path.suffix == ""
+    model = LungWindow(50, 400)
+    np.testing.assert_array_equal(render(path, parse_window("w", "lung"), model), read_image(path, window=model))
+    np.testing.assert_array_equal(render(path.read_bytes(), parse_window("w", "lung"), model, name="upload"),
+                                  read_image(path, window=model))

@@ -90,7 +90,7 @@ def read_image(
         raise LungCNNInputError(f"{name}: the file is empty")
     if len(data) > max_bytes:
         raise LungCNNInputError(f"{name}: file is {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
-    if _looks_like_dicom(data, name):
+    if looks_like_dicom(data, name):
         image = _read_dicom(data, name, window, max_pixels)
     else:
         image = _read_raster(data, name, max_pixels)
@@ -99,7 +99,8 @@ def read_image(
     return image
 
 
-def _looks_like_dicom(data: bytes, name: str) -> bool:
+def looks_like_dicom(data: bytes, name: str) -> bool:
+    """DICOM by its 'DICM' marker (the first 132 bytes suffice) or by its file name's suffix."""
     return data[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lungcnn.data.io import LungWindow, read_image
+from lungcnn.data.io import LungWindow, looks_like_dicom, read_image
 from lungcnn.errors import LungCNNInputError
 
 if TYPE_CHECKING:
@@ -88,18 +88,17 @@ def render(path: str | Path | bytes, rendering: Rendering, model_window: LungWin
 
     A DICOM file always goes through Hounsfield units (whatever the source says), as `read_image` reads it."""
     image = read_image(path, name=name, window=model_window, **limits)
-    is_dicom = rendering.kind == HU or _is_dicom(path)
-    if rendering.kind == "window" and not is_dicom:
+    if rendering.kind == "window" and not _is_dicom(path, name):
         return rewindow(image, rendering.window, model_window)
     return image
 
 
-def _is_dicom(path: str | Path | bytes) -> bool:
-    from lungcnn.data.io import DICOM_SUFFIXES
-
+def _is_dicom(path: str | Path | bytes, name: str | None) -> bool:
+    """The rule `read_image` decoded the file by (so a DICOM, already in the model's window, is not re-windowed)."""
     if isinstance(path, (bytes, bytearray)):
-        return path[128:132] == b"DICM"
-    return Path(path).suffix.lower() in DICOM_SUFFIXES
+        return looks_like_dicom(bytes(path[:132]), name or "upload")
+    with open(path, "rb") as f:
+        return looks_like_dicom(f.read(132), name or str(path))
 
 
 def rendering_augment(model_window: Mapping[str, float] | None = None, level_hu: float = 60.0, width_fraction: float = 0.2,
