@@ -191,7 +191,7 @@ class LungCTDataModule(L.LightningDataModule):
             return scan_sources(self.sources, self.class_names, self.normal_as)
         return scan_folder(self.root, self.class_folders, self.class_names, self.normal_as)
 
-    def source_of(self, file: str) -> tuple[Path, Any]:
+    def locate(self, file: str) -> tuple[Path, Any]:
         """A `file` of the table -> (its path on disk, its source's rendering; None for a single data.root)."""
         if not self.sources:
             return self.root / file, None
@@ -200,7 +200,7 @@ class LungCTDataModule(L.LightningDataModule):
         return source.root / rest, source.rendering
 
     def _load(self, file: str) -> np.ndarray:
-        path, rendering = self.source_of(file)
+        path, rendering = self.locate(file)
         if rendering is None:
             return load_for_model(path, self.image_size, self.window, crop=self.crop)
         image = render(path, rendering, self.window, name=file)

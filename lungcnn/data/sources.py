@@ -136,8 +136,3 @@ def similarity_groups(root: Path, files: list[str]) -> list[str]:
     links = [*pairs[:, :2].tolist(), *series_links(feats, SERIES_THRESHOLD), *exact]
     names = dict(zip(feats["file"], group_names(components(len(feats), np.asarray(links).reshape(-1, 2))), strict=True))
     return [names.get(f, f"file:{f}") for f in files]
-
-
-def source_of(file: str) -> str:
-    """The source name of a multi-source `file` (``<source>/<path>``)."""
-    return file.split("/", 1)[0]

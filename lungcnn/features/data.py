@@ -108,7 +108,7 @@ def feature_datamodule(cfg: DictConfig, images: LungCTDataModule, model: L.Light
         return images.train_transform(image=image)["image"]
 
     settings: Any = cfg.feature_cache
-    located = [images.source_of(f) for f in images.frame["file"]]
+    located = [images.locate(f) for f in images.frame["file"]]
     # A file's pixels depend on its source's rendering too: the renderings are part of the preprocessing key.
     renderings = sorted({repr(rendering) for _, rendering in located if rendering is not None})
     preprocessing = {**images.preprocessing(), **({"source_renderings": renderings} if renderings else {})}
