@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lungcnn.data.catalog import labelled_files
+from lungcnn.data.labelled import labelled_images
 from lungcnn.data.lungcrop import lungs_in_view
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import write_json
@@ -149,8 +149,7 @@ def main() -> None:
                     "machine": {"cores": cpu_count(), "loadavg": os.getloadavg()}}
     splits, test_images = {}, None
     for split in ("test", "val"):
-        frame = labelled_files(spec.data, list(spec.class_names), split)
-        images, _ = predictor.read(list(frame["path"]))
+        images = labelled_images(spec.data, spec.preprocessing, spec.class_names, split).images
         test_images = images if split == "test" else test_images
         splits[split] = predictor.forward(images)[1]
         no_lungs = ~np.array([lungs_in_view(image) for image in images], dtype=bool)

@@ -118,6 +118,7 @@ def test_real_slices_of_unseen_series_pass_and_non_ct_is_flagged():
     import pandas as pd
 
     from lungcnn.models.checkpoint import build_guard
+    from lungcnn.models.guard import pooled_features
     from lungcnn.models.net import LungNet
     from lungcnn.spec import ModelSpec
 
@@ -131,10 +132,10 @@ def test_real_slices_of_unseen_series_pass_and_non_ct_is_flagged():
                                   {"image_size": 128, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
     predictor = Predictor(spec, net)
 
-    def batch(files):
-        return [predictor.normalise(predictor.read([SHARED_DATA / f for f in files])[0])]
+    def features(files):
+        return pooled_features(net, [predictor.normalise(predictor.read([SHARED_DATA / f for f in files])[0])])
 
-    guard, tensors = fit_guard(net, batch(pick["bank"]["file"]), list(pick["bank"]["group"]), batch(pick["val"]["file"]),
+    guard, tensors = fit_guard(features(pick["bank"]["file"]), list(pick["bank"]["group"]), features(pick["val"]["file"]),
                                GuardConfig(), "validation images")
     state = {**{k: v for k, v in net.state_dict().items()}, **tensors}
     guarded = Predictor(spec.replace(guard=guard), net, guard=build_guard(spec.replace(guard=guard), state))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -178,7 +179,7 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
     exactly its held-out source, and the per-source table is recomputed from the predictions written."""
     from lungcnn.cli import cv
     from lungcnn.data.synthetic import make_synthetic_dataset
-    from lungcnn.evaluation.by_source import _figures
+    from lungcnn.evaluation.per_source import _figures
     from lungcnn.inference.schema import Table
     from tests.conftest import tiny_overrides
 
@@ -188,7 +189,7 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
                                image_size=48, seed=1)
     maps = "class_folders:{benign:not_malignant,malignant:malignant}"
     sources = (f"data.sources=[{{name:a,root:'{a}',window:as_is,{maps}}},"
-               f"{{name:b,root:'{b}',window:{{level:40,width:400}},groups:similarity,{maps}}}]")
+               f"{{name:b,root:'{b}',window:{{level:40,width:400}},{maps}}}]")
     overrides = ["experiment=multisource", *tiny_overrides(a)[1:], "data.root=null", sources, "data.image_size=48",
                  "trainer.max_epochs=1", "callbacks.finetune.stage1_epochs=1", "data.val_fraction=0.34"]
     out = tmp_path / "loso"
@@ -205,19 +206,59 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
         p = table.frame["probability_malignant"].to_numpy()
         y = (table.frame["label"] == "malignant").to_numpy(int)
         called = (table.frame["decision"] == "malignant").to_numpy(int)
+        judged = table.in_domain.to_numpy(int)
         row = summary["per_source"][name]
         assert row["n"] == 12 and row["n_positive"] == 6
-        for key, value in _figures(np.stack([p, called], 1), y).items():
+        for key, value in _figures(np.stack([p, called, judged], 1), y).items():
+            if np.isnan(value):  # e.g. no slice judged: written as null
+                assert row[key]["value"] is None
+                continue
             assert row[key]["value"] == pytest.approx(value)
             assert row[key]["ci95"][0] <= value + 1e-9 and value - 1e-9 <= row[key]["ci95"][1]
+        assert (out / name / "holdout" / "report.json").is_file()  # calibrated and evaluated like any run
 
 
-def test_calibrate_and_evaluate_refuse_a_multi_source_split_in_one_line():
-    from lungcnn.data.catalog import labelled_files
+def test_calibrate_and_evaluate_a_multi_source_checkpoint_on_its_own_pixels(two_sources, tmp_path):
+    """A checkpoint trained on two sources is calibrated on its validation split and evaluated on its test split
+    as the data module read them (the lung-window source re-windowed), with the source column; through the
+    feature cache (a frozen backbone) the figures are those of the network run on the images."""
+    from lungcnn.calibration.fit import calibrate
+    from lungcnn.data.labelled import labelled_images
+    from lungcnn.evaluation.evaluate import evaluate
+    from lungcnn.inference.schema import Table
+    from lungcnn.models.checkpoint import load_checkpoint
+    from lungcnn.training.train import train
+    from tests.conftest import make_cfg, tiny_overrides
 
-    data = {"root": None, "class_folders": {"a": "b"}, "sources": [{"name": "a"}], "split_file": "split.csv"}
-    with pytest.raises(LungCNNInputError, match="trained on data.sources"):
-        labelled_files(data, NAMES, "val")
+    overrides = [*tiny_overrides(tmp_path / "unused")[1:], "data.root=null", "data.class_names=[not_malignant,malignant]",
+                 "data.normal_as=negative", "data.window.level=40", "data.window.width=400",
+                 "callbacks.finetune.unfreeze_top_n=0", f"feature_cache.dir={tmp_path / 'fc'}"]
+    cfg = make_cfg(tmp_path / "run", overrides)
+    cfg.data.sources = two_sources
+    ckpt = Path(train(cfg)["best_checkpoint"])
+    spec, _ = load_checkpoint(ckpt)
+    dm = _dm(two_sources, split_file=str(tmp_path / "run" / "split.csv"), window={"level": 40, "width": 400})
+    dm.setup()
+    for split in ("val", "test"):
+        data = labelled_images(spec.data, spec.preprocessing, spec.class_names, split)
+        assert all(e is None for e in data.errors)
+        np.testing.assert_array_equal(data.images, dm.images[(dm.frame["split"] == split).to_numpy()])
+        assert list(data.frame["source"]) == list(dm.split_frame(split)["source"])
+    entries = sorted((tmp_path / "fc").rglob("*.npy"))
+    evaluation_views = [e for e in entries if not e.parent.name.startswith("views-")]
+    assert len(evaluation_views) == len(dm.frame)  # training computed every image's evaluation view
+    cached = calibrate(ckpt, tmp_path / "cached.ckpt", feature_cache=tmp_path / "fc")
+    plain = calibrate(ckpt, tmp_path / "plain.ckpt")
+    assert cached.calibration.temperature == pytest.approx(plain.calibration.temperature, rel=1e-3)
+    assert cached.guard.threshold == pytest.approx(plain.guard.threshold, rel=1e-3)
+    a = evaluate(tmp_path / "cached.ckpt", out_dir=str(tmp_path / "ra"), n_resamples=20, feature_cache=tmp_path / "fc")
+    b = evaluate(tmp_path / "plain.ckpt", out_dir=str(tmp_path / "rb"), n_resamples=20)
+    assert sorted((tmp_path / "fc").rglob("*.npy")) == entries  # calibrate and evaluate read training's entries
+    ra, rb = (Table.read(tmp_path / r / "predictions.csv").frame for r in ("ra", "rb"))
+    assert set(ra["source"]) == set(dm.split_frame("test")["source"]) and list(ra["file"]) == list(rb["file"])
+    np.testing.assert_allclose(ra["probability_malignant"], rb["probability_malignant"], atol=1e-4)
+    assert a["results"]["calibrated"]["threshold_calibrated"]["metrics"]["roc_auc"] == pytest.approx(
+        b["results"]["calibrated"]["threshold_calibrated"]["metrics"]["roc_auc"], abs=1e-6)
 
 
 def test_a_dicom_without_a_suffix_in_a_windowed_source_is_not_re_windowed(tmp_path):

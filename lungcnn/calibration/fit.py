@@ -17,7 +17,7 @@ import numpy as np
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
 from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
 from lungcnn.calibration.prior import prior_shift_of
-from lungcnn.data.catalog import labelled_files
+from lungcnn.data.labelled import labelled_images
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import Predictor
 from lungcnn.metrics.classification import binary_metrics
@@ -34,7 +34,7 @@ TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the check
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
               prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto",
-              guard: GuardConfig | None = None) -> ModelSpec:
+              guard: GuardConfig | None = None, feature_cache: str | Path | None = None) -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
     One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
@@ -48,6 +48,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     flip for K-class checkpoints (it raised balanced accuracy in cross-validation) and none for binary
     ones (no measured gain there, and it halves prediction throughput).
     `guard` (`GuardConfig`, default: fitted) replaces any domain guard the input checkpoint had.
+    `feature_cache`: a feature cache folder (`lungcnn.features.cache`, training's `feature_cache.dir`): the pooled
+    backbone features of a frozen-backbone checkpoint's images are read from it, not computed again.
     """
     guard = guard or GuardConfig()
     ckpt = Path(ckpt)
@@ -68,10 +70,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     tta = ("none" if one_output else "flip") if tta == "auto" else tta
     uncalibrated = spec.replace(calibration=Calibration(tta=tta), decision=DecisionRule(), guard=None)
     predictor = Predictor(uncalibrated, build_network(spec, state))
-    frame = labelled_files(spec.data, spec.class_names, "val", data_root)
-    images, errors = predictor.read(list(frame["path"]))
-    labels = frame["label"].to_numpy()[[e is None for e in errors]]
-    logits = predictor.logits(images).astype(np.float64)
+    val = labelled_images(spec.data, spec.preprocessing, spec.class_names, "val", data_root)
+    labels = val.labels
+    logits = predictor.logits(val.images, features=predictor.cached_features(feature_cache, val)).astype(np.float64)
     details: dict[str, Any] = {"fitted_on": f"{len(labels)} validation images", "data_root": data_root}
     if method == "temperature":
         shift = prior_shift_of(spec.data) if prior_correction else 0.0
@@ -98,8 +99,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         details["decision"] = decision
     calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
     if guard.enabled:
-        domain, tensors = fit_guard_on_splits(predictor, images, guard, "validation images (unseen patients)"
-                                              if data_root is None else f"images of {data_root}")
+        domain, tensors = fit_guard_on_splits(predictor, val, guard, "validation images (unseen patients)"
+                                              if data_root is None else f"images of {data_root}", feature_cache)
         calibrated, state = calibrated.replace(guard=domain), {**state, **tensors}
     if details.get("message"):
         log.warning("%s", details["message"])

@@ -12,16 +12,20 @@ the `quantile` of the pooled scores times `margin`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from lungcnn.errors import LungCNNInputError, require_bool, require_int, require_number
 from lungcnn.models.guard import KnnDistance, guard_state, pooled_features
 from lungcnn.spec import DomainGuard
+
+if TYPE_CHECKING:
+    from lungcnn.data.labelled import Labelled
 
 
 @dataclass(frozen=True)
@@ -47,31 +51,28 @@ class GuardConfig:
         require_number("calibration.guard.margin", self.margin, 1, None, low_open=False)
 
 
-def fit_guard_on_splits(predictor, val_images: np.ndarray, config: GuardConfig, val_note: str,
+def fit_guard_on_splits(predictor, val: Labelled, config: GuardConfig, val_note: str, feature_cache: str | Path | None = None,
                         batch_size: int = 32) -> tuple[DomainGuard, dict[str, torch.Tensor]]:
     """The guard of a Predictor's (PyTorch) network: bank from the checkpoint's training split (with its series
-    from the split file), threshold from leave-one-series-out training scores and `val_images` ((N, S, S) uint8
-    as `Predictor.read` gives them, from unseen series)."""
-    from lungcnn.data.catalog import labelled_files
+    from the split file), threshold from leave-one-series-out training scores and the readable images of `val`
+    (`lungcnn.data.labelled`, from unseen series). `feature_cache`: a feature cache folder to read the pooled
+    features from (`lungcnn.features.cache`) instead of running the backbone."""
+    from lungcnn.data.labelled import labelled_images
 
     spec = predictor.spec
-    train = labelled_files(spec.data, list(spec.class_names), "train")
-    train_images, errors = predictor.read(list(train["path"]))
-    groups = _series(spec.data.get("split_file"), train["file"])[[e is None for e in errors]]
+    train = labelled_images(spec.data, spec.preprocessing, spec.class_names, "train")
+    groups = train.frame["group"].to_numpy(str)[train.readable]
 
-    def batches(images: np.ndarray):
-        return (predictor.normalise(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
+    def features(data: Labelled) -> torch.Tensor:
+        if feature_cache is not None:
+            from lungcnn.features.cache import evaluation_features
 
-    return fit_guard(predictor.net, batches(train_images), groups, batches(val_images), config, val_note)
+            return torch.from_numpy(evaluation_features(feature_cache, predictor.net, spec.preprocessing, data.paths,
+                                                        data.images, data.readable_renderings))
+        batches = (predictor.normalise(data.images[i : i + batch_size]) for i in range(0, len(data.images), batch_size))
+        return pooled_features(predictor.net, batches)
 
-
-def _series(split_file: str | None, files: pd.Series) -> np.ndarray:
-    """Each training file's series (the split file's `group`); without groups, each image is its own series."""
-    if split_file:
-        saved = pd.read_csv(split_file, dtype={"file": str, "group": str})
-        if "group" in saved:
-            return files.map(dict(zip(saved["file"], saved["group"], strict=False))).fillna(files).to_numpy(str)
-    return files.to_numpy(str)
+    return fit_guard(features(train), groups, features(val), config, val_note)
 
 
 def leave_series_out_scores(bank: torch.Tensor, groups: Sequence[str], k: int) -> np.ndarray:
@@ -84,16 +85,15 @@ def leave_series_out_scores(bank: torch.Tensor, groups: Sequence[str], k: int) -
     return torch.sqrt(torch.clamp(2 - 2 * kth, min=0)).double().numpy()  # -inf -> inf: dropped below
 
 
-def fit_guard(net: torch.nn.Module, train_batches: Iterable[np.ndarray], groups: Sequence[str],
-              val_batches: Iterable[np.ndarray], config: GuardConfig,
+def fit_guard(bank: torch.Tensor, groups: Sequence[str], val_features: torch.Tensor, config: GuardConfig,
               val_note: str) -> tuple[DomainGuard, dict[str, torch.Tensor]]:
-    """(the spec's DomainGuard, its tensors for the checkpoint state) from normalised image batches."""
-    bank = pooled_features(net, train_batches)
+    """(the spec's DomainGuard, its tensors for the checkpoint state) from pooled backbone features (N, F) of the
+    training images (`groups`: their series) and of the validation images."""
     if len(bank) < config.k or len(groups) != len(bank):
         raise LungCNNInputError(f"the domain guard needs at least k={config.k} readable training images, found {len(bank)}")
     module = KnnDistance(bank, config.k)
     with torch.inference_mode():
-        val = module(pooled_features(net, val_batches)).double().numpy()
+        val = module(val_features).double().numpy()
     held_out = leave_series_out_scores(bank, groups, config.k)
     held_out = held_out[np.isfinite(held_out)]
     scores = np.concatenate([held_out, val])

@@ -18,7 +18,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lungcnn publish", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("ckpt", help="a calibrated checkpoint (lungcnn.calibrate's output) whose run folder holds split.csv")
     p.add_argument("out", help="the file to write (.ckpt); OUT.split.csv and OUT.md go beside it")
-    p.add_argument("--data-root", required=True, help="the data folder as the file should name it (e.g. a relative path)")
+    p.add_argument("--data-root", help="the data folder as the file should name it (e.g. a relative path); "
+                   "not for a model trained on data.sources (their folders are named relative to here)")
     p.add_argument("--recipe", default="", help="the commands that made the model, for the card")
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples of the test figures")
     return p.parse_args(argv)

@@ -104,27 +104,3 @@ def _groups(root: Path, frame: pd.DataFrame, groups_file: str | Path | None) -> 
             raise LungCNNInputError(f"{path}: expected columns file,label,group; got {reader.fieldnames}")
         known = {row["file"].replace("\\", "/"): row["group"] for row in reader}
     return [known.get(f, default) for f, default in zip(frame["file"], own, strict=False)]
-
-
-def labelled_files(data: dict, class_names: list[str], split: str | None, root: str | Path | None = None) -> pd.DataFrame:
-    """Labelled images for calibrate/evaluate: one split of the training data (from its split.csv), or,
-    when `root` is given, every image of that folder. Columns: path (absolute), file, label."""
-    from lungcnn.data.splits import load_split
-
-    if not data.get("class_folders"):
-        raise LungCNNInputError("the checkpoint does not say how its data was laid out (no data.class_folders)")
-    if root is None and data.get("sources"):
-        # Its splits span several sources, each read in its own rendering: not one folder this function can scan.
-        raise LungCNNInputError("the checkpoint was trained on data.sources: pass data_root=FOLDER, or score its held-out "
-                                "source with `python -m lungcnn.cv run --by-source`")
-    base = Path(root or data.get("root") or "")
-    frame = scan_folder(base, data["class_folders"], class_names, data.get("normal_as", "drop"))
-    if root is None and split is not None:
-        if not data.get("split_file"):
-            raise LungCNNInputError("the checkpoint has no split file; pass data_root=FOLDER to evaluate on a folder")
-        frame = frame[load_split(data["split_file"], frame) == split]
-        if frame.empty:
-            raise LungCNNInputError(f"the {split} split of {base} is empty")
-    frame = frame.reset_index(drop=True)
-    frame.insert(0, "path", [str(base / f) for f in frame["file"]])
-    return frame

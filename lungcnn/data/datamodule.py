@@ -28,10 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcnn.data.catalog import check_class_map, scan_folder
 from lungcnn.data.io import LungWindow
-from lungcnn.data.rendering import render
 from lungcnn.data.sources import Source, parse_sources, scan_sources
 from lungcnn.data.splits import assign_splits, check_split_args, load_split, save_split
-from lungcnn.data.transforms import CROPS, build_transform, check_model_input, load_for_model, to_model_grid
+from lungcnn.data.transforms import build_transform, check_model_input, load_for_model
 from lungcnn.errors import LungCNNInputError, fail, require_bool, require_choice, require_int
 from lungcnn.seeding import derive_seed
 
@@ -201,10 +200,8 @@ class LungCTDataModule(L.LightningDataModule):
 
     def _load(self, file: str) -> np.ndarray:
         path, rendering = self.locate(file)
-        if rendering is None:
-            return load_for_model(path, self.image_size, self.window, crop=self.crop)
-        image = render(path, rendering, self.window, name=file)
-        return to_model_grid(CROPS[self.crop](image), self.image_size)
+        return load_for_model(path, self.image_size, self.window, name=None if rendering is None else file,
+                              crop=self.crop, rendering=rendering)
 
     def _decode(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         keep, images = [], []

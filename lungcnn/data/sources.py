@@ -10,6 +10,7 @@ the data config (docs/sources.md):
         window: iqothnccd        # how its pixels were rendered (lungcnn.data.rendering.parse_window)
         groups: groups.csv       # a groups.csv in root | similarity (the audit's grouping) | none
         weight: 1.0              # share of the training draws (imbalance=sampler)
+        about: "..."             # provenance and licence, one line, for the model card
 
 `scan_sources` reads every source with `catalog.scan_folder` and stacks them: `file` becomes
 ``<source>/<path in its root>`` (unique across sources), `group` ``<source>:<group>`` (no group spans two
@@ -32,7 +33,7 @@ from lungcnn.data.rendering import Rendering, parse_window
 from lungcnn.errors import LungCNNInputError, fail
 
 GROUPS_SIMILARITY, GROUPS_NONE = "similarity", "none"
-KEYS = {"name", "root", "class_folders", "window", "groups", "weight"}
+KEYS = {"name", "root", "class_folders", "window", "groups", "weight", "about"}
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,11 @@ class Source:
     rendering: Rendering
     groups: str = "groups.csv"
     weight: float = 1.0
+    about: str = ""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root.resolve()), "class_folders": dict(self.class_folders),
-                "window": self.rendering.describe(), "groups": self.groups, "weight": self.weight}
+                "window": self.rendering.describe(), "groups": self.groups, "weight": self.weight, "about": self.about}
 
 
 def parse_sources(raw: Any, default_class_folders: Mapping[str, str] | None = None) -> list[Source]:
@@ -89,8 +91,11 @@ def parse_sources(raw: Any, default_class_folders: Mapping[str, str] | None = No
         weight = entry.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight > 0:
             fail(f"{key}.weight", "a number > 0", weight)
+        about = entry.get("about", "")
+        if not isinstance(about, str):
+            fail(f"{key}.about", "one line of text (provenance and licence, for the model card)", about)
         sources.append(Source(name, root, {str(k): str(v) for k, v in class_folders.items()}, rendering, groups,
-                              float(weight)))
+                              float(weight), about))
     return sources
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from lungcnn.data.io import LungWindow, read_image
 from lungcnn.data.lungcrop import crop_to_lungs
+from lungcnn.data.rendering import Rendering, render
 from lungcnn.errors import fail, require_choice, require_int
 
 if TYPE_CHECKING:  # albumentations imports torch (seconds): only training and its tests need it
@@ -35,12 +36,18 @@ CROPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"none": lambda image: im
 
 
 def load_for_model(source: str | Path | bytes, image_size: int, window: LungWindow, name: str | None = None,
-                   crop: str = "none", **limits: int) -> np.ndarray:
+                   crop: str = "none", rendering: Rendering | None = None, **limits: int) -> np.ndarray:
     """Any supported file -> the (S, S) uint8 image the model sees before normalisation.
 
+    `rendering`: how the file's source rendered its pixels (`lungcnn.data.rendering`; one source of several),
+    re-windowed into the model's `window`; None reads the file as it is (a single data.root, an upload).
     `limits` (max_bytes, max_pixels) pass through to `read_image`."""
     check_model_input(image_size, crop)
-    return to_model_grid(CROPS[crop](read_image(source, name=name, window=window, **limits)), image_size)
+    if rendering is None:
+        image = read_image(source, name=name, window=window, **limits)
+    else:
+        image = render(source, rendering, window, name=name, **limits)
+    return to_model_grid(CROPS[crop](image), image_size)
 
 
 def check_model_input(image_size: int, crop: str) -> None:

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from lungcnn.data.catalog import labelled_files
+from lungcnn.data.labelled import labelled_images
 from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import build_report
 from lungcnn.evaluation.domain import domain_report, domain_summary
 from lungcnn.evaluation.multiclass_report import build_multiclass_report
+from lungcnn.evaluation.per_source import markdown, per_source_table, scored_frame
 from lungcnn.fileio import write_json
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
@@ -25,19 +26,23 @@ from lungcnn.spec import ModelSpec
 
 
 def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test", out_dir: str | None = None,
-             n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+             n_resamples: int = 1000, seed: int = 0, feature_cache: str | Path | None = None) -> dict[str, Any]:
+    """`feature_cache`: a feature cache folder (training's `feature_cache.dir`) to read a frozen backbone's
+    pooled features from instead of computing them (`lungcnn.features.cache`)."""
     ckpt = Path(ckpt)
     predictor = Predictor.from_checkpoint(ckpt)
     spec = predictor.spec
-    frame = labelled_files(spec.data, spec.class_names, split, data_root)
-    predictions, logits = predictor.classify(list(frame["path"]), [str(f) for f in frame["file"]])
+    data = labelled_images(spec.data, spec.preprocessing, spec.class_names, split, data_root)
+    frame = data.frame
+    predictions, logits = predictor.classify_labelled(data, predictor.cached_features(feature_cache, data))
     ok = np.array([p.ok for p in predictions])
     if not ok.any():
         raise LungCNNInputError(f"none of the {len(predictions)} images could be read")
     run_dir = ckpt.resolve().parent.parent
     out = Path(out_dir) if out_dir else run_dir / ("report" if data_root is None else f"report_{Path(data_root).name}")
     labels = frame["label"].to_numpy()
-    schema.write_csv(out / "predictions.csv", spec.task, predictions, [spec.class_names[y] for y in labels])
+    sources = list(frame["source"]) if frame["source"].astype(bool).any() else None
+    schema.write_csv(out / "predictions.csv", spec.task, predictions, [spec.class_names[y] for y in labels], sources)
     records = {"file": list(frame["file"][ok]), "label": labels[ok], "logit": logits,
                "prob": spec.probabilities(logits, calibrated=False), "prob_cal": spec.probabilities(logits)}
     where = f"the {split} split" if data_root is None else f"all images of {data_root}"
@@ -48,6 +53,11 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
     report, cells, summary = REPORTS[spec.task.name](records, spec, common)
     inside = [p.in_domain is not False for p in predictions if p.ok]
     report["domain_guard"] = domain_report(spec, records["prob_cal"], labels[ok], inside)
+    if sources and spec.task.name == "binary":
+        table = per_source_table(scored_frame(out / "predictions.csv", dict(zip(frame["file"], frame["group"], strict=True))),
+                                 n_resamples, seed)
+        report["per_source"] = {"table": table, "markdown": markdown(table, "source")}
+        print(report["per_source"]["markdown"], flush=True)
     write_json(out / "report.json", report)
     print(summary + "\n" + domain_summary(report["domain_guard"]) + f"\nreport: {out / 'report.md'}", flush=True)
     if data_root is None and spec.is_calibrated:

@@ -27,6 +27,7 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.evaluation import crossfit as cf
 from lungcnn.evaluation import crossval
 from lungcnn.evaluation.evaluate import evaluate
+from lungcnn.features.data import run_cache_dir
 from lungcnn.fileio import plain, write_json
 from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -73,7 +74,7 @@ def calibration_options(items: Sequence[str]) -> dict[str, Any]:
 
 def check_calibration(calibration: Mapping[str, Any]) -> None:
     """Refuse options `lungcnn.calibration.fit.calibrate` does not take before hours of training, not after them."""
-    known = set(inspect.signature(calibrate).parameters) - {"ckpt", "out", "overwrite"}
+    known = set(inspect.signature(calibrate).parameters) - {"ckpt", "out", "overwrite", "feature_cache"}
     unknown = sorted(set(calibration) - known)
     if unknown:
         raise LungCNNInputError(
@@ -86,8 +87,9 @@ def calibrate_and_evaluate(job: Path, ckpt: str, calibration: Mapping[str, Any],
     if (job / report / crossval.PREDICTIONS).is_file():
         return
     calibrated = job / "checkpoints" / f"{ckpt}.{report}.ckpt"
-    calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, **calibration)
-    evaluate(calibrated, out_dir=str(job / report), n_resamples=200)
+    cache = run_cache_dir(job)  # a frozen backbone: its features are already in training's cache
+    calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, feature_cache=cache, **calibration)
+    evaluate(calibrated, out_dir=str(job / report), n_resamples=200, feature_cache=cache)
 
 
 def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds: int = 5, first_seed: int = 0,

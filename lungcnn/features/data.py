@@ -15,6 +15,7 @@ inputs are those of the image path, and so is the trained model (tests/test_feat
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lungcnn.data.datamodule import LungCTDataModule
 from lungcnn.errors import LungCNNInputError, fail, require_int
-from lungcnn.features.cache import FeatureCache
+from lungcnn.features.cache import FeatureCache, pixel_settings
 
 ENABLED = ("auto", True, False)
 
@@ -109,11 +110,23 @@ def feature_datamodule(cfg: DictConfig, images: LungCTDataModule, model: L.Light
 
     settings: Any = cfg.feature_cache
     located = [images.locate(f) for f in images.frame["file"]]
-    # A file's pixels depend on its source's rendering too: the renderings are part of the preprocessing key.
-    renderings = sorted({repr(rendering) for _, rendering in located if rendering is not None})
-    preprocessing = {**images.preprocessing(), **({"source_renderings": renderings} if renderings else {})}
-    cache = FeatureCache(settings.dir, model.net.backbone, model.features, transform, preprocessing,
+    pixels = pixel_settings(images.image_size, images.mean, images.std, images.window, images.crop)
+    cache = FeatureCache(settings.dir, model.net.backbone, model.features, transform, pixels,
                          images.augment, batch_size=images.batch_size)
     views = int(settings.views) if images.augment else 0
     files = [path for path, _ in located]
-    return FeatureDataModule(images, cache.features(files, images.images, views))
+    # A file's pixels depend on its source's rendering too: part of its key.
+    renderings = [None if r is None else r.describe() for _, r in located]
+    return FeatureDataModule(images, cache.features(files, images.images, views, renderings))
+
+
+def run_cache_dir(run_dir: str | Path) -> Path | None:
+    """The feature cache a finished training run trained its frozen backbone's head on (its saved Hydra config),
+    so that calibrating and evaluating its checkpoint read those features; None where it trained on images."""
+    from omegaconf import OmegaConf
+
+    config = Path(run_dir) / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    cfg = OmegaConf.load(config)
+    return Path(cfg.feature_cache.dir) if "feature_cache" in cfg and wanted(cfg) else None

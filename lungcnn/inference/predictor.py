@@ -29,6 +29,8 @@ from lungcnn.task import is_tensor
 if TYPE_CHECKING:  # torch only on the PyTorch paths: an .onnx model runs without importing it (seconds)
     import torch
 
+    from lungcnn.data.labelled import Labelled
+
 OUT_OF_DOMAIN = "out of domain"  # the decision of an image the domain guard flags
 NO_LUNGS = "no lungs in view"  # the decision of an image whose lung fields the lung check cannot find: not judged
 
@@ -111,6 +113,15 @@ class TorchBackend:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.forward(batch)[0]
+
+    def from_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`forward` from pooled backbone features (N, F) (the feature cache's) instead of images."""
+        import torch
+
+        with torch.inference_mode():
+            f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+            scores = None if self.guard is None else self.guard(f).float().cpu().numpy()
+            return self.net.logits_of(f).float().cpu().numpy(), scores
 
 
 def tta_logits(logits_fn: Any, x: Any, tta: str = "none", plain: Any = None) -> Any:
@@ -240,14 +251,18 @@ class Predictor:
 
         return torch.from_numpy(self.normalise(images))
 
-    def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    def logits(self, images: np.ndarray, batch_size: int = 32, features: np.ndarray | None = None) -> np.ndarray:
         """(N, S, S) uint8 -> logits (N,) for one output or (N, K), with the checkpoint's test-time augmentation."""
-        return self.forward(images, batch_size)[0]
+        return self.forward(images, batch_size, features)[0]
 
-    def forward(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    def forward(self, images: np.ndarray, batch_size: int = 32,
+                features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, S, S) uint8 -> (logits as `logits` gives them, domain scores (N,) or None without a guard).
 
-        The guard scores the image as it is (its mirror, under flip TTA, only adds to the logits)."""
+        The guard scores the image as it is (its mirror, under flip TTA, only adds to the logits). `features`:
+        the images' pooled backbone features (`cached_features`), so the backbone does not run again."""
+        if features is not None:
+            return self.backend.from_features(features)
         logits, scores = [], []
         for i in range(0, len(images), batch_size):
             x = self.normalise(images[i : i + batch_size])
@@ -294,6 +309,24 @@ class Predictor:
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
         logits, scores = self.forward(images)
         return self.from_logits(logits, names, scores, self.lungs(images))
+
+    def cached_features(self, cache_dir: str | Path | None, data: Labelled) -> np.ndarray | None:
+        """The readable images of `data` as pooled backbone features from the feature cache in `cache_dir`
+        (`lungcnn.features.cache`; computed where missing), or None where the cache cannot stand in for the
+        network: no cache asked for, test-time flips (the mirror has no entry) or a backend other than PyTorch."""
+        if cache_dir is None or self.tta != "none" or not hasattr(self.backend, "from_features"):
+            return None
+        from lungcnn.features.cache import evaluation_features
+
+        return evaluation_features(cache_dir, self.net, self.spec.preprocessing, data.paths, data.images,
+                                   data.readable_renderings)
+
+    def classify_labelled(self, data: Labelled, features: np.ndarray | None = None) -> tuple[list[Prediction], np.ndarray]:
+        """`classify` of images already read (`lungcnn.data.labelled`), named by their files."""
+        logits, scores = self.forward(data.images, features=features)
+        done = iter(self.from_logits(logits, list(data.frame["file"][data.readable]), scores, self.lungs(data.images)))
+        names = list(data.frame["file"])
+        return [next(done) if e is None else Prediction(n, error=e) for n, e in zip(names, data.errors, strict=True)], logits
 
     def read(self, sources: list[str | Path]) -> tuple[np.ndarray, list[str | None]]:
         """Read and preprocess files: the readable images stacked (n, S, S) uint8, and per source its error or None."""

@@ -115,15 +115,12 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
 def _images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
             limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S) uint8 model inputs and labels of one split (evenly spaced, so every patient range is sampled)."""
-    from lungcnn.data.catalog import labelled_files
+    from lungcnn.data.labelled import labelled_images
 
-    frame = labelled_files(spec.data, list(spec.class_names), split, data_root)
-    if limit is not None and len(frame) > limit:
-        frame = frame.iloc[np.linspace(0, len(frame) - 1, limit).round().astype(int)]
-    images, errors = predictor.read(list(frame["path"]))
-    if any(errors):
-        raise LungCNNInputError(next(e for e in errors if e))
-    return images, frame["label"].to_numpy()
+    data = labelled_images(spec.data, spec.preprocessing, spec.class_names, split, data_root, limit)
+    if any(data.errors):
+        raise LungCNNInputError(next(e for e in data.errors if e))
+    return data.images, data.labels
 
 
 def calibration_batches(predictor: Predictor, images: np.ndarray, batch_size: int = CALIBRATION_BATCH) -> Iterator[np.ndarray]:

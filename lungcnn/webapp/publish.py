@@ -16,6 +16,7 @@ What `make reference-model` runs after training and calibrating. It writes
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,15 @@ def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "", n_resamples: int = 1000,
+def publish(ckpt: str | Path, out: str | Path, data_root: str | None, recipe: str = "", n_resamples: int = 1000,
             report_dir: str | Path | None = None) -> dict[str, Any]:
     """Write OUT.ckpt (float16), OUT.split.csv and OUT.md; return the test report of the written file.
 
     Args:
         ckpt: a calibrated checkpoint whose spec names its split file.
         out: the file to write; OUT.split.csv and OUT.md go beside it.
-        data_root: the data folder as OUT's spec should name it.
+        data_root: the data folder as OUT's spec should name it (None for a model trained on data.sources: each
+            source's folder is named relative to the folder commands run from).
         recipe: how the model was made, in words, for the card.
         n_resamples: bootstrap resamples of the test figures' intervals.
         report_dir: the full test report (default: the run's `report_published/`, next to `checkpoints/`).
@@ -54,6 +56,8 @@ def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "",
     spec, state = load_checkpoint(ckpt)
     if not spec.is_calibrated:
         raise LungCNNInputError(f"{ckpt} is not calibrated: run `python -m lungcnn.calibrate ckpt={ckpt}` first")
+    if data_root is None and not spec.data.get("sources"):
+        raise LungCNNInputError("--data-root is needed: the data folder as the published file should name it")
     split_src = Path(spec.data.get("split_file") or "")
     if not split_src.is_file():
         raise LungCNNInputError(f"{ckpt}: its split file {split_src} is missing; publish from the training run's folder")
@@ -61,13 +65,17 @@ def publish(ckpt: str | Path, out: str | Path, data_root: str, recipe: str = "",
     split_out = out.with_suffix(".split.csv")
     write_bytes(split_out, split_src.read_bytes())
     data = {**spec.data, "root": data_root, "split_file": str(split_out)}
+    if spec.data.get("sources"):
+        # Each source's folder as the commands see it from the repository's root, like data_root.
+        data.update(root=None, sources=[{**s, "root": os.path.relpath(s["root"])} for s in spec.data["sources"]])
     save_checkpoint(out, spec.replace(data=data, metrics={}, metric_values={}), half(state))
     size = out.stat().st_size  # checked before the evaluation (a minute of work) that a refused file would waste
     if size > MAX_BYTES:
         raise LungCNNInputError(f"{out} is {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB a shipped model may take")
     run_dir = ckpt.resolve().parent.parent  # a checkpoint lives in RUN/checkpoints/
     report = evaluate(out, out_dir=str(report_dir or run_dir / "report_published"), n_resamples=n_resamples)
-    write_text(out.with_suffix(".md"), model_card_markdown(out, split_out, recipe, run_seed(run_dir)))
+    per_source = (report.get("per_source") or {}).get("markdown", "")
+    write_text(out.with_suffix(".md"), model_card_markdown(out, split_out, recipe, run_seed(run_dir), per_source))
     print(f"wrote {out} ({size / 2**20:.1f} MiB), {split_out} and {out.with_suffix('.md')}", flush=True)
     return report
 
@@ -98,51 +106,85 @@ def split_table(split_file: Path, class_names: Sequence[str]) -> str:
     return "\n".join(rows)
 
 
-def model_card_markdown(ckpt: Path, split_file: Path, recipe: str, seed: int | None = None) -> str:
-    """The model card: what the page shows (lungcnn.webapp.uploads.model_card) plus data, split and limits."""
+def model_card_markdown(ckpt: Path, split_file: Path, recipe: str, seed: int | None = None,
+                        per_source: str = "") -> str:
+    """The model card: what the page shows (lungcnn.webapp.uploads.model_card) plus data, split and limits.
+
+    `per_source`: the test figures per source (markdown, `lungcnn.evaluation.per_source`) of a model trained on
+    several sources."""
     predictor = Predictor.from_checkpoint(ckpt)
     card = model_card(predictor)
     details = "\n".join(f"- **{k}**: {v}" for k, v in card["details"].items() if k != "Test results")
     figures = "\n".join(f"| {k} | {v} |" for k, v in card["metrics"].items())
     normal = NORMAL_SLICES.get(predictor.spec.data.get("normal_as", ""), "")
     seeded = f"seed {seed}" if seed is not None else "seed not recorded"
+    sources = predictor.spec.data.get("sources") or []
+    scope, data = (_several_sources(sources, predictor.class_names) if sources else (IQOTHNCCD_SCOPE, IQOTHNCCD_DATA))
+    by_source = ("\n\nPer source (test split; sensitivity and specificity over the slices judged):\n\n" + per_source
+                 if per_source else "")
     return f"""# Model card: `{ckpt.name}`
 
 Generated by `python -m lungcnn.publish` (`make reference-model`); do not edit by hand.
 
 ## Intended use
-{card['intended_use']} It answers one question for a single axial lung CT slice (or a series of them): benign or
+{card['intended_use']} {scope}
+
+## Model
+{details}
+
+## Data
+{data}
+{normal} Split by series (no series in two splits), {seeded}, saved as `{split_file.name}`:
+
+{split_table(split_file, predictor.class_names)}
+
+## Test figures (this file, float16 weights, at its operating threshold)
+95% intervals from a stratified bootstrap over test images; slices of one series are not independent, so they
+are too narrow. The test split holds only a few series of some classes: read the intervals. Repeated grouped
+cross-validation (docs/results/) is the better estimate of how the recipe does on new patients, and
+leave-one-source-out (docs/results/sources.md) of how it does on a source it never saw. A series
+(`lungcnn-predict --series-out`, the page's series mode) is judged by {predictor.spec.series.describe()}.
+
+| figure | value |
+|---|---|
+{figures}{by_source}
+
+## How it was made
+{recipe or 'see the README: A reference model'}
+"""
+
+
+IQOTHNCCD_SCOPE = """It answers one question for a single axial lung CT slice (or a series of them): benign or
 malignant, with a calibrated probability, for images like its training images (IQ-OTH/NCCD: one hospital pair in
 Iraq, one Siemens SOMATOM scanner, JPEG slices rendered with a soft-tissue window).
 
 **Not for**: screening or diagnosis without a clinician; normal-versus-abnormal triage (it never saw normal slices
 as a class: it was trained on benign and malignant cases only); other modalities, other body parts, other
 scanners or windows without re-validation; children; any population unlike the training data. Images unlike the
-training images are flagged by the domain guard, but no guard catches everything.
+training images are flagged by the domain guard, but no guard catches everything."""
 
-## Model
-{details}
-
-## Data
-The development part of the IQ-OTH/NCCD lung cancer dataset as shipped in `../shared/data/iqothnccd-dev`
+IQOTHNCCD_DATA = """The development part of the IQ-OTH/NCCD lung cancer dataset as shipped in `../shared/data/iqothnccd-dev`
 (Iraq-Oncology Teaching Hospital / National Center for Cancer Diseases, 2019; H. Alyasriy and M. Al-Huseiny,
 "The IQ-OTH/NCCD lung cancer dataset", Mendeley Data, doi:10.17632/bhmdr45bh2; published there under CC BY 4.0,
-which we could not re-check from this machine: check it before reuse).
-{normal} Split by series (`groups.csv`: no series in two splits), {seeded}, saved as `{split_file.name}`:
+which we could not re-check from this machine: check it before reuse)."""
 
-{split_table(split_file, predictor.class_names)}
 
-## Test figures (this file, float16 weights, at its operating threshold)
-95% intervals from a stratified bootstrap over test images; slices of one series are not independent, so they
-are too narrow. The test split holds only a few benign series: specificity is known to about +-0.15 from it. The
-README's repeated grouped cross-validation of the same recipe ("Repeated grouped cross-validation") is the better
-estimate of how it does on new patients. A series (`lungcnn-predict --series-out`, the page's series mode) is
-judged by {predictor.spec.series.describe()}.
+def _several_sources(sources: Sequence[dict[str, Any]], class_names: Sequence[str]) -> tuple[str, str]:
+    """The card's scope and data sections of a model trained on several sources (`data.sources`)."""
+    names = ", ".join(s["name"] for s in sources)
+    scope = f"""It answers one question for a single axial chest CT slice (or a series of them): {class_names[-1]} or
+{" / ".join(class_names[:-1])} (benign and normal slices are both "{class_names[0]}"), with a calibrated probability,
+for chest CT like its training sources ({names}), each rendered into one soft-tissue window.
 
-| figure | value |
-|---|---|
-{figures}
-
-## How it was made
-{recipe or 'see the README: A reference model'}
-"""
+**Not for**: screening or diagnosis without a clinician; telling benign from normal; other modalities, other body
+parts, children, or any population unlike the training sources without re-validation. A few public sources are
+not the world's scanners: images unlike the training images are flagged by the domain guard, slices without lungs
+in view are not judged, but no guard catches everything."""
+    rows = ["| source | what it is (provenance, licence) | classes (folder: class) | rendering | groups |",
+            "|---|---|---|---|---|"]
+    for s in sources:
+        folders = ", ".join(f"{k}: {v}" for k, v in s.get("class_folders", {}).items())
+        window = s.get("window")
+        rendering = f"{window['level']:g}/{window['width']:g} HU export" if isinstance(window, dict) else str(window)
+        rows.append(f"| {s['name']} | {s.get('about') or 'not recorded'} | {folders} | {rendering} | {s.get('groups')} |")
+    return scope, "Trained on several chest CT sources, each re-windowed into the model's window:\n\n" + "\n".join(rows) + "\n"
