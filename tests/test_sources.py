@@ -273,3 +273,19 @@ def test_a_dicom_without_a_suffix_in_a_windowed_source_is_not_re_windowed(tmp_pa
     np.testing.assert_array_equal(render(path, parse_window("w", "lung"), model), read_image(path, window=model))
     np.testing.assert_array_equal(render(path.read_bytes(), parse_window("w", "lung"), model, name="upload"),
                                   read_image(path, window=model))
+
+
+def test_a_multi_source_split_holds_each_source_s_classes_in_every_split():
+    from lungcnn.data.splits import assign_splits
+
+    # Source a: 30 small series of both classes; b: 200 one-slice positives; c: 3 whole negative scans. Stratified by
+    # label alone, a's negatives are outweighed by c's scans and some split gets none of them (for 20 of these 30
+    # seed x split cells); stratified by source and label, every split holds both of a's classes.
+    rows = ([("a", k % 2, f"a{k}") for k in range(30) for _ in range(3)] + [("b", 1, f"b{k}") for k in range(200)]
+            + [("c", 0, f"c{k}") for k in range(3) for _ in range(60)])
+    frame = pd.DataFrame(rows, columns=["source", "label", "group"])
+    for seed in range(10):
+        split = assign_splits(frame, seed=seed)
+        for name in ("train", "val", "test"):
+            assert frame.loc[(split == name) & (frame["source"] == "a"), "label"].nunique() == 2
+        assert (frame.groupby("group")["label"].transform(lambda g: split[g.index].nunique()) == 1).all()

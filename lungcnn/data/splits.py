@@ -31,9 +31,13 @@ def assign_splits(
     n_folds: int | None = None,
     fold: int | None = None,
 ) -> pd.Series:
-    """A 'train' / 'val' / 'test' label per row of `frame` (columns label, group)."""
+    """A 'train' / 'val' / 'test' label per row of `frame` (columns label, group; with `source`, several sources:
+    stratified by source and label together, so every split holds each source's classes in their proportions,
+    not whichever mix the groups of the largest source happen to give)."""
     check_split_args(val_fraction, test_fraction, n_folds, fold, grouped)
     labels = frame["label"].to_numpy()
+    if "source" in frame:
+        labels = pd.factorize(frame["source"].astype(str) + ":" + frame["label"].astype(str), sort=True)[0]
     groups = frame["group"].to_numpy() if grouped else np.arange(len(frame)).astype(str)
     split = np.full(len(frame), "train", dtype=object)
     if n_folds:
