@@ -53,7 +53,7 @@ log = logging.getLogger("lungcnn.app")
 ROOT = Path(__file__).resolve().parents[1]
 DISCLAIMER = ("**Decision support, not a diagnosis.** This tool gives a second opinion on single CT images for a "
               "clinician. It can be wrong; the decision on diagnosis and care stays with the clinician.")
-COLOURS = {"malignant": "red", "benign": "green"}
+COLOURS = {"malignant": "red", "benign": "green", "not_malignant": "green", "normal": "green"}
 HOW_TO_SIGN_IN = "see “Deploying on a hospital network” in the README"
 
 
@@ -229,7 +229,7 @@ def show_result(predictor: Predictor, r: UploadResult, with_cam: bool) -> None:
             middle.caption(r.cam_note)
         with right:
             colour = COLOURS.get(pred.decision, "blue")
-            st.markdown(f"Result: :{colour}-badge[**{pred.decision.upper()}**]")
+            st.markdown(f"Result: :{colour}-badge[**{pred.decision.replace('_', ' ').upper()}**]")
             st.metric(*headline(predictor, r))
             st.markdown(decision_explanation(predictor, r))
             st.caption(("Calibrated: yes. " + CALIBRATED_MEANS) if r.calibrated else ("Calibrated: no. " + UNCALIBRATED_MEANS))
@@ -282,7 +282,7 @@ def show_series(predictor: Predictor, series: StudySeries, with_cam: bool, index
                        "given for it.", icon=":material/block:")
         else:
             colour = COLOURS.get(result.decision, "blue")
-            st.markdown(f"Series result: :{colour}-badge[**{result.decision.upper()}**]")
+            st.markdown(f"Series result: :{colour}-badge[**{result.decision.replace('_', ' ').upper()}**]")
             st.metric(f"Series probability of {predictor.spec.series_target}", format_percent(result.probability))
             st.markdown(series_explanation(predictor, result))
     ranked = result.ranked[:SHOWN_SLICES]

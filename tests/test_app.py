@@ -209,8 +209,10 @@ def test_checkpoint_choice_order(tmp_path):
     (demo / "best.calibrated.ckpt").write_bytes(b"x")
     assert choose_checkpoint([], {}, tmp_path) == demo / "best.calibrated.ckpt"
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "lungcnn-iqothnccd-binary.ckpt").write_bytes(b"x")  # the reference model comes first
+    (tmp_path / "models" / "lungcnn-iqothnccd-binary.ckpt").write_bytes(b"x")  # a reference model comes first
     assert choose_checkpoint([], {}, tmp_path) == tmp_path / "models" / "lungcnn-iqothnccd-binary.ckpt"
+    (tmp_path / "models" / "lungcnn-chestct-binary.ckpt").write_bytes(b"x")  # the multi-source one before it
+    assert choose_checkpoint([], {}, tmp_path) == tmp_path / "models" / "lungcnn-chestct-binary.ckpt"
 
 
 # -- the page through Streamlit's AppTest ---------------------------------------------------------------

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 MIB = 2**20
 DEMO_DIR = Path("outputs/demo/checkpoints")
 DEMO_CHECKPOINTS = (DEMO_DIR / "best.calibrated.ckpt", DEMO_DIR / "best.ckpt")
-# Trained on real CT (`make reference-model`), committed: what the page serves when no model is named.
-REFERENCE_CHECKPOINT = Path("models/lungcnn-iqothnccd-binary.ckpt")
+# Trained on real CT, committed: what the page serves when no model is named. First the multi-source model
+# (`make reference-model`), then the IQ-OTH/NCCD-only one (`make reference-model-iqothnccd`).
+REFERENCE_CHECKPOINTS = (Path("models/lungcnn-chestct-binary.ckpt"), Path("models/lungcnn-iqothnccd-binary.ckpt"))
 ENV_CHECKPOINT = "LUNGCNN_CKPT"
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm")
 MAX_MESSAGE = 300
@@ -354,8 +355,8 @@ def _metric_rows(metrics: Mapping[str, str]) -> dict[str, str]:
 
 # -- which checkpoint ------------------------------------------------------------------------------------
 def choose_checkpoint(argv: Sequence[str], environ: Mapping[str, str] = os.environ, root: Path = Path(".")) -> Path:
-    """`--ckpt PATH` from the script's arguments, else $LUNGCNN_CKPT, else the committed reference model (trained
-    on real CT), else the demo checkpoint (calibrated first)."""
+    """`--ckpt PATH` from the script's arguments, else $LUNGCNN_CKPT, else a committed reference model (trained
+    on real CT, `REFERENCE_CHECKPOINTS` in order), else the demo checkpoint (calibrated first)."""
     args = list(argv)
     for i, arg in enumerate(args):
         if arg == "--ckpt" and i + 1 < len(args):
@@ -364,7 +365,7 @@ def choose_checkpoint(argv: Sequence[str], environ: Mapping[str, str] = os.envir
             return Path(arg.split("=", 1)[1])
     if environ.get(ENV_CHECKPOINT):
         return Path(environ[ENV_CHECKPOINT])
-    for candidate in (REFERENCE_CHECKPOINT, *DEMO_CHECKPOINTS):
+    for candidate in (*REFERENCE_CHECKPOINTS, *DEMO_CHECKPOINTS):
         if (root / candidate).is_file():
             return root / candidate
     return root / DEMO_CHECKPOINTS[0]
