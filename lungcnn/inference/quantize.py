@@ -87,14 +87,14 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32_file.write_bytes(fp32)
         reference = Predictor(spec, backend=OnnxBackend(fp32_file))
-        calibration = _images(reference, spec, "train", data_root, calibration_images)
-        selection = _images(reference, spec, "val", data_root)  # choices are made here, never on the test split
+        calibration = split_images(reference, spec, "train", data_root, calibration_images)
+        selection = split_images(reference, spec, "val", data_root)  # choices are made here, never on the test split
         try:
             chosen = _quantize(fp32_file, int8_file, reference, spec, calibration, selection, method, Path(tmp))
         except (ValueError, RuntimeError, TypeError, AssertionError) as e:  # onnxruntime's quantiser, not our input
             raise LungCNNInputError(f"{ckpt}: int8 quantisation failed: {' '.join(str(e).split())}") from e
         report = parity(spec, reference, Predictor(spec, backend=OnnxBackend(int8_file)),
-                        _images(reference, spec, "test", data_root))
+                        split_images(reference, spec, "test", data_root))
         data = int8_file.read_bytes()
     used = len(calibration[0]) - len(calibration[0]) % min(CALIBRATION_BATCH, len(calibration[0]))
     report.update(calibration_images=used, min_agreement=min_agreement, **chosen)
@@ -112,7 +112,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     return out, sidecar, report
 
 
-def _images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
+def split_images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
             limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S) uint8 model inputs and labels of one split (evenly spaced, so every patient range is sampled)."""
     from lungcnn.data.catalog import labelled_files
@@ -193,6 +193,14 @@ def _extra_float_sets(model: Any, head: list[str]) -> dict[str, list[str]]:
     """Candidate layers to keep in float besides the head: the stem (first convolution and what follows it up to
     the next convolution, so its activation is not quantised on the wide range before its clip) and the last
     convolution likewise, and both."""
+    segments = conv_segments(model, head)
+    if len(segments) < 2:
+        return {}
+    return {"head+stem": segments[0], "head+last-conv": segments[-1], "head+stem+last-conv": segments[0] + segments[-1]}
+
+
+def conv_segments(model: Any, head: list[str]) -> list[list[str]]:
+    """Node names, one list per convolution outside `head`: the convolution and what follows it up to the next one."""
     kept = set(head)
     segments: list[list[str]] = []
     for node in model.graph.node:
@@ -202,9 +210,7 @@ def _extra_float_sets(model: Any, head: list[str]) -> dict[str, list[str]]:
             segments.append([])
         if segments:
             segments[-1].append(node.name)
-    if len(segments) < 2:
-        return {}
-    return {"head+stem": segments[0], "head+last-conv": segments[-1], "head+stem+last-conv": segments[0] + segments[-1]}
+    return segments
 
 
 def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str]) -> None:
