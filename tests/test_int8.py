@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lungcnn.cli.export import main as export_main
+from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.quantize import parity_path, quantize_onnx
 from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.models.net import LungNet
@@ -151,3 +152,31 @@ def test_bench_stages_time_each_step_and_bound_the_end_to_end_ratio(tiny_graphs,
         steps = {"read_ms", "normalise_ms", "network_fp32_ms", "network_int8_ms"} | ({"lung_check_ms"} if lung_check else set())
         assert {k for k in ms if k.endswith("_ms")} - {"other_ms"} == steps and all(ms[k] > 0 for k in steps)
         assert ms["other_ms"] == pytest.approx(sum(ms[k] for k in steps if not k.startswith("network_")))
+
+
+def test_float_search_keeps_the_convolution_that_moves_validation_logits_least_in_float(tiny_graphs, tiny_root, tmp_path,
+                                                                                        monkeypatch):
+    from lungcnn.inference import quantize
+    from lungcnn.inference.quantize import _rank
+
+    every = quantize.conv_segments
+    monkeypatch.setattr(quantize, "conv_segments", lambda model, head: every(model, head)[:3])  # 3 of 52: fast
+    ckpt = tiny_graphs[0]
+    _, _, report = quantize_onnx(ckpt, tmp_path / "x.int8.onnx", data_root=tiny_root, calibration_images=8,
+                                 method="minmax", min_agreement=0, float_search=2)
+    candidates = report["candidates"]
+    first, second = candidates[1:4], candidates[4:]  # each convolution once, then each one left beside the first pick
+    assert candidates[0]["float_layers"] == "head" and len(first) == 3
+    head_nodes = candidates[0]["float_nodes"]
+    assert all(c["float_layers"].startswith("head+/") and c["float_layers"].endswith("/Conv") and c["float_nodes"] > head_nodes
+               for c in first)
+    picked = min(candidates[:4], key=_rank)
+    if picked is candidates[0]:  # no convolution in float helped: the search stopped
+        assert not second
+    else:
+        assert len(second) == 2 and all(c["float_layers"].startswith(picked["float_layers"] + "+") for c in second)
+    best = min(candidates, key=_rank)
+    assert (report["float_layers"], report["float_nodes"], report["float_search"]) == (
+        best["float_layers"], best["float_nodes"], 2)
+    with pytest.raises(LungCNNInputError, match="--float-search"):
+        quantize_onnx(ckpt, tmp_path / "y.int8.onnx", data_root=tiny_root, float_search=-1)
