@@ -12,6 +12,12 @@
   draft pixels are from the ones training saw (max and mean |difference| of the uint8 model grid, the share
   of decisions of the fp32 model that change).
 - cold start: `lungcnn-predict ONE.jpg --ckpt model.int8.onnx` under `/usr/bin/time -v`: wall and peak RSS.
+- stages: one core, the same images: ms per image of decoding and preprocessing (`Predictor.load`), the lung
+  check (`Predictor.lungs`, when the checkpoint has it on), normalisation and each network; and the ratio of CPU
+  work per image (Amdahl): (other + fp32) / (other + int8), and with an int8 network of zero cost.
+  `lungcnn-predict` does all of these for every image in both precisions, so on cores kept busy the end-to-end
+  ratio tends to this bound. (Wall time can beat it a little where the cores are not saturated: the decoding
+  worker runs beside the two-thread network.)
 - limit: the graph's multiply-adds per image (Conv and Gemm, from ONNX shape inference) times the measured
   images/s, against numpy's float32 matrix-multiply rate on all cores (an upper bound for fp32 work).
 The load average (other processes) is recorded beside the figures: compare ratios, not absolute rates. Each
@@ -54,18 +60,54 @@ def model_only(predictors: dict[str, Predictor], images: np.ndarray, rounds: int
     return rates
 
 
-def end_to_end(models: dict[str, str], folder: Path, rounds: int) -> dict[str, float]:
+def end_to_end(models: dict[str, str], folder: Path, rounds: int, lung_check: bool = True) -> dict[str, float]:
     rates: dict[str, list[float]] = {name: [] for name in models}
+    lungs = [] if lung_check else ["--no-lung-check"]  # the same for both models: each does the same work
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             for name, model in models.items():
                 done = subprocess.run([sys.executable, "-m", "lungcnn.predict", str(folder), "--ckpt", model, "--out",
-                                       f"{tmp}/{name}.csv", "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+                                       f"{tmp}/{name}.csv", "--no-progress", *lungs], capture_output=True, text=True,
+                                      cwd=ROOT)
                 match = SUMMARY.search(done.stdout)
                 if done.returncode or not match:
                     raise RuntimeError(f"lungcnn-predict failed: {done.stdout}{done.stderr[-2000:]}")
                 rates[name].append(float(match.group(2)))
     return rates
+
+
+def stages(predictors: dict[str, Predictor], files: list[Path], lung_check: bool = True) -> dict[str, float]:
+    """ms per image on one core of each step `lungcnn-predict` takes, and the end-to-end ratio they allow."""
+    from lungcnn.inference.onnx_runtime import OnnxBackend
+    from lungcnn.inference.reading import single_threaded_opencv
+
+    first = predictors["fp32"]
+    out: dict[str, float] = {}
+    with single_threaded_opencv():  # as lungcnn-predict runs them
+        images = _per_image(out, "read_ms", len(files), lambda: np.stack([first.load(f) for f in files]))
+        if lung_check and first.lung_check:
+            _per_image(out, "lung_check_ms", len(files), lambda: first.lungs(images))
+    x = _per_image(out, "normalise_ms", len(files), lambda: first.normalise(images))
+    for name, p in predictors.items():
+        backend = OnnxBackend(p.backend.path, threads=1)
+        backend.forward(x[:32])  # session start, memory arenas
+        _per_image(out, f"network_{name}_ms", len(x), lambda b=backend: [b.forward(x[i : i + 32]) for i in range(0, len(x), 32)])
+    out.update(amdahl(out))
+    return out
+
+
+def amdahl(ms: dict[str, float]) -> dict[str, float]:
+    """int8/fp32 ratio of CPU work per image, everything but the network costing the same in both."""
+    other = sum(v for k, v in ms.items() if not k.startswith("network_"))
+    return {"other_ms": other, "bound_ratio": (other + ms["network_fp32_ms"]) / (other + ms["network_int8_ms"]),
+            "bound_ratio_free_network": (other + ms["network_fp32_ms"]) / other}
+
+
+def _per_image(out: dict[str, float], key: str, n: int, fn):
+    start = time.perf_counter()
+    result = fn()
+    out[key] = (time.perf_counter() - start) / n * 1000
+    return result
 
 
 def medians(rates: dict[str, list[float]]) -> dict[str, float]:
@@ -154,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", required=True, help="a folder of JPEG slices")
     parser.add_argument("--n", type=int, default=256, help="images for the model-only and decoding figures")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-lung-check", action="store_true",
+                        help="both end-to-end runs without the lung check (lungcnn-predict --no-lung-check)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
@@ -164,8 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"cores": os.cpu_count(), "image_size": predictors["fp32"].image_size, "images": len(files)}
     rates = model_only(predictors, images, args.rounds)
     result["model_only"], result["model_only_ratio_per_round"] = medians(rates), round_ratios(rates)
-    rates = end_to_end({"fp32": args.fp32, "int8": args.int8}, Path(args.images), max(1, args.rounds - 1))
+    rates = end_to_end({"fp32": args.fp32, "int8": args.int8}, Path(args.images), max(1, args.rounds - 1),
+                       lung_check=not args.no_lung_check)
     result["end_to_end"], result["end_to_end_ratio_per_round"] = medians(rates), round_ratios(rates)
+    result["lung_check"] = predictors["fp32"].lung_check and not args.no_lung_check
+    result["stages"] = stages(predictors, sample, lung_check=result["lung_check"])
     result["decoding"] = decoding(predictors["fp32"], sample)
     result["cold_start_int8"] = cold_start(args.int8, files[0], args.rounds)
     gmacs = macs_per_image(args.fp32) / 1e9
@@ -180,15 +227,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(r: dict) -> str:
-    m, e, d, c, lim = r["model_only"], r["end_to_end"], r["decoding"], r["cold_start_int8"], r["limit"]
+    m, e, d, c, lim, st = r["model_only"], r["end_to_end"], r["decoding"], r["cold_start_int8"], r["limit"], r["stages"]
+    steps = ", ".join(f"{k[:-3].replace('_', ' ')} {v:.1f}" for k, v in st.items() if k.endswith("_ms") and k != "other_ms")
     return "\n".join([
         f"| figure ({r['image_size']} px, {r['cores']} cores, load {r['load_average']['before'][0]:.1f}) "
         "| fp32 | int8 | int8/fp32 |",
         "|---|---|---|---|",
         f"| model only, batch 32 (images/s) | {m['fp32']:.0f} | {m['int8']:.0f} | {m['int8'] / m['fp32']:.2f}x "
         f"({_span(r['model_only_ratio_per_round'])}) |",
-        f"| end to end, lungcnn-predict on {r['images']} JPEGs (images/s) | {e['fp32']:.0f} | {e['int8']:.0f} | "
-        f"{e['int8'] / e['fp32']:.2f}x ({_span(r['end_to_end_ratio_per_round'])}) |",
+        f"| end to end, lungcnn-predict on {r['images']} JPEGs, lung check {'on' if r['lung_check'] else 'off'} (images/s) | "
+        f"{e['fp32']:.0f} | {e['int8']:.0f} | {e['int8'] / e['fp32']:.2f}x ({_span(r['end_to_end_ratio_per_round'])}) |",
+        f"| one core, ms per image: {steps} | | | bound {st['bound_ratio']:.2f}x "
+        f"({st['bound_ratio_free_network']:.2f}x with a free int8 network) |",
         f"| achieved GFLOP/s ({lim['gflop_per_image']:.2f} GFLOP/image; float32 GEMM peak {lim['sgemm_gflops']:.0f}) | "
         f"{lim['fp32_gflops']:.0f} | {lim['int8_gflops']:.0f} | |",
         f"| cold start, one image (int8 .onnx) | | {c['wall_s']:.2f} s, {c['peak_mb']:.0f} MB | |",

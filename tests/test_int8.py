@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lungcnn.cli.export import main as export_main
+from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.quantize import parity_path, quantize_onnx
 from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
 from lungcnn.models.net import LungNet
@@ -92,3 +93,90 @@ def test_int8_parity_of_the_reference_model_on_real_slices(tmp_path):
     assert report["mean_probability_change"] < 0.05
     assert abs(report["roc_auc_int8"] - report["roc_auc_fp32"]) <= 0.05
     assert np.isfinite(report["max_probability_change"])
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_graphs(tiny_root, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(checkpoint, fp32 .onnx, int8 .onnx) of an untrained 64 px MobileNetV2 (width 0.5)."""
+    from lungcnn.inference.onnx_export import export_onnx
+
+    torch.manual_seed(1)
+    spec = ModelSpec.for_training("binary", ["benign", "malignant"], "mobilenetv2_050", 128, 0.2,
+                                  {"image_size": 64, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+                                  {"class_folders": FOLDERS})
+    ckpt = tmp_path_factory.mktemp("tiny-graphs") / "tiny.ckpt"
+    save_checkpoint(ckpt, spec, LungNet("mobilenetv2_050", pretrained="none").eval().state_dict())
+    fp32, _ = export_onnx(ckpt)
+    int8, _, _ = quantize_onnx(ckpt, data_root=tiny_root, calibration_images=8, method="minmax", min_agreement=0)
+    return ckpt, fp32, int8
+
+
+def test_int8_sensitivity_compares_int8_with_input_noise_and_weight_rounding(tiny_graphs, tiny_root, capsys):
+    ckpt, _, int8 = tiny_graphs
+    result = _script("int8_sensitivity").main(["--ckpt", str(ckpt), "--int8", str(int8), "--data-root", str(tiny_root),
+                                               "--alone", "2", "--calibration-images", "8"])
+    rows = result["rows"]
+    noise = [r for name, r in rows.items() if name.startswith("input noise")]
+    alone = [name for name in rows if name.startswith("only ")]
+    assert result["images"] == 30 and len(noise) == 5 and len(alone) == 2 and "/conv_stem/" in alone[0]
+    assert {"int8", "weights only"} <= rows.keys()
+    for r in rows.values():
+        assert 0 <= r["agreement"] <= 1 and 0 <= r["mean_calibrated_logit_change"] <= r["max_calibrated_logit_change"]
+    # each perturbation moves the logits, and the seeds draw different noise
+    assert min(r["mean_calibrated_logit_change"] for r in rows.values()) > 0
+    assert len({r["mean_calibrated_logit_change"] for r in noise}) == 5
+    assert "| int8 |" in capsys.readouterr().out
+
+
+def test_bench_stages_time_each_step_and_bound_the_end_to_end_ratio(tiny_graphs, tiny_root):
+    from lungcnn.inference.predictor import Predictor
+
+    bench = _script("bench_int8")
+    assert bench.amdahl({"read_ms": 4.0, "lung_check_ms": 6.0, "network_fp32_ms": 10.0, "network_int8_ms": 5.0}) == {
+        "other_ms": 10.0, "bound_ratio": 20 / 15, "bound_ratio_free_network": 2.0}
+    _, fp32, int8 = tiny_graphs
+    predictors = {name: Predictor.from_checkpoint(path, "onnx", lung_check=True)
+                  for name, path in (("fp32", fp32), ("int8", int8))}
+    files = sorted(tiny_root.rglob("*.png"))[:6]
+    for lung_check in (True, False):
+        ms = bench.stages(predictors, files, lung_check=lung_check)
+        steps = {"read_ms", "normalise_ms", "network_fp32_ms", "network_int8_ms"} | ({"lung_check_ms"} if lung_check else set())
+        assert {k for k in ms if k.endswith("_ms")} - {"other_ms"} == steps and all(ms[k] > 0 for k in steps)
+        assert ms["other_ms"] == pytest.approx(sum(ms[k] for k in steps if not k.startswith("network_")))
+
+
+def test_float_search_keeps_the_convolution_that_moves_validation_logits_least_in_float(tiny_graphs, tiny_root, tmp_path,
+                                                                                        monkeypatch):
+    from lungcnn.inference import quantize
+    from lungcnn.inference.quantize import _rank
+
+    every = quantize.conv_segments
+    monkeypatch.setattr(quantize, "conv_segments", lambda model, head: every(model, head)[:3])  # 3 of 52: fast
+    ckpt = tiny_graphs[0]
+    _, _, report = quantize_onnx(ckpt, tmp_path / "x.int8.onnx", data_root=tiny_root, calibration_images=8,
+                                 method="minmax", min_agreement=0, float_search=2)
+    candidates = report["candidates"]
+    first, second = candidates[1:4], candidates[4:]  # each convolution once, then each one left beside the first pick
+    assert candidates[0]["float_layers"] == "head" and len(first) == 3
+    head_nodes = candidates[0]["float_nodes"]
+    assert all(c["float_layers"].startswith("head+/") and c["float_layers"].endswith("/Conv") and c["float_nodes"] > head_nodes
+               for c in first)
+    picked = min(candidates[:4], key=_rank)
+    if picked is candidates[0]:  # no convolution in float helped: the search stopped
+        assert not second
+    else:
+        assert len(second) == 2 and all(c["float_layers"].startswith(picked["float_layers"] + "+") for c in second)
+    best = min(candidates, key=_rank)
+    assert (report["float_layers"], report["float_nodes"], report["float_search"]) == (
+        best["float_layers"], best["float_nodes"], 2)
+    with pytest.raises(LungCNNInputError, match="--float-search"):
+        quantize_onnx(ckpt, tmp_path / "y.int8.onnx", data_root=tiny_root, float_search=-1)

@@ -13,7 +13,9 @@ and is named in the report instead of ending the export with a traceback. With `
 default) each calibration method, and for the best of them a few sets of extra layers kept in float (the
 stem, the last convolution), are measured on the validation split (never the test split): the candidate
 whose calibrated logits move least, then whose decisions agree most with fp32, then with the fewest float
-nodes, is kept. The measurements are in the report (``candidates``).
+nodes, is kept. `float_search=N` then keeps up to N more convolutions in float, one at a time, each the one whose
+candidate ranks best on the validation split (a greedy search: ~50 quantisations a step for MobileNetV2). The
+measurements are in the report (``candidates``).
 
 The int8 graph is then compared with the fp32 graph on the test split (ROC-AUC of both, decision
 agreement, largest change of a calibrated probability). A graph whose decisions agree less than
@@ -59,7 +61,7 @@ def parity_path(onnx_path: Path) -> Path:
 
 def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_root: str | Path | None = None,
                   calibration_images: int = 128, method: str = "auto",
-                  min_agreement: float = MIN_AGREEMENT) -> tuple[Path, Path, dict[str, Any]]:
+                  min_agreement: float = MIN_AGREEMENT, float_search: int = 0) -> tuple[Path, Path, dict[str, Any]]:
     """Quantise a checkpoint to int8 ONNX; return (onnx path, sidecar path, parity report).
 
     Args:
@@ -71,6 +73,8 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         method: activation range estimate: percentile (99.999%), entropy, minmax, or auto (each measured on the
             validation split with a few float layer sets; the best kept).
         min_agreement: the smallest share of test images whose int8 decision must equal the fp32 one.
+        float_search: up to this many more convolutions kept in float, chosen one at a time on the validation split
+            (each step quantises the graph once per convolution: ~50 times for MobileNetV2).
     """
     from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
@@ -81,20 +85,22 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     require_int("--calibration-images", calibration_images, 1)
     require_choice("--calibration-method", method, CALIBRATION_METHODS)
     require_number("min_agreement", min_agreement, 0, 1, low_open=False, high_open=False)
+    require_int("--float-search", float_search, 0)
     spec, state = load_checkpoint(ckpt)
     fp32 = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state))
     with tempfile.TemporaryDirectory(prefix="lungcnn-int8-") as tmp:
         fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32_file.write_bytes(fp32)
         reference = Predictor(spec, backend=OnnxBackend(fp32_file))
-        calibration = _images(reference, spec, "train", data_root, calibration_images)
-        selection = _images(reference, spec, "val", data_root)  # choices are made here, never on the test split
+        calibration = split_images(reference, spec, "train", data_root, calibration_images)
+        selection = split_images(reference, spec, "val", data_root)  # choices are made here, never on the test split
         try:
-            chosen = _quantize(fp32_file, int8_file, reference, spec, calibration, selection, method, Path(tmp))
+            chosen = _quantize(fp32_file, int8_file, reference, spec, calibration, selection, method, Path(tmp),
+                               float_search)
         except (ValueError, RuntimeError, TypeError, AssertionError) as e:  # onnxruntime's quantiser, not our input
             raise LungCNNInputError(f"{ckpt}: int8 quantisation failed: {' '.join(str(e).split())}") from e
         report = parity(spec, reference, Predictor(spec, backend=OnnxBackend(int8_file)),
-                        _images(reference, spec, "test", data_root))
+                        split_images(reference, spec, "test", data_root))
         data = int8_file.read_bytes()
     used = len(calibration[0]) - len(calibration[0]) % min(CALIBRATION_BATCH, len(calibration[0]))
     report.update(calibration_images=used, min_agreement=min_agreement, **chosen)
@@ -112,7 +118,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     return out, sidecar, report
 
 
-def _images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
+def split_images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
             limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S) uint8 model inputs and labels of one split (evenly spaced, so every patient range is sampled)."""
     from lungcnn.data.labelled import labelled_images
@@ -132,10 +138,12 @@ def calibration_batches(predictor: Predictor, images: np.ndarray, batch_size: in
 
 
 def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, calibration: tuple[np.ndarray, np.ndarray],
-              selection: tuple[np.ndarray, np.ndarray], method: str, tmp: Path) -> dict[str, Any]:
+              selection: tuple[np.ndarray, np.ndarray], method: str, tmp: Path, float_search: int = 0) -> dict[str, Any]:
     """Write the chosen int8 graph to `out`; return what was chosen and the measurements it was chosen by.
 
-    auto: every range method with only the head in float, then the best method with each extra float set."""
+    auto: every range method with only the head in float, then the best method with each extra float set.
+    float_search: then, up to that many times, the best candidate so far with each further convolution in float
+    (greedy forward selection; it stops early when no convolution improves the best)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -147,11 +155,11 @@ def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, cali
     candidates: list[dict[str, Any]] = []
 
     def measure(name: str, cache: Path, label: str, extra: list[str], fallback: dict[str, str]) -> None:
-        path = tmp / f"{name}-{label}.onnx"
+        path = tmp / f"candidate-{len(candidates)}.onnx"
         _quantize_with(prepared, path, cache, head + extra)
         errors = _selection_error(spec, reference, Predictor(spec, backend=OnnxBackend(path)).logits(selection[0]))
         candidates.append({"calibration_method": name, "float_layers": label, "float_nodes": len(head) + len(extra),
-                           **errors, "path": path, "range_fallback": fallback})
+                           **errors, "path": path, "range_fallback": fallback, "extra": extra})
 
     caches: dict[str, tuple[Path, dict[str, str]]] = {}
     for name in RANGE_METHODS if method == "auto" else (method,):
@@ -163,12 +171,20 @@ def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, cali
         name = min(candidates, key=_rank)["calibration_method"]
         for label, extra in _extra_float_sets(model, head).items():
             measure(name, caches[name][0], label, extra, caches[name][1])
+    for _ in range(float_search):
+        start = min(candidates, key=_rank)
+        for segment in conv_segments(model, head):
+            if segment[0] not in start["extra"]:
+                measure(start["calibration_method"], caches[start["calibration_method"]][0],
+                        f"{start['float_layers']}+{segment[0]}", start["extra"] + segment, start["range_fallback"])
+        if min(candidates, key=_rank) is start:
+            break
     best = min(candidates, key=_rank)
     best["path"].replace(out)
     return {"calibration_method": best["calibration_method"], "float_layers": best["float_layers"],
             "float_nodes": best["float_nodes"], "range_fallback": best["range_fallback"],
-            "selection_images": len(selection[0]),
-            "candidates": [{k: v for k, v in c.items() if k not in ("path", "range_fallback")} for c in candidates]}
+            "selection_images": len(selection[0]), "float_search": float_search,
+            "candidates": [{k: v for k, v in c.items() if k not in ("path", "range_fallback", "extra")} for c in candidates]}
 
 
 def _rank(candidate: dict[str, Any]) -> tuple[float, float, int]:
@@ -190,6 +206,14 @@ def _extra_float_sets(model: Any, head: list[str]) -> dict[str, list[str]]:
     """Candidate layers to keep in float besides the head: the stem (first convolution and what follows it up to
     the next convolution, so its activation is not quantised on the wide range before its clip) and the last
     convolution likewise, and both."""
+    segments = conv_segments(model, head)
+    if len(segments) < 2:
+        return {}
+    return {"head+stem": segments[0], "head+last-conv": segments[-1], "head+stem+last-conv": segments[0] + segments[-1]}
+
+
+def conv_segments(model: Any, head: list[str]) -> list[list[str]]:
+    """Node names, one list per convolution outside `head`: the convolution and what follows it up to the next one."""
     kept = set(head)
     segments: list[list[str]] = []
     for node in model.graph.node:
@@ -199,9 +223,7 @@ def _extra_float_sets(model: Any, head: list[str]) -> dict[str, list[str]]:
             segments.append([])
         if segments:
             segments[-1].append(node.name)
-    if len(segments) < 2:
-        return {}
-    return {"head+stem": segments[0], "head+last-conv": segments[-1], "head+stem+last-conv": segments[0] + segments[-1]}
+    return segments
 
 
 def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str]) -> None:
