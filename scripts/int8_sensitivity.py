@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         fp32_file, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         fp32_file.write_bytes(onnx_bytes(build_network(spec, state), spec, build_guard(spec, state)))
         reference = Predictor(spec, backend=OnnxBackend(fp32_file))
-        images, labels = quantize.split_images(reference, spec, args.split, args.data_root)
+        images, labels = quantize.split_images(spec, args.split, args.data_root)
         base = reference.logits(images)
         result["images"], result["positives"] = len(labels), int(labels.sum())
         rows = result["rows"]
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         wfile = weights_only(prepared, Path(tmp) / "weights.onnx", set(head))
         rows["weights only"] = compare(spec, base, Predictor(spec, backend=OnnxBackend(wfile)).logits(images), labels)
         if args.alone:
-            calibration = quantize.split_images(reference, spec, "train", args.data_root, args.calibration_images)[0]
+            calibration = quantize.split_images(spec, "train", args.data_root, args.calibration_images)[0]
             ranges, _ = activation_ranges(prepared, quantize.calibration_batches(reference, calibration), "minmax")
             cache = Path(tmp) / "ranges.json"
             write_calibration_cache(ranges, cache)

@@ -92,15 +92,15 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32_file.write_bytes(fp32)
         reference = Predictor(spec, backend=OnnxBackend(fp32_file))
-        calibration = split_images(reference, spec, "train", data_root, calibration_images)
-        selection = split_images(reference, spec, "val", data_root)  # choices are made here, never on the test split
+        calibration = split_images(spec, "train", data_root, calibration_images)
+        selection = split_images(spec, "val", data_root)  # choices are made here, never on the test split
         try:
             chosen = _quantize(fp32_file, int8_file, reference, spec, calibration, selection, method, Path(tmp),
                                float_search)
         except (ValueError, RuntimeError, TypeError, AssertionError) as e:  # onnxruntime's quantiser, not our input
             raise LungCNNInputError(f"{ckpt}: int8 quantisation failed: {' '.join(str(e).split())}") from e
         report = parity(spec, reference, Predictor(spec, backend=OnnxBackend(int8_file)),
-                        split_images(reference, spec, "test", data_root))
+                        split_images(spec, "test", data_root))
         data = int8_file.read_bytes()
     used = len(calibration[0]) - len(calibration[0]) % min(CALIBRATION_BATCH, len(calibration[0]))
     report.update(calibration_images=used, min_agreement=min_agreement, **chosen)
@@ -118,8 +118,8 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     return out, sidecar, report
 
 
-def split_images(predictor: Predictor, spec: ModelSpec, split: str, data_root: str | Path | None,
-            limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_images(spec: ModelSpec, split: str, data_root: str | Path | None,
+                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S) uint8 model inputs and labels of one split (evenly spaced, so every patient range is sampled)."""
     from lungcnn.data.labelled import labelled_images
 

@@ -261,7 +261,7 @@ def _no_formula(cell: Any) -> Any:
 # -- the model card ------------------------------------------------------------------------------------
 METRIC_NAMES = {
     "roc_auc": "ROC AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity (malignant cases found)",
-    "specificity": "Specificity (benign cases cleared)", "precision": "Precision (flagged cases truly malignant)",
+    "specificity": "Specificity (non-malignant cases cleared)", "precision": "Precision (flagged cases truly malignant)",
     "f1": "F1", "brier": "Brier score (lower is better)", "ece": "Calibration error (ECE, lower is better)",
 }
 
