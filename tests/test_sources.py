@@ -289,3 +289,28 @@ def test_a_multi_source_split_holds_each_source_s_classes_in_every_split():
         for name in ("train", "val", "test"):
             assert frame.loc[(split == name) & (frame["source"] == "a"), "label"].nunique() == 2
         assert (split.groupby(frame["group"]).nunique() == 1).all()
+
+
+def test_cv_source_figures_scores_one_source_of_a_multi_source_cv(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "cv_source_figures.py"
+    spec = importlib.util.spec_from_file_location("cv_source_figures", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for fold, rows in enumerate([
+        [("iq/Malignant cases/1.jpg", "malignant", 0.9, "malignant", "g1"), ("iq/Bengin cases/2.jpg", "not_malignant", 0.2,
+          "not_malignant", "g2"), ("iq/Normal cases/3.jpg", "not_malignant", 0.95, "malignant", "g3")],
+        [("iq/Malignant cases/4.jpg", "malignant", 0.4, "no lungs in view", "g4"), ("iq/Bengin cases/5.jpg", "not_malignant",
+          0.6, "malignant", "g5"), ("kg/x.png", "malignant", 0.1, "not_malignant", "k1")]]):
+        folder = tmp_path / "seed0" / f"fold{fold}"
+        (folder / "report").mkdir(parents=True)
+        frame = pd.DataFrame(rows, columns=["file", "label", "probability_malignant", "decision", "group"])
+        frame["source"] = np.where(frame["file"].str.startswith("iq"), "iqothnccd", "kaggle")
+        frame.drop(columns="group").to_csv(folder / "report" / "predictions.csv", index=False)
+        frame[["file", "group"]].to_csv(folder / "split.csv", index=False)
+    assert script.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # IQ-OTH/NCCD without its normal slice: malignant 0.9, 0.4 vs benign 0.2, 0.6 -> AUC 0.75; one malignant not judged.
+    assert "'slices': 4" in out and "'slice_roc_auc': 0.75" in out and "'series_roc_auc': 0.75" in out
+    assert "'sensitivity_judged': '1/1'" in out and "'specificity_judged': '1/2'" in out

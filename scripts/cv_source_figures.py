@@ -1,0 +1,61 @@
+"""One source's figures from a finished (repeated) CV of a multi-source recipe, pooled over its folds.
+
+`lungcnn cv run OUT experiment=multisource` pools every source together; to compare the multi-source recipe with a
+single-source one on that source's own question (IQ-OTH/NCCD: benign vs malignant, normal slices left out), this
+reads each fold's report/predictions.csv and split.csv and prints, per repeat: slice ROC-AUC, series ROC-AUC (mean
+of the 3 most suspicious slices of a series, as the series rule), and sensitivity / specificity over the slices
+judged at each fold's operating point.
+
+    python scripts/cv_source_figures.py OUT [--source iqothnccd] [--drop "Normal cases"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+
+def fold_table(fold: Path) -> pd.DataFrame:
+    table = pd.read_csv(fold / "report" / "predictions.csv", dtype={"file": str, "label": str, "decision": str})
+    groups = pd.read_csv(fold / "split.csv", dtype={"file": str, "group": str}).set_index("file")["group"]
+    return table.assign(group=table["file"].map(groups))
+
+
+def figures(table: pd.DataFrame, positive: str = "malignant") -> dict[str, float]:
+    y = (table["label"] == positive).to_numpy(int)
+    p = table[f"probability_{positive}"].to_numpy(float)
+    series = table.assign(y=y, p=p).groupby("group").agg(y=("y", "max"), p=("p", lambda v: np.sort(v.to_numpy())[-3:].mean()))
+    judged = table["decision"].isin(set(table["label"]))
+    called, truth = (table["decision"] == positive)[judged], (table["label"] == positive)[judged]
+    return {"slices": len(table), "positive_slices": int(y.sum()), "slice_roc_auc": roc_auc_score(y, p),
+            "series": len(series), "positive_series": int(series["y"].sum()),
+            "series_roc_auc": roc_auc_score(series["y"], series["p"]),
+            "sensitivity_judged": f"{int((called & truth).sum())}/{int(truth.sum())}",
+            "specificity_judged": f"{int((~called & ~truth).sum())}/{int((~truth).sum())}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the CV run folder (OUT/seed<s>/fold<k>/)")
+    parser.add_argument("--source", default="iqothnccd")
+    parser.add_argument("--drop", default="Normal cases", help="leave out files whose path contains this ('' keeps all)")
+    args = parser.parse_args(argv)
+    seeds = sorted(args.out.glob("seed*"))
+    if not seeds:
+        sys.exit(f"{args.out}: no seed*/fold*/ folders of a finished CV run")
+    for seed in seeds:
+        table = pd.concat([fold_table(f) for f in sorted(seed.glob("fold*"))], ignore_index=True)
+        table = table[table["source"] == args.source]
+        if args.drop:
+            table = table[~table["file"].str.contains(args.drop, regex=False)]
+        print(seed.name, {k: round(v, 3) if isinstance(v, float) else v for k, v in figures(table).items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
