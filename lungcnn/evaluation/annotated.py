@@ -1,6 +1,6 @@
 """Where the model looks: an annotated CT series (radiologists' tumour boxes per slice) against a checkpoint.
 
-    lungcnn annotated --ckpt models/lungcnn-iqothnccd-binary.ckpt \
+    lungcnn annotated --ckpt models/lungcnn-chestct-binary.ckpt \
         --boxes ../shared/data/lung-pet-ct-dx-dev/boxes.csv --out annotated.csv [--lung-check]
     lungcnn annotated --from-csv annotated.csv     # the figures again, from the table alone
 
