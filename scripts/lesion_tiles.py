@@ -21,7 +21,11 @@ a malignant case). Compared on
     tumour slice's rank, and the share of tumour slices whose top tile (highest tile score or attention) overlaps
     the tumour box, with its chance level (the share of a tumour slice's tiles that overlap the box).
 
-    python scripts/lesion_tiles.py --shared ../shared/data --out lesion_tiles.json [--seeds 0 1] [--cache /tmp/tiles]
+    python scripts/lesion_tiles.py --shared ../shared/data --out lesion_tiles.json [--seeds 0 1] [--cache /tmp/tiles] \
+        [--parts annotated cv]
+
+The annotated part also reports the AUC among the slices every model scores (lungs in view and a tile): a tile
+model leaves the lung apices untiled, and ranking them last must not count as finding the tumour.
 """
 
 from __future__ import annotations
@@ -280,32 +284,39 @@ def annotated(frame: pd.DataFrame, data: dict[str, np.ndarray], boxes_csv: Path,
     slices = np.arange(len(data["whole"]), len(both["whole"]))
     tumour = boxes["tumour"].to_numpy(int) == 1
     y = frame["label"].to_numpy(int)
+    # Slices every model scores: lungs in view and at least one tile (apex slices have lungs too small for a tile).
+    common = test["lungs"] & np.isin(np.arange(len(slices)), test["owner"])
     results = []
     for recipe, sources in RECIPES.items():
         train = np.flatnonzero(frame["source"].isin(sources).to_numpy())
         for seed in seeds:
             for model, (p, tiles) in Models(both, train, np.r_[y, np.zeros(len(slices), int)], seed).scores(slices).items():
                 results.append({"recipe": recipe, "seed": seed, "model": model,
-                                **slice_ranking(p, test["lungs"], tumour),
-                                **({} if tiles is None else top_tile(tiles, test, boxes, tumour))})
+                                **slice_ranking(p, test["lungs"], tumour, common),
+                                **({} if tiles is None else top_tile(tiles, test, boxes, tumour)),
+                                "slice_p": [None if np.isnan(v) else round(float(v), 4) for v in p]})
                 print(results[-1], flush=True)
     return results
 
 
-def slice_ranking(p: np.ndarray, lungs: np.ndarray, tumour: np.ndarray) -> dict:
-    """AUC and first tumour rank, a slice without lungs in view or without a score ranked below every other."""
+def slice_ranking(p: np.ndarray, lungs: np.ndarray, tumour: np.ndarray, common: np.ndarray) -> dict:
+    """AUC and first tumour rank, a slice without lungs in view or without a score ranked below every other; and the
+    AUC among the `common` slices (those every model scores), so that no model gains by leaving slices out."""
     judged = lungs & np.isfinite(p)
     s = np.where(judged, p, -1.0)
     order = np.argsort(-s, kind="stable")
     return {"judged": int(judged.sum()), "auc": float(roc_auc_score(tumour, s)), "auc_ci95": auc_ci(tumour.astype(int), s),
+            "auc_common": float(roc_auc_score(tumour[common], p[common])),
+            "auc_common_ci95": auc_ci(tumour[common].astype(int), p[common]),
             "first_tumour_rank": int(np.flatnonzero(tumour[order])[0]) + 1, "top5_tumour": int(tumour[order[:5]].sum())}
 
 
 def top_tile(tiles: list[np.ndarray], test: dict[str, np.ndarray], boxes: pd.DataFrame, tumour: np.ndarray) -> dict:
     """Share of tumour slices whose top tile overlaps the box (and holds its centre), and the chance of a random tile."""
-    overlap, centre, chance = [], [], []
+    overlap, centre, chance, top_xy = [], [], [], []
     for i in np.flatnonzero(tumour):
         if not len(tiles[i]):
+            top_xy.append(None)
             overlap.append(False)
             centre.append(False)
             chance.append(0.0)
@@ -320,12 +331,14 @@ def top_tile(tiles: list[np.ndarray], test: dict[str, np.ndarray], boxes: pd.Dat
         cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
         holds = (xy[:, 0] <= cx) & (cx < xy[:, 0] + t) & (xy[:, 1] <= cy) & (cy < xy[:, 1] + t)
         top = int(np.argmax(tiles[i]))
+        top_xy.append([int(v) for v in xy[top]])
         overlap.append(bool(hits[top]))
         centre.append(bool(holds[top]))
         chance.append(float(hits.mean()))
     k, n = int(sum(overlap)), len(overlap)
     return {"top_tile_overlaps_box": f"{k}/{n}", "top_tile_overlap_ci95": list(clopper_pearson(k, n)),
-            "top_tile_holds_box_centre": f"{int(sum(centre))}/{n}", "chance_overlap": float(np.mean(chance))}
+            "top_tile_holds_box_centre": f"{int(sum(centre))}/{n}", "chance_overlap": float(np.mean(chance)),
+            "top_tile_xy": top_xy}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/tiles"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--parts", nargs="+", choices=["annotated", "cv"], default=["annotated", "cv"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -343,9 +357,11 @@ def main(argv: list[str] | None = None) -> int:
           f"({np.isin(np.arange(len(frame)), data['owner']).mean():.1%} of slices have tiles)", flush=True)
     result = {"settings": {"grid": GRID, "tile": TILE, "stride": STRIDE, "min_inside": MIN_INSIDE, "seeds": args.seeds,
                            "folds": args.folds, "n_slices": {s: int((frame["source"] == s).sum()) for s in RECIPES["all"]},
-                           "n_tiles": len(data["tiles"])},
-              "annotated": annotated(frame, data, args.shared / "lung-pet-ct-dx-dev" / "boxes.csv", args.cache, args.seeds),
-              "cv": series_cv(frame, data, args.seeds, args.folds)}
+                           "n_tiles": len(data["tiles"])}}
+    if "annotated" in args.parts:
+        result["annotated"] = annotated(frame, data, args.shared / "lung-pet-ct-dx-dev" / "boxes.csv", args.cache, args.seeds)
+    if "cv" in args.parts:
+        result["cv"] = series_cv(frame, data, args.seeds, args.folds)
     result["seconds"] = round(time.perf_counter() - start)
     write_json(args.out, result)
     return 0
