@@ -191,3 +191,6 @@ def test_lung_tiles_cover_both_lungs_and_a_tumour_on_the_mediastinum():
     assert max(nodule[t : t + tile, left : left + tile].mean() for t, left in tiles) > 0.6
     for name, make in NOT_CHEST.items():
         assert lung_tiles(make(), 32, 16) == [], name
+    # No tile as much inside the lungs as asked (small lung fields, as at the apex): the one tile most inside them.
+    (top, left), = lung_tiles(_phantom(size), 96, 48, min_inside=0.99)
+    assert (_phantom(size)[top : top + 96, left : left + 96] < 0.2).mean() > 0.4

@@ -103,7 +103,8 @@ def crop_to_lungs(image: np.ndarray, margin: float = 0.08) -> np.ndarray:
 
 def lung_tiles(image: np.ndarray, tile: int, stride: int, min_inside: float = 0.5) -> list[tuple[int, int]]:
     """(top, left) of the square `tile`-pixel tiles on a `stride` grid over the lung fields' bounding box whose share
-    inside the lung region is at least `min_inside`; [] when no two lungs are found.
+    inside the lung region is at least `min_inside` (where none is, as at the apex or the base, the one with the
+    largest share); [] when no two lungs are found.
 
     Lesion-scale inputs for multiple-instance learning: a tumour is bright tissue, so the dark lung fields have a
     hole or a notch where it sits (at the hilum, on the pleura); the region is each lung's convex hull, so that
@@ -117,13 +118,9 @@ def lung_tiles(image: np.ndarray, tile: int, stride: int, min_inside: float = 0.
         region |= _hull(((labels == k) * 255).astype(np.uint8))
     inside = cv2.integral((region > 0).astype(np.uint8))
     top, bottom, left, right = _box(fields.lungs)
-    tiles = []
-    for y in _grid(top, bottom, tile, stride, image.shape[0]):
-        for x in _grid(left, right, tile, stride, image.shape[1]):
-            share = (inside[y + tile, x + tile] - inside[y, x + tile] - inside[y + tile, x] + inside[y, x]) / tile**2
-            if share >= min_inside:
-                tiles.append((y, x))
-    return tiles
+    shares = {(y, x): (inside[y + tile, x + tile] - inside[y, x + tile] - inside[y + tile, x] + inside[y, x]) / tile**2
+              for y in _grid(top, bottom, tile, stride, image.shape[0]) for x in _grid(left, right, tile, stride, image.shape[1])}
+    return [t for t, share in shares.items() if share >= min_inside] or [max(shares, key=shares.get)]
 
 
 def _grid(start: int, stop: int, tile: int, stride: int, limit: int) -> list[int]:
