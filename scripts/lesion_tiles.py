@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -58,6 +59,8 @@ from probe_features import backbone_for  # noqa: E402  (the frozen TF-weights ba
 
 WINDOW = LungWindow(level=50, width=400)
 GRID, TILE, STRIDE, MIN_INSIDE, WHOLE = 512, 128, 64, 0.5, 224
+TILE_RULE = "best"  # lung_tiles keeps the best tile where none is MIN_INSIDE in the lungs (the cache's name says so)
+PCA_DIM = 256  # tile features are standardised and reduced before MIL (speed on 2 shared cores)
 CLASSES = ["not_malignant", "malignant"]
 # (name, folder, class folders, window) as conf/experiment/multisource.yaml; chestct-kaggle is never split here,
 # so its near-duplicate grouping is not needed.
@@ -110,7 +113,7 @@ def extract(paths: list[Path], window: str) -> dict[str, np.ndarray]:
 
 def cached(name: str, paths: list[Path], window: str, cache: Path) -> dict[str, np.ndarray]:
     """`extract`, from `cache` when the same files were extracted with the same settings."""
-    file = cache / f"{name}-g{GRID}-t{TILE}-s{STRIDE}-m{int(MIN_INSIDE * 100)}.npz"
+    file = cache / f"{name}-g{GRID}-t{TILE}-s{STRIDE}-m{int(MIN_INSIDE * 100)}-{TILE_RULE}.npz"
     names = np.array([str(p) for p in paths])
     if file.is_file():
         with np.load(file) as z:
@@ -212,7 +215,8 @@ class Models:
         self.data = data
         self.probe = probe().fit(data["whole"][train].astype(np.float32), y[train])
         has_tiles = np.isin(train, data["owner"])
-        self.scaler = StandardScaler().fit(data["tiles"][np.isin(data["owner"], train)].astype(np.float32))
+        self.scaler = make_pipeline(StandardScaler(), PCA(PCA_DIM, random_state=seed)).fit(
+            data["tiles"][np.isin(data["owner"], train)].astype(np.float32))
         h, mask = bags(self.tiles(), data["owner"], train[has_tiles])
         self.mil = {p: fit_mil(h, mask, y[train[has_tiles]], p, seed) for p in ("max", "attention")}
 
@@ -248,6 +252,7 @@ def series_cv(frame: pd.DataFrame, data: dict[str, np.ndarray], seeds: list[int]
     for seed in seeds:
         fold_of = dict(zip(names, series_folds(names, series_y, folds, seed)))
         fold = np.array([fold_of.get(g, -1) for g in groups])  # -1: normal series and other sources, always train
+        tiled = np.isin(np.arange(len(frame)), data["owner"])
         for recipe, sources in RECIPES.items():
             in_recipe = frame["source"].isin(sources).to_numpy()
             slice_p: dict[str, np.ndarray] = {}
@@ -257,20 +262,26 @@ def series_cv(frame: pd.DataFrame, data: dict[str, np.ndarray], seeds: list[int]
                 for model, (p, _) in Models(data, train, y, seed).scores(test).items():
                     slice_p.setdefault(model, np.full(len(frame), np.nan))[test] = p
             for model, p in slice_p.items():
-                results.append({"seed": seed, "recipe": recipe, "model": model, **series_figures(p, y, groups, names,
-                                                                                                  series_y, evaluated, seed)})
+                figures = series_figures(p, y, groups, names, series_y, evaluated, tiled, seed)
+                results.append({"seed": seed, "recipe": recipe, "model": model, **figures})
                 print({k: v for k, v in results[-1].items()}, flush=True)
     return results
 
 
 def series_figures(p: np.ndarray, y: np.ndarray, groups: np.ndarray, names: np.ndarray, series_y: np.ndarray,
-                   evaluated: np.ndarray, seed: int) -> dict:
-    """Series AUC (top-3 mean of the slices with a probability), slice AUC with a series-resampled interval."""
+                   evaluated: np.ndarray, tiled: np.ndarray, seed: int) -> dict:
+    """Series AUC (top-3 mean of the slices with a probability) over the series this model scores and over those
+    with a tiled slice (which every model scores), slice AUC with a series-resampled interval."""
     scored = evaluated & np.isfinite(p)
-    series = np.array([top3(p[scored & (groups == g)]) if (scored & (groups == g)).any() else 0.0 for g in names])
+    series = np.array([top3(p[scored & (groups == g)]) if (scored & (groups == g)).any() else np.nan for g in names])
+    common = np.array([(evaluated & tiled & (groups == g)).any() for g in names])
     auc = lambda q, t: {"auc": roc_auc_score(t, q)}  # noqa: E731
-    return {"series_auc": float(roc_auc_score(series_y, series)), "series_ci95": auc_ci(series_y, series, seed),
+    ok = np.isfinite(series)
+    return {"series_auc": float(roc_auc_score(series_y[ok], series[ok])), "series_ci95": auc_ci(series_y[ok], series[ok], seed),
+            "series_auc_common": float(roc_auc_score(series_y[common], series[common])),
+            "series_common": int(common.sum()),
             "slice_auc": float(roc_auc_score(y[scored], p[scored])),
+            "slice_auc_common": float(roc_auc_score(y[scored & tiled], p[scored & tiled])),
             "slice_ci95_by_series": list(bootstrap_ci(auc, p[scored], y[scored], 1000, seed, groups=groups[scored])["auc"]),
             "slices_without_score": int((evaluated & ~np.isfinite(p)).sum()),
             "series_without_score": int(sum(not (scored & (groups == g)).any() for g in names))}
