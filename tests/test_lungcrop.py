@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lungcnn.data.io import LungWindow
-from lungcnn.data.lungcrop import NO_BODY, crop_to_lungs, find_lung_fields, lung_bbox, lungs_in_view
+from lungcnn.data.lungcrop import NO_BODY, crop_to_lungs, find_lung_fields, lung_bbox, lung_tiles, lungs_in_view
 from lungcnn.data.transforms import load_for_model
 
 
@@ -169,3 +169,28 @@ def test_training_records_the_lung_check_in_the_checkpoint_spec(tiny_root):
         assert ModelSpec.from_metadata(spec.to_metadata()).preprocessing.lung_check is on
     with pytest.raises(LungCNNInputError, match="data.lung_check"):
         LungCTDataModule(root=str(tiny_root), class_folders=folders, class_names=["benign", "malignant"], lung_check="yes")
+
+
+# -- lesion-scale tiles of the lung fields ---------------------------------------------------------------------------
+def test_lung_tiles_cover_both_lungs_and_a_tumour_on_the_mediastinum():
+    size, tile = 256, 32
+    image = _phantom(size)
+    y, x = np.mgrid[:size, :size]
+    # Bright tissue grown from the mediastinum into the left lung (x 0.18-0.42): a notch in the dark lung field.
+    nodule = (x - 0.38 * size) ** 2 + (y - 0.5 * size) ** 2 < 18**2
+    image[nodule] = 0.5
+    tiles = lung_tiles(image, tile, stride=16)
+    assert tiles and all(0 <= t and 0 <= left and t + tile <= size and left + tile <= size for t, left in tiles)
+    centres = np.array(tiles) + tile / 2
+    assert (centres[:, 1] < size / 2).any() and (centres[:, 1] > size / 2).any()  # both lungs
+    # Every kept tile lies mostly in a lung, counting the nodule as lung: none in the body's middle or the air.
+    lungs = image < 0.2
+    lungs |= nodule
+    assert all(lungs[t : t + tile, left : left + tile].mean() >= 0.5 for t, left in tiles)
+    # A tile mostly over the tumour is kept although most of it is not dark lung (the lungs' hulls count).
+    assert max(nodule[t : t + tile, left : left + tile].mean() for t, left in tiles) > 0.6
+    for name, make in NOT_CHEST.items():
+        assert lung_tiles(make(), 32, 16) == [], name
+    # No tile as much inside the lungs as asked (small lung fields, as at the apex): the one tile most inside them.
+    (top, left), = lung_tiles(_phantom(size), 96, 48, min_inside=0.99)
+    assert (_phantom(size)[top : top + 96, left : left + 96] < 0.2).mean() > 0.4

@@ -101,6 +101,35 @@ def crop_to_lungs(image: np.ndarray, margin: float = 0.08) -> np.ndarray:
     return image[max(0, top - dy) : min(h, bottom + dy), max(0, left - dx) : min(w, right + dx)]
 
 
+def lung_tiles(image: np.ndarray, tile: int, stride: int, min_inside: float = 0.5) -> list[tuple[int, int]]:
+    """(top, left) of the square `tile`-pixel tiles on a `stride` grid over the lung fields' bounding box whose share
+    inside the lung region is at least `min_inside` (where none is, as at the apex or the base, the one with the
+    largest share); [] when no two lungs are found.
+
+    Lesion-scale inputs for multiple-instance learning: a tumour is bright tissue, so the dark lung fields have a
+    hole or a notch where it sits (at the hilum, on the pleura); the region is each lung's convex hull, so that
+    tiles over such a tumour still count as lung. The grid is centred on the box and stays inside the image."""
+    fields = find_lung_fields(image)
+    if not fields.found or min(image.shape) < tile:
+        return []
+    count, labels = cv2.connectedComponents(fields.lungs.astype(np.uint8))
+    region = np.zeros(image.shape, np.uint8)
+    for k in range(1, count):
+        region |= _hull(((labels == k) * 255).astype(np.uint8))
+    inside = cv2.integral((region > 0).astype(np.uint8))
+    top, bottom, left, right = _box(fields.lungs)
+    shares = {(y, x): (inside[y + tile, x + tile] - inside[y, x + tile] - inside[y + tile, x] + inside[y, x]) / tile**2
+              for y in _grid(top, bottom, tile, stride, image.shape[0]) for x in _grid(left, right, tile, stride, image.shape[1])}
+    return [t for t, share in shares.items() if share >= min_inside] or [max(shares, key=shares.get)]
+
+
+def _grid(start: int, stop: int, tile: int, stride: int, limit: int) -> list[int]:
+    """Tile origins covering [start, stop) with `stride`, centred on it, clipped to [0, limit - tile]."""
+    n = max(1, int(np.ceil((stop - start - tile) / stride)) + 1)
+    first = (start + stop - (tile + (n - 1) * stride)) // 2
+    return sorted({int(np.clip(first + i * stride, 0, limit - tile)) for i in range(n)})
+
+
 def _gray(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(np.asarray(image, np.float32) * 255.0, 0, 255).astype(np.uint8)
