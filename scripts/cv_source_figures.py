@@ -15,9 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+
+from lungcnn.data.aggregation import aggregate
 
 
 def fold_table(fold: Path) -> pd.DataFrame:
@@ -29,7 +30,7 @@ def fold_table(fold: Path) -> pd.DataFrame:
 def figures(table: pd.DataFrame, positive: str = "malignant") -> dict[str, float]:
     y = (table["label"] == positive).to_numpy(int)
     p = table[f"probability_{positive}"].to_numpy(float)
-    series = table.assign(y=y, p=p).groupby("group").agg(y=("y", "max"), p=("p", lambda v: np.sort(v.to_numpy())[-3:].mean()))
+    series = table.assign(y=y, p=p).groupby("group").agg(y=("y", "max"), p=("p", lambda v: aggregate("topk_mean", v, 3)))
     judged = table["decision"].isin(set(table["label"]))
     called, truth = (table["decision"] == positive)[judged], (table["label"] == positive)[judged]
     return {"slices": len(table), "positive_slices": int(y.sum()), "slice_roc_auc": roc_auc_score(y, p),

@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -54,7 +53,7 @@ from lungcnn.fileio import write_json
 from lungcnn.metrics.bootstrap import bootstrap_ci, clopper_pearson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mil_attention import auc_ci, series_folds, top3  # noqa: E402  (the sibling experiment's split and metrics)
+from mil_attention import auc_ci, probe, series_folds, top3  # noqa: E402  (the sibling experiment's split and metrics)
 from probe_features import backbone_for  # noqa: E402  (the frozen TF-weights backbone)
 
 WINDOW = LungWindow(level=50, width=400)
@@ -202,10 +201,6 @@ def fit_mil(h: torch.Tensor, mask: torch.Tensor, y: np.ndarray, pooling: str, se
             loss.backward()
             opt.step()
     return model.eval()
-
-
-def probe() -> object:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced"))
 
 
 class Models:
