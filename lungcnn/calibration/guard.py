@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lungcnn.errors import LungCNNInputError, require_bool, require_int, require_number
-from lungcnn.models.guard import KnnDistance, guard_state, pooled_features
+from lungcnn.models.guard import KnnDistance, guard_state
 from lungcnn.spec import DomainGuard
 
 if TYPE_CHECKING:
@@ -64,13 +64,7 @@ def fit_guard_on_splits(predictor, val: Labelled, config: GuardConfig, val_note:
     groups = train.frame["group"].to_numpy(str)[train.readable]
 
     def features(data: Labelled) -> torch.Tensor:
-        if feature_cache is not None:
-            from lungcnn.features.cache import evaluation_features
-
-            return torch.from_numpy(evaluation_features(feature_cache, predictor.net, spec.preprocessing, data.paths,
-                                                        data.images, data.readable_renderings))
-        batches = (predictor.normalise(data.images[i : i + batch_size]) for i in range(0, len(data.images), batch_size))
-        return pooled_features(predictor.net, batches)
+        return torch.from_numpy(predictor.backbone_features(data, feature_cache, batch_size))
 
     return fit_guard(features(train), groups, features(val), config, val_note)
 

@@ -310,16 +310,25 @@ class Predictor:
         logits, scores = self.forward(images)
         return self.from_logits(logits, names, scores, self.lungs(images))
 
+    def backbone_features(self, data: Labelled, cache_dir: str | Path | None = None, batch_size: int = 32) -> np.ndarray:
+        """(N, F) pooled backbone features of the readable images of `data` (PyTorch backend): read from the feature
+        cache in `cache_dir` (`lungcnn.features.cache`; computed where missing), else computed by the backbone."""
+        if cache_dir is not None:
+            from lungcnn.features.cache import evaluation_features
+
+            return evaluation_features(cache_dir, self.net, self.spec.preprocessing, data.paths, data.images,
+                                       data.readable_renderings)
+        from lungcnn.models.guard import pooled_features
+
+        batches = (self.normalise(data.images[i : i + batch_size]) for i in range(0, len(data.images), batch_size))
+        return pooled_features(self.net, batches).detach().numpy()
+
     def cached_features(self, cache_dir: str | Path | None, data: Labelled) -> np.ndarray | None:
-        """The readable images of `data` as pooled backbone features from the feature cache in `cache_dir`
-        (`lungcnn.features.cache`; computed where missing), or None where the cache cannot stand in for the
-        network: no cache asked for, test-time flips (the mirror has no entry) or a backend other than PyTorch."""
+        """`backbone_features` from the feature cache in `cache_dir`, or None where the cache cannot stand in for
+        the network: no cache asked for, test-time flips (the mirror has no entry) or a backend other than PyTorch."""
         if cache_dir is None or self.tta != "none" or not hasattr(self.backend, "from_features"):
             return None
-        from lungcnn.features.cache import evaluation_features
-
-        return evaluation_features(cache_dir, self.net, self.spec.preprocessing, data.paths, data.images,
-                                   data.readable_renderings)
+        return self.backbone_features(data, cache_dir)
 
     def classify_labelled(self, data: Labelled, features: np.ndarray | None = None) -> tuple[list[Prediction], np.ndarray]:
         """`classify` of images already read (`lungcnn.data.labelled`), named by their files."""
