@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lungcnn.data.io import LungWindow
-from lungcnn.data.lungcrop import NO_BODY, crop_to_lungs, find_lung_fields, lung_bbox, lung_tiles, lungs_in_view
+from lungcnn.data.lungcrop import INVERTED, NO_BODY, crop_to_lungs, find_lung_fields, lung_bbox, lung_tiles, lungs_in_view
 from lungcnn.data.transforms import load_for_model
 
 
@@ -94,6 +94,10 @@ def test_lung_fields_found_in_a_chest_and_not_in_neck_abdomen_or_an_inverted_sli
         fields = find_lung_fields(make())
         assert not fields.found and fields.reason, name
         assert not lungs_in_view((make() * 255).astype(np.uint8)), name
+    # A lung-window export keeps air dark grey, not black: inverted, its corners turn light grey.
+    lung_window = 0.24 + 0.61 * (_phantom() == 0.5) + 0.06 * (_phantom() == 0.05)
+    assert find_lung_fields(lung_window).found
+    assert find_lung_fields(1.0 - lung_window).reason == INVERTED and not lungs_in_view(1.0 - lung_window)
     # No body in view at all: the check cannot tell, so it does not stop the slice (the domain guard may).
     bones = find_lung_fields(_bone_window())
     assert not bones.found and bones.reason == NO_BODY and lungs_in_view(_bone_window())
@@ -154,6 +158,15 @@ def test_lung_fields_of_one_slice_of_each_shared_source(source):
     sides = sorted(np.nonzero(labels == k)[1].mean() for k in (1, 2))
     assert sides[0] < 112 < sides[1]
     assert not find_lung_fields(255 - image).found  # the same slice inverted (a MONOCHROME1 mix-up)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared data at ../shared")
+def test_inverted_lung_window_slices_are_not_judged():
+    """Inverted LUNA16 slices (a lung-window export) whose grey lungs in a dark body passed the segmentation until
+    the corners were checked."""
+    for name in ("p1_z_229.png", "p2_z_043.png"):
+        image = load_for_model(SHARED / "luna16-normal-dev" / "normal" / name, 224, LungWindow(level=50, width=400))
+        assert lungs_in_view(image) and find_lung_fields(255 - image).reason == INVERTED, name
 
 
 def test_training_records_the_lung_check_in_the_checkpoint_spec(tiny_root):

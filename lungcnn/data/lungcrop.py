@@ -5,7 +5,7 @@ lungs. And a slice without lung fields (neck, abdomen) or whose lungs cannot be 
 image: a MONOCHROME1 file decoded the wrong way round) is nothing a lung-nodule classifier can judge:
 the reference model called such slices "malignant" at > 99%.
 
-Method (classic, no learning): threshold -> the body is the largest bright component (holes filled)
+Method (classic, no learning): bright corners mean an inverted image (air is dark in every CT window) -> threshold -> the body is the largest bright component (holes filled)
 -> lungs are the dark regions inside the body -> the two largest, one each side of the body's
 midline, each big enough. Exports differ in how bright soft tissue is (IQ-OTH/NCCD's soft-tissue-like
 JPEGs, lung-window PNGs, some lung-window JPEGs that keep tissue at 1-10 of 255), so Otsu's
@@ -31,6 +31,13 @@ MIN_OUTSIDE, MAX_BRIGHT_OUTSIDE = 0.08, 0.25
 # wall's fat black (IQ-OTH/NCCD), only a coarser closing bridges the gaps between the ribs.
 # Last, where even that leaves the rib cage open: the body's convex hull, less a chest wall's depth.
 STAGES = ((False, 1 / 40), (False, 1 / 15), (True, 1 / 15))
+# Air fills a CT slice's corners (outside the body, or outside the scanner's round field of view): black in a
+# soft-tissue window, dark grey (~60 of 255) in a lung window. Inverted, the corners turn bright (180-255), and a
+# lung-window slice inverted then shows grey "lungs" in a dark "body" that the segmentation can take for a chest.
+# Corners: squares of 1/14 of the side; bright: their median above half the range (shared sources, every image:
+# plain <= 76, inverted >= 179; docs/lesion.md).
+CORNER, BRIGHT_CORNERS = 1 / 14, 127
+INVERTED = "bright corners (an inverted image?)"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class LungFields:
 def find_lung_fields(image: np.ndarray) -> LungFields:
     """The lung fields of one slice (see the module docstring); never raises for an odd image."""
     gray = _gray(image)
+    if _corner_median(gray) > BRIGHT_CORNERS:
+        return LungFields(None, None, INVERTED)
     otsu, _ = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     first: LungFields | None = None
     for hull, scale, threshold in [(h, s, t) for h, s in STAGES for t in (otsu, otsu / 2, otsu / 4, 6.0, 2.0)]:
@@ -134,6 +143,11 @@ def _gray(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(np.asarray(image, np.float32) * 255.0, 0, 255).astype(np.uint8)
     return cv2.GaussianBlur(image, (5, 5), 0)
+
+
+def _corner_median(gray: np.ndarray) -> float:
+    c = max(1, int(round(min(gray.shape) * CORNER)))
+    return float(np.median(np.concatenate([gray[:c, :c], gray[:c, -c:], gray[-c:, :c], gray[-c:, -c:]], axis=None)))
 
 
 def _segment(gray: np.ndarray, threshold: float, scale: float, hull: bool = False) -> LungFields:
