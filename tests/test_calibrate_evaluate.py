@@ -67,6 +67,10 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
     assert saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["accuracy"] == pytest.approx(
         again["accuracy"], abs=1e-6)
     assert "paper" in saved and saved["n"] == len(rows)
+    # Where it looks: Grad-CAM on judged images (the synthetic slices have two lung fields), a share in [0, 1].
+    mass = saved["gradcam_lung_mass"]
+    assert 0 < mass["images"] <= 64 and 0 <= mass["ci95"][0] <= mass["mean"] <= mass["ci95"][1] <= 1
+    assert "Grad-CAM mass inside the lung fields" in (tmp_path / "report" / "report.md").read_text()
     # The calibrated checkpoint's model card now carries the test figures (weights untouched).
     from lungcnn.webapp.uploads import model_card
 
@@ -107,3 +111,36 @@ def test_folder_without_labels_is_refused(trained_ckpt, tmp_path):
     with pytest.raises(LungCNNInputError, match="no class folders"):
         evaluate(trained_ckpt, data_root=str(tmp_path / "flat"), out_dir=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+
+
+def test_cam_lung_mass_is_the_heat_maps_share_inside_the_lung_fields(trained_ckpt, monkeypatch):
+    """The figure from known heat maps: all mass on the lungs -> 1, none -> 0, half -> 0.5; images not judged and
+    beyond the limit are left out."""
+    from lungcnn.data.lungcrop import find_lung_fields
+    from lungcnn.evaluation import looks
+    from lungcnn.inference import gradcam as gradcam_module
+    from lungcnn.inference.gradcam import CamResult
+
+    predictor = Predictor.from_checkpoint(trained_ckpt, lung_check=True)
+    y, x = np.mgrid[:64, :64] / 64
+    chest = np.zeros((64, 64), np.uint8)
+    chest[((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.3) ** 2 < 1] = 128
+    for cx in (0.3, 0.7):
+        chest[((x - cx) / 0.12) ** 2 + ((y - 0.5) / 0.18) ** 2 < 1] = 12
+    lungs = find_lung_fields(chest).lungs
+    images = np.stack([chest] * 4)
+    predictions = predictor.predict_images(images, [f"s{i}" for i in range(4)])
+    assert all(p.answered for p in predictions)
+    maps = iter([lungs, ~lungs, lungs])  # the 3 of 4 judged images the limit picks, in order
+
+    def fake(predictor, image, towards=None):
+        heat = np.asarray(next(maps), np.float32)
+        return CamResult(heat, np.zeros((64, 64, 3), np.uint8), "layer", "malignant")
+
+    monkeypatch.setattr(gradcam_module, "gradcam", fake)
+    result = looks.cam_lung_mass(predictor, images, predictions, limit=3)
+    assert result["images"] == 3 and result["mean"] == pytest.approx((1 + 0 + 1) / 3)
+    maps = iter([np.where(lungs, 1.0, lungs.sum() / (~lungs).sum())])
+    result = looks.cam_lung_mass(predictor, images[:1], predictions[:1], limit=5)
+    assert result["images"] == 1 and result["mean"] == pytest.approx(0.5)
+    assert looks.cam_lung_mass(predictor, images, predictions, limit=0)["images"] == 0

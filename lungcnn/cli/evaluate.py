@@ -17,7 +17,8 @@ from lungcnn.evaluation.evaluate import evaluate
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg.ckpt, cfg.data_root, cfg.split, cfg.out_dir, cfg.n_resamples, cfg.seed, cfg.feature_cache)
+    evaluate(cfg.ckpt, cfg.data_root, cfg.split, cfg.out_dir, cfg.n_resamples, cfg.seed, cfg.feature_cache,
+             cfg.gradcam_images)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ lungs. And a slice without lung fields (neck, abdomen) or whose lungs cannot be 
 image: a MONOCHROME1 file decoded the wrong way round) is nothing a lung-nodule classifier can judge:
 the reference model called such slices "malignant" at > 99%.
 
-Method (classic, no learning): bright corners mean an inverted image (air is dark in every CT window) -> threshold -> the body is the largest bright component (holes filled)
--> lungs are the dark regions inside the body -> the two largest, one each side of the body's
-midline, each big enough. Exports differ in how bright soft tissue is (IQ-OTH/NCCD's soft-tissue-like
-JPEGs, lung-window PNGs, some lung-window JPEGs that keep tissue at 1-10 of 255), so Otsu's
-threshold is tried first, then lower ones, and the first that shows two lungs in a body wins.
+Method (classic, no learning): bright corners mean an inverted image (air is dark in every CT window) ->
+threshold -> the body is the largest bright component (holes filled) -> lungs are the dark regions inside the
+body -> the two largest, one each side of the body's midline, each big enough. Exports differ in how bright
+soft tissue is (IQ-OTH/NCCD's soft-tissue-like JPEGs, lung-window PNGs, some lung-window JPEGs that keep
+tissue at 1-10 of 255), so Otsu's threshold is tried first, then lower ones, and the first that shows two
+lungs in a body wins.
 
 Input: (H, W) float in [0, 1] or uint8 in [0, 255]; masks are (H, W) bool.
 """

@@ -75,7 +75,8 @@ def predict_holdout(job: Path, ckpt: str = "best") -> Path:
     cache = run_cache_dir(job)
     calibrated = job / "checkpoints" / f"{ckpt}.calibrated.ckpt"
     calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, feature_cache=cache)
-    evaluate(calibrated, out_dir=str(job / HOLDOUT_DIR), n_resamples=200, feature_cache=cache)
+    evaluate(calibrated, out_dir=str(job / HOLDOUT_DIR), n_resamples=200, feature_cache=cache,
+             gradcam_images=0)
     return out
 
 

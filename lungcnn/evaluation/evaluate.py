@@ -14,11 +14,11 @@ import numpy as np
 
 from lungcnn.data.labelled import labelled_images
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation import build_report
+from lungcnn.evaluation import build_report, looks
 from lungcnn.evaluation.domain import domain_report, domain_summary
 from lungcnn.evaluation.multiclass_report import build_multiclass_report
 from lungcnn.evaluation.per_source import markdown, per_source_table, scored_frame
-from lungcnn.fileio import write_json
+from lungcnn.fileio import write_json, write_text
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Predictor
 from lungcnn.models.checkpoint import load_checkpoint, save_checkpoint
@@ -26,9 +26,12 @@ from lungcnn.spec import ModelSpec
 
 
 def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test", out_dir: str | None = None,
-             n_resamples: int = 1000, seed: int = 0, feature_cache: str | Path | None = None) -> dict[str, Any]:
+             n_resamples: int = 1000, seed: int = 0, feature_cache: str | Path | None = None,
+             gradcam_images: int = looks.DEFAULT_LIMIT) -> dict[str, Any]:
     """`feature_cache`: a feature cache folder (training's `feature_cache.dir`) to read a frozen backbone's
-    pooled features from instead of computing them (`lungcnn.features.cache`)."""
+    pooled features from instead of computing them (`lungcnn.features.cache`). `gradcam_images`: at most this many
+    judged images get a Grad-CAM heat map for the share of its mass inside the lung fields
+    (`lungcnn.evaluation.looks`); 0 skips it."""
     ckpt = Path(ckpt)
     predictor = Predictor.from_checkpoint(ckpt)
     spec = predictor.spec
@@ -58,8 +61,14 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
                                  n_resamples, seed)
         report["per_source"] = {"table": table, "markdown": markdown(table, "source")}
         print(report["per_source"]["markdown"], flush=True)
+    report["gradcam_lung_mass"] = looks.cam_lung_mass(predictor, data.images, predictions, gradcam_images,
+                                                      n_resamples, seed)
+    where_it_looks = looks.summary(report["gradcam_lung_mass"])
+    write_text(out / "report.md", (out / "report.md").read_text(encoding="utf-8").rstrip("\n")
+               + f"\n\n## Where the model looks\n\n{where_it_looks}\n")
     write_json(out / "report.json", report)
-    print(summary + "\n" + domain_summary(report["domain_guard"]) + f"\nreport: {out / 'report.md'}", flush=True)
+    print(summary + "\n" + domain_summary(report["domain_guard"]) + f"\n{where_it_looks}\nreport: {out / 'report.md'}",
+          flush=True)
     if data_root is None and spec.is_calibrated:
         _record_in_model_card(ckpt, cells, f"{int(ok.sum())} test images ({where})")
     return report

@@ -89,7 +89,8 @@ def calibrate_and_evaluate(job: Path, ckpt: str, calibration: Mapping[str, Any],
     calibrated = job / "checkpoints" / f"{ckpt}.{report}.ckpt"
     cache = run_cache_dir(job)  # a frozen backbone: its features are already in training's cache
     calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, feature_cache=cache, **calibration)
-    evaluate(calibrated, out_dir=str(job / report), n_resamples=200, feature_cache=cache)
+    evaluate(calibrated, out_dir=str(job / report), n_resamples=200, feature_cache=cache,
+             gradcam_images=0)
 
 
 def run(out: str | Path, overrides: Sequence[str] = (), repeats: int = 3, folds: int = 5, first_seed: int = 0,
