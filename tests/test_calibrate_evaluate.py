@@ -140,6 +140,7 @@ def test_cam_lung_mass_is_the_heat_maps_share_inside_the_lung_fields(trained_ckp
     monkeypatch.setattr(gradcam_module, "gradcam", fake)
     result = looks.cam_lung_mass(predictor, images, predictions, limit=3)
     assert result["images"] == 3 and result["mean"] == pytest.approx((1 + 0 + 1) / 3)
+    assert result["lung_area"] == pytest.approx(lungs.mean())
     maps = iter([np.where(lungs, 1.0, lungs.sum() / (~lungs).sum())])
     result = looks.cam_lung_mass(predictor, images[:1], predictions[:1], limit=5)
     assert result["images"] == 1 and result["mean"] == pytest.approx(0.5)
