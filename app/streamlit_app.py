@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
+from lungcnn.data.rendering import parse_export_window
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference.predictor import NO_LUNGS, OUT_OF_DOMAIN, Predictor
 from lungcnn.webapp import logs
@@ -161,13 +162,23 @@ def checkpoint_help(path: Path, problem: str) -> None:
     )
 
 
-def sidebar(predictor: Predictor, ckpt: Path) -> bool:
+# How a JPEG/PNG was exported -> `rendering.parse_export_window`; the model re-windows it as training read a
+# source exported that way. DICOM always comes from Hounsfield units.
+EXPORT_WINDOWS = {"As they are": "as_is", "Lung window (level −600, width 1500 HU)": "lung",
+                  "Soft-tissue window (level 40, width 400 HU)": "mediastinal"}
+
+
+def sidebar(predictor: Predictor, ckpt: Path) -> tuple[bool, str]:
     with st.sidebar:
         st.header("Settings")
         has_net = predictor.net is not None  # an exported .onnx model has no gradients to draw a heat map from
         with_cam = st.toggle("Show heat map", value=has_net, disabled=not has_net,
                              help="Colours the areas of the image that most influenced the result (Grad-CAM)."
                              + ("" if has_net else " Needs the model's .ckpt file, not its .onnx export."))
+        export = st.selectbox("JPEG/PNG images were exported with", list(EXPORT_WINDOWS),
+                              help="The display window your viewer or PACS used when it saved the JPEG or PNG files. "
+                                   "The model then sees them as it saw its training images of that kind. DICOM "
+                                   "files carry Hounsfield units and are always read from them.")
         st.header("How to read the results")
         st.markdown(
             "- **Probability of malignancy**: how likely the model thinks the image shows a malignant lesion.\n"
@@ -176,7 +187,7 @@ def sidebar(predictor: Predictor, ckpt: Path) -> bool:
         )
         st.caption(CALIBRATED_MEANS if predictor.spec.is_calibrated else UNCALIBRATED_MEANS)
         st.caption(f"Model file: `{ckpt.name}`")
-    return with_cam
+    return with_cam, EXPORT_WINDOWS[export]
 
 
 def show_model_card(predictor: Predictor) -> None:
@@ -328,20 +339,22 @@ def main() -> None:
         log.exception("could not load checkpoint %s", ckpt)
         checkpoint_help(ckpt, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return
-    with_cam = sidebar(predictor, ckpt)
+    with_cam, export = sidebar(predictor, ckpt)
+    predictor = predictor.with_export_window(parse_export_window(export))
+    ckpt_key = (str(ckpt), stat.st_mtime_ns, export)
     show_model_card(predictor)
     if st.radio("What are you uploading?", ["Separate images", SERIES_MODE], horizontal=True) == SERIES_MODE:
         files = st.file_uploader("Upload all slices of one series (DICOM files from the PACS export, with or without "
                                  "a suffix), or one zip of them", type=None, accept_multiple_files=True, key="series")
         if files:
-            show_study(predictor, analyse_study_once(predictor, files, (str(ckpt), stat.st_mtime_ns)), with_cam)
+            show_study(predictor, analyse_study_once(predictor, files, ckpt_key), with_cam)
         return
     files = st.file_uploader("Upload lung CT images (JPEG, PNG, BMP, TIFF or DICOM); several at once is fine",
                              type=list(UPLOAD_TYPES), accept_multiple_files=True)
     if not files:
         st.caption("Nothing is stored: uploaded images stay in this session's memory and are gone when the page closes.")
         return
-    results = analyse_all(predictor, files, with_cam, (str(ckpt), stat.st_mtime_ns))
+    results = analyse_all(predictor, files, with_cam, ckpt_key)
     st.subheader("Results")
     bad = sum(not r.ok for r in results)
     if bad:

@@ -294,6 +294,20 @@ def test_page_without_heat_map(monkeypatch, calibrated_ckpt, ct_png):
     assert len(at.get("image")) == 1 and not at.error
 
 
+def test_page_reads_jpeg_png_in_the_export_window_chosen(monkeypatch, calibrated_ckpt, ct_png):
+    """The sidebar's export window re-windows an 8-bit upload as training reads a source exported that way: the
+    model's view (and so the probability) changes, and the choice reaches every analysis of the session."""
+    files = [("scan.png", ct_png, "image/png")]
+    at = run_page(monkeypatch, calibrated_ckpt, files)
+    box = at.sidebar.selectbox[0]
+    assert box.value == "As they are" and len(box.options) == 3
+    as_is = at.dataframe[0].value.loc[0, "P(malignant)"]
+    box.set_value("Soft-tissue window (level 40, width 400 HU)").run()  # the tiny model's window is a lung window
+    assert not at.exception, at.exception
+    soft = at.dataframe[0].value.loc[0, "P(malignant)"]
+    assert soft != as_is, (as_is, soft)
+
+
 # -- sign-in --------------------------------------------------------------------------------------------------
 def nothing_of_the_page(at) -> bool:
     """No uploader, model card, settings or results: only the title, the disclaimer and sign-in."""

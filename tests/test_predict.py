@@ -222,6 +222,7 @@ def test_a_checkpoint_without_preprocessing_is_refused(folder, trained_ckpt, tmp
     (["nowhere"], "no such file or folder"),
     (["{folder}", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["{folder}", "--devices", "1", "--backend", "onnx"], "use --backend torch or auto"),
+    (["{folder}", "--export-window", "bone"], "--export-window: unknown export window 'bone'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(folder, warm_ckpt, tmp_path, capsys, argv, message):
     argv = [a.format(folder=folder) for a in argv] + ["--ckpt", str(warm_ckpt), "--out", str(tmp_path / "p.csv")]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from lungcnn.data.datamodule import LungCTDataModule, source_weights
 from lungcnn.data.io import LungWindow
-from lungcnn.data.rendering import parse_window, render, rendering_augment, rewindow, to_hu
+from lungcnn.data.rendering import parse_export_window, parse_window, render, rendering_augment, rewindow, to_hu
 from lungcnn.data.splits import load_split
 from lungcnn.errors import LungCNNInputError
 
@@ -157,6 +157,34 @@ def test_rewindow_round_trip_on_a_synthetic_hu_image(tmp_path):
     read = render(tmp_path / "slice.png", parse_window("k", "lung"), SOFT)
     assert np.abs(read - SOFT.apply(hu)).max() <= LUNG.width / 255 / SOFT.width + 1e-6
     assert np.array_equal(render(tmp_path / "slice.png", parse_window("k", "as_is"), SOFT), lung.astype(np.float32))
+
+
+def test_predict_reads_a_users_export_as_training_reads_a_source_with_that_window(trained_ckpt, tmp_path):
+    """`lungcnn-predict --export-window mediastinal` (a user's soft-tissue-window PNGs): the same pixels as a training
+    source with `window: mediastinal`, through every prediction path (`Predictor.load`), and other probabilities than
+    as it is."""
+    from lungcnn.data.transforms import load_for_model
+    from lungcnn.inference.batch import predict
+    from lungcnn.inference.predictor import Predictor
+
+    _export(_hu_phantom(64), SOFT, tmp_path / "slice.png")
+    plain = Predictor.from_checkpoint(trained_ckpt)
+    assert (plain.window.level, plain.window.width) != (SOFT.level, SOFT.width)  # else re-windowing is the identity
+    soft = Predictor.from_checkpoint(trained_ckpt, export_window=parse_export_window("40,400"))
+    as_source = load_for_model(tmp_path / "slice.png", plain.image_size, plain.window,
+                               rendering=parse_window("k", "mediastinal"))
+    assert np.array_equal(soft.load(tmp_path / "slice.png"), as_source)
+    assert not np.array_equal(plain.load(tmp_path / "slice.png"), as_source)
+    rows = {}
+    for window in ("as_is", "mediastinal"):
+        predict([tmp_path / "slice.png"], trained_ckpt, tmp_path / f"{window}.csv", backend="torch", workers=1,
+                progress=False, export_window=window)
+        rows[window] = pd.read_csv(tmp_path / f"{window}.csv").iloc[0]
+    assert rows["mediastinal"]["probability_malignant"] == pytest.approx(
+        soft.predict_files([tmp_path / "slice.png"])[0].probabilities["malignant"], abs=1e-5)
+    assert rows["mediastinal"]["probability_malignant"] != pytest.approx(rows["as_is"]["probability_malignant"], abs=1e-4)
+    assert parse_export_window("lung") == parse_window("k", "lung")
+    assert parse_export_window(None) is None and parse_export_window("as_is") is None
 
 
 def test_rendering_augment_changes_rendering_not_shape():

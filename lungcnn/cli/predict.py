@@ -35,6 +35,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--lung-check", default=None, action=argparse.BooleanOptionalAction,
                         help="judge no slice without lungs in view (default: the checkpoint's preprocessing.lung_check)")
+    parser.add_argument("--export-window", default=None, metavar="WINDOW",
+                        help="how the 8-bit images (JPEG, PNG) were exported: a preset (lung, mediastinal, iqothnccd) "
+                             "or LEVEL,WIDTH in HU (--export-window=-600,1500); they are re-windowed into the model's "
+                             "window as training reads a source with that window (default: as they are; DICOM is "
+                             "always read from Hounsfield units)")
     return parser.parse_args(argv)
 
 
@@ -49,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary = predict(args.paths, args.ckpt, args.out, args.backend, args.batch_size, args.workers, args.devices,
                       args.strategy, args.num_nodes, progress=not args.no_progress, series_out=args.series_out,
-                      groups=args.groups, lung_check=args.lung_check)
+                      groups=args.groups, lung_check=args.lung_check, export_window=args.export_window)
     if summary.get("classified") is None:
         return 0  # not the rank that wrote the file
     print(f"lungcnn-predict: {summary['images']} images ({summary['classified']} classified, "

@@ -72,6 +72,23 @@ def parse_window(key: str, value: Any) -> Rendering:
                             f"{HU!r} (DICOM in Hounsfield units) or {AS_IS!r} (8-bit images as they are)")
 
 
+def parse_export_window(text: str | None, key: str = "--export-window") -> Rendering | None:
+    """How a user's 8-bit files were exported, as typed on a command line or picked on the page: a preset name
+    (`WINDOWS`), ``LEVEL,WIDTH`` in HU (e.g. ``-600,1500``), or ``as_is`` / None (read them as they are: None)."""
+    if text is None or text == AS_IS:
+        return None
+    parts = text.split(",")
+    if len(parts) == 2:
+        try:
+            return parse_window(key, {"level": float(parts[0]), "width": float(parts[1])})
+        except ValueError:
+            pass
+    if text in WINDOWS:
+        return parse_window(key, text)
+    raise LungCNNInputError(f"{key}: unknown export window {text!r}; give one of {sorted(WINDOWS)}, LEVEL,WIDTH in HU "
+                            f"(e.g. -600,1500) or {AS_IS!r} (8-bit images as they are)")
+
+
 def to_hu(image: np.ndarray, window: LungWindow) -> np.ndarray:
     """An image in [0, 1] rendered with `window` -> Hounsfield units (exact inside the window, clipped outside)."""
     return window.level - window.width / 2 + np.asarray(image, dtype=np.float64) * window.width

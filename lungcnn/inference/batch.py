@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lungcnn.data.io import SUPPORTED_SUFFIXES
+from lungcnn.data.rendering import parse_export_window
 from lungcnn.data.series import ZIP_SUFFIX, ArchiveLimits, Source, group_series, read_groups, sources_from_files
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
@@ -75,10 +76,13 @@ def default_workers() -> int:
 def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "predictions.csv", backend: str = "auto",
             batch_size: int = 32, workers: int | None = None, devices: int | str | None = None,
             strategy: str | None = None, num_nodes: int = 1, progress: bool = True, series_out: str | Path | None = None,
-            groups: str | Path | None = None, lung_check: bool | None = None) -> dict[str, Any]:
+            groups: str | Path | None = None, lung_check: bool | None = None,
+            export_window: str | None = None) -> dict[str, Any]:
     """Classify every image under `paths` (zips opened in memory) and write `out` atomically; return counts and
     timings. `series_out` also writes one row per series (`lungcnn.data.series` groups them; `groups` is a
-    file,group CSV for images without DICOM series tags). `lung_check` overrides the checkpoint's lung check."""
+    file,group CSV for images without DICOM series tags). `lung_check` overrides the checkpoint's lung check.
+    `export_window`: how the 8-bit images were exported (`rendering.parse_export_window`), re-windowed into the
+    model's window as training reads a source with that window; None: as they are."""
     started = time.perf_counter()
     if batch_size < 1:
         raise LungCNNInputError(f"--batch-size must be >= 1, got {batch_size}")
@@ -92,6 +96,7 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
     lightning = devices is not None or strategy is not None
     if lightning and backend == "onnx":
         raise LungCNNInputError("--devices/--strategy run the PyTorch network under Lightning; use --backend torch or auto")
+    rendering = parse_export_window(export_window)
     group_table = read_groups(groups) if groups is not None else None
     sources = sources_from_files(collect_files(paths), ArchiveLimits())
     if not sources:
@@ -99,9 +104,10 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
     names = [s.name for s in sources]
     workers = default_workers() if workers is None else workers
     if lightning:
-        predictor = Predictor.from_checkpoint(ckpt, "torch", lung_check=lung_check)
+        predictor = Predictor.from_checkpoint(ckpt, "torch", lung_check=lung_check, export_window=rendering)
     else:
-        predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True, lung_check=lung_check)
+        predictor = Predictor.from_checkpoint(ckpt, backend, channels_last=True, lung_check=lung_check,
+                                              export_window=rendering)
     ready = time.perf_counter()
     with single_threaded_opencv():
         if lightning:

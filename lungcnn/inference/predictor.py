@@ -11,6 +11,7 @@ logits and domain scores come from a pluggable backend (`TorchBackend`, or onnxr
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from lungcnn.data.io import MAX_BYTES, MAX_PIXELS
 from lungcnn.data.lungcrop import lungs_in_view
+from lungcnn.data.rendering import Rendering
 from lungcnn.data.transforms import load_for_model
 from lungcnn.errors import LungCNNInputError
 from lungcnn.spec import TTA_MODES, ModelSpec
@@ -157,10 +159,14 @@ class Predictor:
         guard: the domain guard's scoring module for the default PyTorch backend (`checkpoint.build_guard`);
             required when the spec has a guard and no backend is given.
         lung_check: run the lung check (True/False), or None for the spec's `preprocessing.lung_check`.
+        export_window: how the 8-bit files to classify were exported (`rendering.parse_export_window`): re-windowed
+            into the model's window, as training reads a source with that window; None reads them as they are.
+            DICOM always goes through Hounsfield units.
     """
 
     def __init__(self, spec: ModelSpec, net: torch.nn.Module | None = None, backend: Backend | None = None,
-                 guard: torch.nn.Module | None = None, lung_check: bool | None = None) -> None:
+                 guard: torch.nn.Module | None = None, lung_check: bool | None = None,
+                 export_window: Rendering | None = None) -> None:
         if backend is None and net is None:
             raise ValueError("Predictor needs a network or a backend")
         if backend is None and spec.guard is not None and guard is None:
@@ -175,17 +181,19 @@ class Predictor:
         self.class_names: list[str] = list(spec.class_names)
         self.tta = spec.calibration.tta
         self.lung_check = pre.lung_check if lung_check is None else bool(lung_check)
+        self.export_window = export_window
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", *, device: str | None = None,
                         channels_last: bool = False, threads: int | None = None, with_net: bool = False,
-                        lung_check: bool | None = None) -> Predictor:
+                        lung_check: bool | None = None, export_window: Rendering | None = None) -> Predictor:
         """A checkpoint (or an exported .onnx with its sidecar) with logits from `backend`.
 
         "onnx" given a checkpoint exports it beside itself on first use (re-exported when the checkpoint
         changes); "auto" is PyTorch on a CUDA GPU, else onnxruntime when installed, else PyTorch on CPU.
         `with_net` keeps the PyTorch network too (the app's Grad-CAM) when the logits come from onnxruntime.
-        `lung_check` overrides the checkpoint's `preprocessing.lung_check` (None: keep it).
+        `lung_check` overrides the checkpoint's `preprocessing.lung_check` (None: keep it); `export_window`: see the
+        class.
         """
         path = Path(path)
         onnx_file = path.suffix.lower() == ".onnx"
@@ -205,7 +213,7 @@ class Predictor:
             from lungcnn.inference.onnx_runtime import load_onnx
 
             spec, onnx_backend = load_onnx(path, threads)
-            return cls(spec, backend=onnx_backend, lung_check=lung_check)
+            return cls(spec, backend=onnx_backend, lung_check=lung_check, export_window=export_window)
         from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
 
         if backend == "onnx":
@@ -214,10 +222,18 @@ class Predictor:
 
             spec, onnx_backend = load_onnx(cached_export(path), threads)
             return cls(spec, build_network(*load_checkpoint(path)) if with_net else None, backend=onnx_backend,
-                       lung_check=lung_check)
+                       lung_check=lung_check, export_window=export_window)
         spec, state = load_checkpoint(path)
         net = build_network(spec, state)
-        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)), lung_check=lung_check)
+        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)), lung_check=lung_check,
+                   export_window=export_window)
+
+    def with_export_window(self, export_window: Rendering | None) -> Predictor:
+        """The same model reading 8-bit files exported with `export_window` (a shallow copy: network and backend are
+        shared, so a page can give each session its own choice of one cached model)."""
+        other = copy.copy(self)
+        other.export_window = export_window
+        return other
 
     # -- pixels --------------------------------------------------------------------------------------
     def load(self, source: str | Path | bytes, name: str | None = None, *,
@@ -228,7 +244,7 @@ class Predictor:
         Same steps as the data module (`transforms.load_for_model`), so training and prediction see the same pixels.
         """
         return load_for_model(source, self.image_size, self.window, name=name, crop=self.crop,
-                              max_bytes=max_bytes, max_pixels=max_pixels)
+                              rendering=self.export_window, max_bytes=max_bytes, max_pixels=max_pixels)
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 -> (N, 3, S, S) float32, bit-identical to `transforms.build_transform` per image.
