@@ -43,6 +43,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _read_as(export_window: str) -> str:
+    return "read as they are" if export_window == "as_is" else f"read from export window {export_window}"
+
+
 def _devices(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -59,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0  # not the rank that wrote the file
     print(f"lungcnn-predict: {summary['images']} images ({summary['classified']} classified, "
           f"{summary['unreadable']} unreadable) in {summary['seconds']:.2f} s = {summary['images_per_s']:.1f} images/s "
-          f"after {summary['startup_s']:.2f} s start-up ({summary['backend']} backend, {summary['workers']} workers); "
+          f"after {summary['startup_s']:.2f} s start-up ({summary['backend']} backend, {summary['workers']} workers, "
+          f"JPEG/PNG {_read_as(summary['export_window'])}); "
           f"wrote {summary['out']}" + (f" and {summary['series']} series to {args.series_out}" if "series" in summary else ""),
           flush=True)
     return 0

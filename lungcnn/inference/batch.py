@@ -122,6 +122,7 @@ def predict(paths: Sequence[str | Path], ckpt: str | Path, out: str | Path = "pr
     seconds = time.perf_counter() - ready
     summary = {"images": len(sources), **(counts or {}), "out": str(out), "backend": "lightning" if lightning else
                predictor.backend.name, "workers": workers, "batch_size": batch_size,
+               "export_window": export_window or "as_is",
                "startup_s": ready - started, "seconds": seconds, "images_per_s": len(sources) / seconds if seconds else None}
     return summary
 
