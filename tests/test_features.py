@@ -143,3 +143,17 @@ def test_a_linear_head_round_trips_through_a_checkpoint(tmp_path, tiny_root):
     head = {k: v.shape for k, v in state.items() if k.startswith("head.")}
     assert spec.network.hidden == 0 and list(head.values()) == [(1, 1280), (1,)], head
     assert build_network(spec, state)(torch.zeros(2, 3, 64, 64)).shape == (2,)
+
+
+def test_a_lung_crop_is_keyed_by_the_lung_field_step_s_version(monkeypatch):
+    """Cached features of lung-cropped images are stale once the lung-field step finds other boxes."""
+    from lungcnn.data import lungcrop
+    from lungcnn.data.io import LungWindow
+    from lungcnn.features.cache import pixel_settings, preprocessing_key
+
+    def key(crop: str) -> str:
+        return preprocessing_key(pixel_settings(224, [0.5] * 3, [0.25] * 3, LungWindow(50, 400), crop))
+
+    whole, cropped = key("none"), key("lungs")
+    monkeypatch.setattr(lungcrop, "VERSION", lungcrop.VERSION + 1)
+    assert key("none") == whole and key("lungs") != cropped

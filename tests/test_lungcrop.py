@@ -207,3 +207,14 @@ def test_lung_tiles_cover_both_lungs_and_a_tumour_on_the_mediastinum():
     # No tile as much inside the lungs as asked (small lung fields, as at the apex): the one tile most inside them.
     (top, left), = lung_tiles(_phantom(size), 96, 48, min_inside=0.99)
     assert (_phantom(size)[top : top + 96, left : left + 96] < 0.2).mean() > 0.4
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs the shared data at ../shared")
+@pytest.mark.parametrize("name", ["luna16-normal-dev/normal/p1_z_208.png", "iqothnccd-dev/Normal cases/Normal case (112).jpg"])
+def test_lungs_that_meet_at_the_midline_are_two_lungs(name):
+    """Upper-thorax slices whose lungs meet in front of the mediastinum (one dark region at 224 px) were "no lungs in
+    view" until the region was cut at the body's midline."""
+    fields = find_lung_fields(load_for_model(SHARED / name, 224, LungWindow(level=50, width=400)))
+    assert fields.found, fields.reason
+    count, labels = cv2.connectedComponents(fields.lungs.astype(np.uint8))
+    assert count == 3 and sorted(np.nonzero(labels == k)[1].mean() for k in (1, 2))[0] < 112

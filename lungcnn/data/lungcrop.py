@@ -23,6 +23,10 @@ import cv2
 import numpy as np
 
 NO_BODY = "no body found"
+# Bumped whenever the lung fields found for an image change: cached features of lung-cropped images are keyed by it
+# (`features.cache.pixel_settings`). 2: the corner check, and two lungs that meet at the midline.
+VERSION = 2
+SPLIT_LUNG_FRACTION = 0.04  # each side of one dark region, for it to be two lungs that meet at the midline
 MIN_LUNG_FRACTION = 0.01  # of the image area, for a dark region inside the body to count as a lung
 MIN_BODY_FRACTION = 0.1  # of the image area, for the largest bright region to count as a body
 # Around a body lies dark air (at least the corners outside a round field of view); in an inverted slice the
@@ -165,13 +169,22 @@ def _segment(gray: np.ndarray, threshold: float, scale: float, hull: bool = Fals
         return LungFields(None, None, "no dark air around the body (an inverted image?)")
     inside = filled if not hull else cv2.erode(filled, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     lungs = cv2.morphologyEx(((inside > 0) & (body == 0)).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    top, bottom, left, right = _box(filled)
+    middle = (left + right) / 2
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(lungs, connectivity=8)
+    if count >= 2:
+        # Near the apex the two lungs can meet in front of the mediastinum (the anterior junction line, thinner than
+        # a pixel at the model's size) and form one dark region: cut a large one at the body's midline.
+        big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        region = labels == big
+        halves = region[:, : int(middle)].sum(), region[:, int(middle) + 1 :].sum()
+        if min(halves) >= SPLIT_LUNG_FRACTION * gray.size:
+            lungs[:, int(middle)] = 0
+            count, labels, stats, centroids = cv2.connectedComponentsWithStats(lungs, connectivity=8)
     order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
     body_mask = filled > 0
     if len(order) < 2 or stats[order[1], cv2.CC_STAT_AREA] < MIN_LUNG_FRACTION * gray.size:
         return LungFields(None, body_mask, "no two lung fields inside the body")
-    top, bottom, left, right = _box(filled)
-    middle = (left + right) / 2
     xs = sorted(centroids[order, 0])
     if not xs[0] < middle < xs[1]:
         return LungFields(None, body_mask, "no lung field on one side of the body")

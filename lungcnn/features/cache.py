@@ -48,9 +48,13 @@ FORMAT = 2
 def pixel_settings(image_size: int, mean: Sequence[float], std: Sequence[float], window: Any, crop: str) -> dict[str, Any]:
     """What decides a cached feature's input pixels, in one canonical form (plain floats) whoever asks: the
     training data module or a checkpoint's recorded preprocessing. The lung check and the padding rule are left
-    out: the first does not change pixels, the second is fixed."""
+    out: the first does not change pixels, the second is fixed. A crop to the lungs carries the lung-field step's
+    version: its boxes move when that step changes."""
+    from lungcnn.data.lungcrop import VERSION
+
     return {"image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "window": {"level": float(window.level), "width": float(window.width)}, "crop": str(crop)}
+            "window": {"level": float(window.level), "width": float(window.width)},
+            "crop": str(crop) if crop == "none" else f"{crop}@lungcrop{VERSION}"}
 
 
 def weights_key(backbone: nn.Module) -> str:
