@@ -41,8 +41,11 @@ def cam_lung_mass(predictor: Any, images: np.ndarray, predictions: Sequence[Any]
     shares, areas = [], []
     for i in picked:
         lungs = find_lung_fields(images[i]).lungs
-        cam = gradcam(predictor, images[i])
-        if lungs is not None and not cam.empty:
+        if lungs is None:
+            continue
+        # towards the decision already made: gradcam would otherwise classify the image again to learn it
+        cam = gradcam(predictor, images[i], towards=readable[i].decision)
+        if not cam.empty:
             shares.append(mass_inside(cam.heatmap, lungs))
             areas.append(float(lungs.mean()))
     shares = np.asarray(shares, np.float64)
