@@ -57,11 +57,15 @@ class NetworkSpec:
         backbone: a timm model name (e.g. `mobilenetv2_100`).
         hidden: width of the head's hidden layer (>= 1), or 0 for a linear head (dropout -> Linear(F, outputs)).
         dropout: dropout probability in [0, 1).
+        features: which pooled backbone features the head reads (`models.backbone.FEATURES`): `head`, the ImageNet
+            network's own (after its last 1x1 convolution), or `blocks`, the last block's (before it). `head` where
+            the setting is missing (older checkpoints).
     """
 
     backbone: str
     hidden: int = 128
     dropout: float = 0.2
+    features: str = "head"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -70,6 +74,8 @@ class NetworkSpec:
             raise LungCNNInputError(f"head hidden width must be an integer >= 0 (0: linear), got {self.hidden!r}")
         if not 0.0 <= _finite(self.dropout, "head dropout") < 1.0:
             raise LungCNNInputError(f"head dropout must be in [0, 1), got {self.dropout}")
+        if self.features not in ("head", "blocks"):
+            raise LungCNNInputError(f"network features must be 'head' or 'blocks', got {self.features!r}")
 
 
 @dataclass(frozen=True)
@@ -387,10 +393,12 @@ class ModelSpec:
     # -- reading and writing ----------------------------------------------------------------------------------
     @classmethod
     def for_training(cls, task: str, class_names: Sequence[str], backbone: str, hidden: int, dropout: float,
-                     preprocessing: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> ModelSpec:
+                     preprocessing: Mapping[str, Any], data: Mapping[str, Any] | None = None,
+                     features: str = "head") -> ModelSpec:
         """A freshly trained model: no calibration, threshold 0.5, until `lungcnn.calibrate` runs."""
         pre = {k: v for k, v in preprocessing.items() if k in _fields(Preprocessing)}
-        return cls(make_task(task, class_names), NetworkSpec(backbone, int(hidden), float(dropout)), Preprocessing(**pre),
+        network = NetworkSpec(backbone, int(hidden), float(dropout), str(features))
+        return cls(make_task(task, class_names), network, Preprocessing(**pre),
                    data=dict(data or {}), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def to_metadata(self) -> dict[str, Any]:

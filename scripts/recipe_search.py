@@ -63,6 +63,8 @@ VARIANTS = {
     "linear drop0.5": ["model.hidden=0", "model.dropout=0.5"],
     "mlp noaug drop0": ["feature_cache.views=0", "model.dropout=0.0"],
     "mlp noaug drop0.5": ["feature_cache.views=0", "model.dropout=0.5"],
+    "mlp noaug blocks": ["feature_cache.views=0", "model.features=blocks"],
+    "linear noaug blocks": ["model.hidden=0", "feature_cache.views=0", "model.features=blocks"],
 }
 
 

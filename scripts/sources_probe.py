@@ -12,6 +12,9 @@ check asks how well the source itself is predicted, from the same features and f
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/sources_probe.py --cache /tmp/sources_probe --out /tmp/sources_probe.json
 
+`--features blocks` probes the last block's pooled features instead of the ImageNet network's own (`model.features`);
+`--renderings NAME ...` runs some renderings only.
+
 Features are cached per (source, rendering) in --cache (never in the repository: they are derived from the data).
 """
 
@@ -38,7 +41,7 @@ from lungcnn.data.rendering import render
 from lungcnn.data.sources import parse_sources, scan_sources
 from lungcnn.data.transforms import CROPS, build_transform, to_model_grid
 from lungcnn.evaluation.by_source import markdown, per_source_table
-from lungcnn.models.backbone import create_backbone, normalization_for
+from lungcnn.models.backbone import FEATURES, create_backbone, normalization_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -99,6 +102,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--n-resamples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", choices=FEATURES, default="head", help="model.features of the frozen backbone")
+    p.add_argument("--renderings", nargs="+", choices=list(RENDERINGS), default=list(RENDERINGS))
     args = p.parse_args()
     torch.manual_seed(args.seed)
     start = time.perf_counter()
@@ -106,14 +111,15 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     names = ["not_malignant", "malignant"]
     frame = scan_sources(sources_for({}), names, "negative")
-    model = create_backbone("mobilenetv2_100", "imagenet").eval()
+    model = create_backbone("mobilenetv2_100", "imagenet", features=args.features).eval()
     transform = build_transform(*normalization_for("mobilenetv2_100"))
     result = {"commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
-              "seed": args.seed, "n_resamples": args.n_resamples, "image_size": SIZE,
+              "seed": args.seed, "features": args.features, "n_resamples": args.n_resamples, "image_size": SIZE,
               "counts": {k: {str(c): int(n) for c, n in v.items()} for k, v in
                          frame.groupby("source")["class_name"].value_counts().unstack(fill_value=0).T.to_dict().items()},
               "groups": frame.groupby("source")["group"].nunique().to_dict(), "renderings": {}}
-    for rendering, (model_window, overrides, crop) in RENDERINGS.items():
+    for rendering in args.renderings:
+        model_window, overrides, crop = RENDERINGS[rendering]
         window = LungWindow(*model_window) if model_window else LungWindow()
         feats, borders = [], []
         for source in sources_for(overrides):
@@ -121,6 +127,7 @@ def main() -> None:
             depends = source.rendering.kind != "as_is"
             key = f"{source.name}__{source.rendering.describe()}__{model_window if depends else ''}".replace(" ", "")
             key += "" if crop == "none" else f"__{crop}"
+            key += "" if args.features == "head" else f"__{args.features}"
             path = cache / (key.replace("/", "_").replace("'", "").replace(":", "=") + ".npz")
             part = frame[frame["source"] == source.name]
             if not path.is_file():

@@ -145,6 +145,18 @@ def test_a_linear_head_round_trips_through_a_checkpoint(tmp_path, tiny_root):
     assert build_network(spec, state)(torch.zeros(2, 3, 64, 64)).shape == (2,)
 
 
+def test_the_last_block_s_features_round_trip_through_a_checkpoint(tmp_path, tiny_root):
+    """model.features=blocks: the head reads the last block's 320 pooled features (no ImageNet 1x1 head), on the
+    cache; the checkpoint rebuilds that network, and its features are not those of model.features=head."""
+    from lungcnn.models.checkpoint import build_network
+
+    result = _run(tmp_path, tiny_root, "blocks", "model.features=blocks", "trainer.max_epochs=1")
+    spec, state = load_checkpoint(result["best_checkpoint"])
+    assert spec.network.features == "blocks"
+    assert state["head.1.weight"].shape == (128, 320) and not any(k.startswith("backbone.conv_head") for k in state)
+    assert build_network(spec, state)(torch.zeros(2, 3, 64, 64)).shape == (2,)
+
+
 def test_a_lung_crop_is_keyed_by_the_lung_field_step_s_version(monkeypatch):
     """Cached features of lung-cropped images are stale once the lung-field step finds other boxes."""
     from lungcnn.data import lungcrop

@@ -55,6 +55,22 @@ def test_missing_weights_stop_with_a_message(tmp_path):
         create_backbone("mobilenetv2_100", "none", weights_file=str(bad))
 
 
+def test_the_last_block_s_features_skip_the_imagenet_head():
+    """model.features=blocks: the pooled output of the last block, the same tensor the whole network computes
+    before its 1x1 head; backbones without such a head, and unknown settings, are refused with a message."""
+    whole = create_backbone("mobilenetv2_100", "imagenet").eval()
+    blocks = create_backbone("mobilenetv2_100", "imagenet", features="blocks").eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = whole.blocks(whole.bn1(whole.conv_stem(x))).mean((2, 3))
+        torch.testing.assert_close(blocks(x), expected)
+    assert blocks.num_features == 320 and whole.num_features == 1280
+    with pytest.raises(LungCNNInputError, match="no 1x1 convolution"):
+        create_backbone("resnet18", "none", features="blocks")
+    with pytest.raises(LungCNNInputError, match="model.features"):
+        create_backbone("mobilenetv2_100", "none", features="last")
+
+
 def test_head_outputs_one_logit_or_k():
     x = torch.zeros(2, 3, 64, 64)
     assert LungNet(pretrained="none", outputs=1)(x).shape == (2,)

@@ -25,6 +25,13 @@ from torch import nn
 from lungcnn.errors import LungCNNInputError, require_choice
 
 PRETRAINED = ("imagenet", "hub", "none")
+# Which pooled features the head reads (model.features):
+# - head: the ImageNet network's own pooled features, after its last 1x1 convolution (1280 for MobileNetV2), as timm
+#   gives them;
+# - blocks: the last block's output (320 for MobileNetV2), before that convolution. The 1x1 convolution was trained
+#   for ImageNet's classes; without it a probe carried much better to CT sources it never saw
+#   (docs/results/sources.md, "Which features").
+FEATURES = ("head", "blocks")
 
 
 def _packaged_weights(backbone: str, package: str, module: str, file: str) -> Callable[[], Path]:
@@ -50,19 +57,26 @@ LOCAL_IMAGENET_WEIGHTS: dict[str, Callable[[], Path]] = {
 }
 
 
-def check_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None) -> None:
-    """The arguments of `create_backbone` (model.backbone, model.pretrained, model.weights_file), checked
-    without building anything, so a training config is refused before its images are read."""
+def check_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None,
+                   features: str = "head") -> None:
+    """The arguments of `create_backbone` (model.backbone, model.pretrained, model.weights_file, model.features),
+    checked without building anything, so a training config is refused before its images are read."""
     require_choice("model.pretrained", pretrained, PRETRAINED)
+    require_choice("model.features", features, FEATURES)
     if not isinstance(name, str) or not timm.is_model(name):
         raise LungCNNInputError(f"model.backbone: unknown timm model {name!r} (see timm.list_models())")
+    if features == "blocks" and not _has_conv_head(name):
+        raise LungCNNInputError(f"model.features=blocks: {name!r} has no 1x1 convolution between its last block and "
+                                "the pooling (timm's EfficientNet family has: mobilenetv2_*, efficientnet_*, "
+                                "tf_efficientnet_lite*); use model.features=head")
     if weights_file is not None and not Path(str(weights_file)).is_file():
         raise LungCNNInputError(f"model.weights_file: weights file not found: {weights_file}")
 
 
-def create_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None) -> nn.Module:
-    """A timm model with `num_classes=0`: forward gives (N, num_features) pooled features."""
-    check_backbone(name, pretrained, weights_file)
+def create_backbone(name: str, pretrained: str = "imagenet", weights_file: str | None = None,
+                    features: str = "head") -> nn.Module:
+    """A timm model with `num_classes=0`: forward gives (N, num_features) average-pooled `features` (FEATURES)."""
+    check_backbone(name, pretrained, weights_file, features)
     from_hub = pretrained == "hub" or (pretrained == "imagenet" and name not in LOCAL_IMAGENET_WEIGHTS
                                        and weights_file is None)
     try:
@@ -78,7 +92,14 @@ def create_backbone(name: str, pretrained: str = "imagenet", weights_file: str |
         load_weights(model, Path(weights_file))
     elif pretrained == "imagenet" and name in LOCAL_IMAGENET_WEIGHTS:
         load_weights(model, LOCAL_IMAGENET_WEIGHTS[name]())
+    if features == "blocks":  # after loading: the weights files hold the whole network
+        model.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=False)  # conv_head, bn2 -> Identity
+        model.reset_classifier(0, "avg")  # timm's pruning drops the pooling too
     return model
+
+
+def _has_conv_head(name: str) -> bool:
+    return name.split(".")[0] in timm.list_models(module="efficientnet")  # timm's EfficientNet class: blocks -> conv_head -> pool
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -30,6 +30,7 @@ class LungClassifier(L.LightningModule):
         backbone: str = "mobilenetv2_100",
         pretrained: str = "imagenet",
         weights_file: str | None = None,
+        features: str = "head",
         hidden: int = 128,
         dropout: float = 0.2,
         head_lr: float = 1e-3,
@@ -51,7 +52,7 @@ class LungClassifier(L.LightningModule):
         self.optimizer = optimizer
         self.save_hyperparameters(ignore=["optimizer"])  # a partial is code, not a plain type: weights_only refuses it
         self.task = make_task(task, class_names)
-        self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file)
+        self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file, features)
         if channels_last:  # NHWC: about 1.6x faster training steps for depthwise convolutions on CPU
             self.net.to(memory_format=torch.channels_last)
         self.loss = self.task.make_loss(pos_weight, class_weights)
@@ -101,5 +102,6 @@ class LungClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         h = self.hparams
-        spec = ModelSpec.for_training(h.task, h.class_names, h.backbone, h.hidden, h.dropout, h.preprocessing or {}, h.data)
+        spec = ModelSpec.for_training(h.task, h.class_names, h.backbone, h.hidden, h.dropout, h.preprocessing or {}, h.data,
+                                      features=h.features)
         checkpoint["lungcnn"] = spec.to_metadata()

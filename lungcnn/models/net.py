@@ -34,9 +34,10 @@ class LungNet(nn.Module):
     """Images (N, 3, S, S) -> logits (N,) for one output, (N, K) for K outputs."""
 
     def __init__(self, backbone: str = "mobilenetv2_100", outputs: int = 1, hidden: int = 128,
-                 dropout: float = 0.2, pretrained: str = "imagenet", weights_file: str | None = None) -> None:
+                 dropout: float = 0.2, pretrained: str = "imagenet", weights_file: str | None = None,
+                 features: str = "head") -> None:
         super().__init__()
-        self.backbone = create_backbone(backbone, pretrained, weights_file)
+        self.backbone = create_backbone(backbone, pretrained, weights_file, features)
         self.head = ClassifierHead(self.backbone.num_features, hidden, dropout, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ def _check_model(cfg: DictConfig, class_names: list[str]) -> None:
         raise LungCNNInputError(f"model.task=binary needs exactly 2 data.class_names, got {len(class_names)}; "
                                 "use model.task=multiclass")
     make_task(model["task"], class_names)
-    check_backbone(model["backbone"], model["pretrained"], model["weights_file"])
+    check_backbone(model["backbone"], model["pretrained"], model["weights_file"], model["features"])
     check_head(model["hidden"], model["dropout"])
     check_optimizer(model["head_lr"], model["weight_decay"])
 
