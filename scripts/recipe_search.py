@@ -63,6 +63,10 @@ VARIANTS = {
     "linear drop0.5": ["model.hidden=0", "model.dropout=0.5"],
     "mlp noaug drop0": ["feature_cache.views=0", "model.dropout=0.0"],
     "mlp noaug drop0.5": ["feature_cache.views=0", "model.dropout=0.5"],
+    "mlp noaug h256": ["feature_cache.views=0", "model.hidden=256"],
+    "mlp noaug h512": ["feature_cache.views=0", "model.hidden=512"],
+    "mlp noaug lr3e-4": ["feature_cache.views=0", "model.head_lr=3e-4"],
+    "mlp noaug lr3e-3": ["feature_cache.views=0", "model.head_lr=3e-3"],
     "mlp noaug blocks": ["feature_cache.views=0", "model.features=blocks"],
     "linear noaug blocks": ["model.hidden=0", "feature_cache.views=0", "model.features=blocks"],
 }
@@ -183,7 +187,7 @@ def search(args: argparse.Namespace) -> dict:
                 sys.exit(f"unreadable images change the folds: {base.skipped}")
             features = feature_datamodule(cfg, base, build_model(cfg, base)).features.numpy()
             labels = base.frame["label"].to_numpy()
-            for seed in range(args.repeats):
+            for seed in range(args.first_seed, args.first_seed + args.repeats):
                 arrays = {f"{r}@{e}": {"p": np.zeros(len(labels)), "t": np.zeros(len(labels))}
                           for r in args.rules for e in args.epochs}
                 fold_of = np.zeros(len(labels), int)
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", help="the dataset folder (fits the variants)")
     parser.add_argument("--combine", nargs="+", type=Path, help="score the --save files of earlier runs together")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + repeats - 1: "
+                        "fresh folds to confirm a variant chosen on other seeds")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, nargs="+", default=[6, 12, 20])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

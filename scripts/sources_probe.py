@@ -144,7 +144,8 @@ def main() -> None:
             test = (frame["source"] == held_out).to_numpy()
             clf = probe().fit(x[~test], frame["label"].to_numpy()[~test])
             prob = clf.predict_proba(x[test])[:, 1]
-            rows.append(frame[test][["source", "group", "label"]].assign(probability=prob, called=(prob >= 0.5).astype(int)))
+            rows.append(frame[test][["source", "group", "label"]].assign(probability=prob, called=(prob >= 0.5).astype(int),
+                                                                      judged=1))  # a probe answers every slice
         table = per_source_table(pd.concat(rows, ignore_index=True), args.n_resamples, args.seed)
         source, groups = frame["source"].to_numpy(), frame["group"].to_numpy()
         result["renderings"][rendering] = {
