@@ -7,12 +7,21 @@ through its window, level 50 / width 400), as it is and inverted (a MONOCHROME1 
 round). Slices known to hold no lungs: the DICOM series' neck (1-01..1-06) and abdominal (1-57..1-64) slices,
 read off the images. IQ-OTH/NCCD's new patients: the reference model's test split (its groups were never
 trained on). Prints the share of each set flagged with a 95% Clopper-Pearson interval; writes one row per image.
+
+`--against OLD.py` (another version of the module, e.g. `git show REV:lungcnn/data/lungcrop.py > OLD.py`) runs
+that version beside this one on every image, interleaved: it prints how many images get other lung fields (masks,
+body or reason) and the time per image of each, with their ratio measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 import pandas as pd
 
@@ -37,13 +46,25 @@ def main() -> None:
     parser.add_argument("--split", default="models/lungcnn-iqothnccd-binary.split.csv",
                         help="the reference model's split (file,split): its test rows are IQ-OTH/NCCD's new patients")
     parser.add_argument("--out", default="lung_check.csv")
+    parser.add_argument("--against", type=Path, help="another version's lungcrop.py to compare with (see above)")
     args = parser.parse_args()
     shared, rows = Path(args.shared), []
     window = LungWindow(level=50, width=400)
+    other = _module(args.against) if args.against else None
+    seconds, differ = np.zeros(2), []
     for source, path in images(shared):
         image = load_for_model(path, 224, window)
         for inverted in (False, True):
-            fields = find_lung_fields(255 - image if inverted else image)
+            pixels = 255 - image if inverted else image
+            start = time.perf_counter()
+            fields = find_lung_fields(pixels)
+            seconds[0] += time.perf_counter() - start
+            if other is not None:
+                start = time.perf_counter()
+                theirs = other.find_lung_fields(pixels)
+                seconds[1] += time.perf_counter() - start
+                if not _same(fields, theirs):
+                    differ.append(f"{source}/{path.name}{' (inverted)' if inverted else ''}")
             rows.append({"source": source, "file": str(path.relative_to(shared / source)), "inverted": inverted,
                          "found": fields.found, "area": fields.area, "reason": fields.reason,
                          "lungs_in_view": fields.found or fields.reason == NO_BODY})
@@ -68,6 +89,25 @@ def main() -> None:
         k, n = int((~rows["lungs_in_view"]).sum()), len(rows)
         lo, hi = clopper_pearson(k, n)
         print(f"{name:<52} no lungs {k:>4}/{n:<4} = {k / max(n, 1):.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    if other is not None:
+        ms = 1000 * seconds / len(table)
+        print(f"against {args.against}: {len(differ)} of {len(table)} images get other lung fields {differ[:10]}; "
+              f"{ms[0]:.2f} ms an image here, {ms[1]:.2f} there ({ms[1] / ms[0]:.2f}x)")
+
+
+def _module(path: Path):
+    spec = importlib.util.spec_from_file_location("lungcrop_against", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _same(a, b) -> bool:
+    def equal(x, y):
+        return (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
+
+    return a.reason == b.reason and equal(a.lungs, b.lungs) and equal(a.body, b.body)
 
 
 if __name__ == "__main__":

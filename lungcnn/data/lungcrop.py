@@ -171,21 +171,22 @@ def _segment(gray: np.ndarray, threshold: float, scale: float, hull: bool = Fals
     lungs = cv2.morphologyEx(((inside > 0) & (body == 0)).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     top, bottom, left, right = _box(filled)
     middle = (left + right) / 2
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(lungs, connectivity=8)
+    count, labels, areas = _components(lungs)
     if count >= 2:
         # Near the apex the two lungs can meet in front of the mediastinum (the anterior junction line, thinner than
         # a pixel at the model's size) and form one dark region: cut a large one at the body's midline.
-        big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        big = 1 + int(np.argmax(areas[1:]))
         region = labels == big
         halves = region[:, : int(middle)].sum(), region[:, int(middle) + 1 :].sum()
         if min(halves) >= SPLIT_LUNG_FRACTION * gray.size:
             lungs[:, int(middle)] = 0
-            count, labels, stats, centroids = cv2.connectedComponentsWithStats(lungs, connectivity=8)
-    order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
+            count, labels, areas = _components(lungs)
+    order = np.argsort(areas[1:])[::-1][:2] + 1
     body_mask = filled > 0
-    if len(order) < 2 or stats[order[1], cv2.CC_STAT_AREA] < MIN_LUNG_FRACTION * gray.size:
+    if len(order) < 2 or areas[order[1]] < MIN_LUNG_FRACTION * gray.size:
         return LungFields(None, body_mask, "no two lung fields inside the body")
-    xs = sorted(centroids[order, 0])
+    columns = np.arange(labels.shape[1])
+    xs = sorted(int((labels == c).sum(axis=0) @ columns) / int(areas[c]) for c in order)  # the two lungs' centroids, x
     if not xs[0] < middle < xs[1]:
         return LungFields(None, body_mask, "no lung field on one side of the body")
     return LungFields(np.isin(labels, order), body_mask)
@@ -199,15 +200,23 @@ def _hull(mask: np.ndarray) -> np.ndarray:
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    left, top, width, height = cv2.boundingRect(np.asarray(mask, np.uint8))  # of a uint8 image: its nonzero pixels
+    return top, top + height, left, left + width
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """8-connected components: their count (background included), the label image and each label's area.
+    OpenCV's `connectedComponentsWithStats` costs 3x the labelling alone here; areas are one `bincount`, and
+    centroids are only needed for two components."""
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    return count, labels, np.bincount(labels.ravel(), minlength=count).astype(np.int32)  # int32: stats' own type
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray | None:
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    count, labels, areas = _components(mask)
     if count < 2:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    largest = 1 + int(np.argmax(areas[1:]))
     return (labels == largest).astype(np.uint8) * 255
 
 
