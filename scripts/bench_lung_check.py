@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pandas as pd
 
 from lungcnn.data.io import LungWindow
