@@ -31,6 +31,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration-images", type=int, default=128, help="training images that set int8 ranges")
     parser.add_argument("--calibration-method", default="auto",
                         help="int8 activation ranges: percentile, entropy, minmax, or auto (measured on the validation split)")
+    parser.add_argument("--weight-type", default="auto", choices=("auto", "int8", "uint8"),
+                        help="int8 convolution weights signed or unsigned, or auto (both measured on the validation "
+                             "split: unsigned avoids onnxruntime's 16-bit saturation on CPUs without VNNI)")
     parser.add_argument("--float-search", type=int, default=0,
                         help="int8: keep up to N more convolutions in float, each chosen greedily on the validation split")
     parser.add_argument("--min-agreement", type=float, default=0.99,
@@ -47,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         onnx_path, sidecar, report = quantize_onnx(args.ckpt, args.out, data_root=args.data_root,
                                                    calibration_images=args.calibration_images,
-                                                   method=args.calibration_method, min_agreement=args.min_agreement,
+                                                   method=args.calibration_method, weights=args.weight_type,
+                                                   min_agreement=args.min_agreement,
                                                    float_search=args.float_search)
         print(f"int8 vs fp32 on {report['images']} test images: decisions agree {report['decision_agreement']:.2%}, "
               f"ROC-AUC {_auc(report['roc_auc_fp32'])} -> {_auc(report['roc_auc_int8'])}, "

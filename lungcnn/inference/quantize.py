@@ -45,6 +45,12 @@ from lungcnn.spec import ModelSpec
 
 RANGE_METHODS = ("minmax", "percentile", "entropy")
 CALIBRATION_METHODS = ("auto", *RANGE_METHODS)
+# Weights as signed (activations uint8: onnxruntime's U8S8, its fast path on CPUs with VNNI) or unsigned int8 (U8U8).
+# On x86 CPUs without VNNI (AVX2 only) onnxruntime's U8S8 kernels sum products in 16 bits that can saturate; on
+# such a CPU the reference model's probabilities moved 0.117 on average with int8 weights, 0.043 with uint8 ones
+# (docs/results/int8.md). `auto` measures both on the validation split, on the machine that exports.
+WEIGHT_TYPES = ("int8", "uint8")
+WEIGHT_CHOICES = ("auto", *WEIGHT_TYPES)
 MIN_AGREEMENT = 0.99
 CALIBRATION_BATCH = 8
 
@@ -60,7 +66,7 @@ def parity_path(onnx_path: Path) -> Path:
 
 
 def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_root: str | Path | None = None,
-                  calibration_images: int = 128, method: str = "auto",
+                  calibration_images: int = 128, method: str = "auto", weights: str = "auto",
                   min_agreement: float = MIN_AGREEMENT, float_search: int = 0) -> tuple[Path, Path, dict[str, Any]]:
     """Quantise a checkpoint to int8 ONNX; return (onnx path, sidecar path, parity report).
 
@@ -72,6 +78,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         calibration_images: how many training images set the activation ranges (spread over the split).
         method: activation range estimate: percentile (99.999%), entropy, minmax, or auto (each measured on the
             validation split with a few float layer sets; the best kept).
+        weights: int8 or uint8 convolution weights (WEIGHT_TYPES), or auto (both measured on the validation split).
         min_agreement: the smallest share of test images whose int8 decision must equal the fp32 one.
         float_search: up to this many more convolutions kept in float, chosen one at a time on the validation split
             (each step quantises the graph once per convolution: ~50 times for MobileNetV2).
@@ -84,6 +91,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         raise LungCNNInputError(f"{out}: the ONNX output path must end in .onnx")
     require_int("--calibration-images", calibration_images, 1)
     require_choice("--calibration-method", method, CALIBRATION_METHODS)
+    require_choice("--weight-type", weights, WEIGHT_CHOICES)
     require_number("min_agreement", min_agreement, 0, 1, low_open=False, high_open=False)
     require_int("--float-search", float_search, 0)
     spec, state = load_checkpoint(ckpt)
@@ -96,7 +104,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         selection = split_images(spec, "val", data_root)  # choices are made here, never on the test split
         try:
             chosen = _quantize(fp32_file, int8_file, reference, spec, calibration, selection, method, Path(tmp),
-                               float_search)
+                               float_search, weights)
         except (ValueError, RuntimeError, TypeError, AssertionError) as e:  # onnxruntime's quantiser, not our input
             raise LungCNNInputError(f"{ckpt}: int8 quantisation failed: {' '.join(str(e).split())}") from e
         report = parity(spec, reference, Predictor(spec, backend=OnnxBackend(int8_file)),
@@ -138,10 +146,12 @@ def calibration_batches(predictor: Predictor, images: np.ndarray, batch_size: in
 
 
 def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, calibration: tuple[np.ndarray, np.ndarray],
-              selection: tuple[np.ndarray, np.ndarray], method: str, tmp: Path, float_search: int = 0) -> dict[str, Any]:
+              selection: tuple[np.ndarray, np.ndarray], method: str, tmp: Path, float_search: int = 0,
+              weights: str = "auto") -> dict[str, Any]:
     """Write the chosen int8 graph to `out`; return what was chosen and the measurements it was chosen by.
 
-    auto: every range method with only the head in float, then the best method with each extra float set.
+    auto: every range method (and weight type, for weights="auto") with only the head in float, then the best
+    with each extra float set.
     float_search: then, up to that many times, the best candidate so far with each further convolution in float
     (greedy forward selection; it stops early when no convolution improves the best)."""
     import onnx
@@ -154,34 +164,39 @@ def _quantize(fp32: Path, out: Path, predictor: Predictor, spec: ModelSpec, cali
     reference = predictor.logits(selection[0])
     candidates: list[dict[str, Any]] = []
 
-    def measure(name: str, cache: Path, label: str, extra: list[str], fallback: dict[str, str]) -> None:
+    def measure(name: str, cache: Path, label: str, extra: list[str], fallback: dict[str, str], weight: str) -> None:
         path = tmp / f"candidate-{len(candidates)}.onnx"
-        _quantize_with(prepared, path, cache, head + extra)
+        _quantize_with(prepared, path, cache, head + extra, weight)
         errors = _selection_error(spec, reference, Predictor(spec, backend=OnnxBackend(path)).logits(selection[0]))
-        candidates.append({"calibration_method": name, "float_layers": label, "float_nodes": len(head) + len(extra),
-                           **errors, "path": path, "range_fallback": fallback, "extra": extra})
+        candidates.append({"calibration_method": name, "weight_type": weight, "float_layers": label,
+                           "float_nodes": len(head) + len(extra), **errors, "path": path, "range_fallback": fallback,
+                           "extra": extra})
 
     caches: dict[str, tuple[Path, dict[str, str]]] = {}
     for name in RANGE_METHODS if method == "auto" else (method,):
         ranges, fallback = activation_ranges(prepared, calibration_batches(predictor, calibration[0]), name)
         caches[name] = (tmp / f"ranges-{name}.json", fallback)
         write_calibration_cache(ranges, caches[name][0])
-        measure(name, caches[name][0], "head", [], fallback)
+        for weight in WEIGHT_TYPES if weights == "auto" else (weights,):
+            measure(name, caches[name][0], "head", [], fallback, weight)
     if method == "auto":
-        name = min(candidates, key=_rank)["calibration_method"]
+        best = min(candidates, key=_rank)
+        name, weight = best["calibration_method"], best["weight_type"]
         for label, extra in _extra_float_sets(model, head).items():
-            measure(name, caches[name][0], label, extra, caches[name][1])
+            measure(name, caches[name][0], label, extra, caches[name][1], weight)
     for _ in range(float_search):
         start = min(candidates, key=_rank)
         for segment in conv_segments(model, head):
             if segment[0] not in start["extra"]:
                 measure(start["calibration_method"], caches[start["calibration_method"]][0],
-                        f"{start['float_layers']}+{segment[0]}", start["extra"] + segment, start["range_fallback"])
+                        f"{start['float_layers']}+{segment[0]}", start["extra"] + segment, start["range_fallback"],
+                        start["weight_type"])
         if min(candidates, key=_rank) is start:
             break
     best = min(candidates, key=_rank)
     best["path"].replace(out)
-    return {"calibration_method": best["calibration_method"], "float_layers": best["float_layers"],
+    return {"calibration_method": best["calibration_method"], "weight_type": best["weight_type"],
+            "float_layers": best["float_layers"],
             "float_nodes": best["float_nodes"], "range_fallback": best["range_fallback"],
             "selection_images": len(selection[0]), "float_search": float_search,
             "candidates": [{k: v for k, v in c.items() if k not in ("path", "range_fallback", "extra")} for c in candidates]}
@@ -226,11 +241,12 @@ def conv_segments(model: Any, head: list[str]) -> list[list[str]]:
     return segments
 
 
-def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str]) -> None:
+def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str], weights: str = "int8") -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(str(prepared), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, calibration_cache_path=str(cache))
 
 
