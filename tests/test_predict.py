@@ -291,10 +291,13 @@ def test_int8_export_keeps_head_in_float_and_reports_parity(int8_model, tiny_roo
     report = json.loads(parity_path(int8_model).read_text())
     assert record["quantization"] == report and report["images"] == 30 and report["calibration_images"] == 24
     assert report["decision_agreement"] >= report["min_agreement"] == 0.9
-    # --calibration-method auto (the default): three range methods, then three float-layer sets for the best
-    assert len(report["candidates"]) == 6 and report["selection_images"] == 30
+    # --calibration-method auto and --weight-type auto (the defaults): three range methods with both weight types,
+    # then three float-layer sets for the best
+    assert len(report["candidates"]) == 9 and report["selection_images"] == 30
+    assert [c["weight_type"] for c in report["candidates"][:6]] == ["int8", "uint8"] * 3
     best = min(report["candidates"], key=lambda c: (c["mean_calibrated_logit_change"], -c["agreement"], c["float_nodes"]))
-    assert (report["calibration_method"], report["float_layers"]) == (best["calibration_method"], best["float_layers"])
+    assert [report[k] for k in ("calibration_method", "weight_type", "float_layers")] == [
+        best[k] for k in ("calibration_method", "weight_type", "float_layers")]
     graph = onnx.load(str(int8_model)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised
