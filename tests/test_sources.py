@@ -209,6 +209,7 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
     from lungcnn.data.synthetic import make_synthetic_dataset
     from lungcnn.evaluation.per_source import _figures
     from lungcnn.inference.schema import Table
+    from lungcnn.models.checkpoint import load_checkpoint
     from tests.conftest import tiny_overrides
 
     a = make_synthetic_dataset(tmp_path / "a", n_patients={"benign": 3, "malignant": 3}, slices_per_patient=2,
@@ -221,10 +222,17 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
     overrides = ["experiment=multisource", *tiny_overrides(a)[1:], "data.root=null", sources, "data.image_size=48",
                  "trainer.max_epochs=1", "callbacks.finetune.stage1_epochs=1", "data.val_fraction=0.34"]
     out = tmp_path / "loso"
-    assert cv.main(["run", str(out), "--by-source", *overrides, "--n-resamples", "20"]) == 0
+    with pytest.raises(SystemExit):  # refused before any training, not ignored
+        cv.main(["run", str(out), "--by-source", *overrides, "--calibrate", "guard_margin=1.2"])
+    assert "not options of lungcnn.calibrate" in capsys.readouterr().err and not out.exists()
+    assert cv.main(["run", str(out), "--by-source", *overrides, "--n-resamples", "20",
+                    "--calibrate", "target_sensitivity=0.9"]) == 0
     assert "| a |" in capsys.readouterr().out
     summary = json.loads((out / "by_source.json").read_text())
-    assert summary["sources"] == ["a", "b"]
+    assert summary["sources"] == ["a", "b"] and summary["calibration"] == {"target_sensitivity": 0.9}
+    for name in ("a", "b"):  # each held-out job was calibrated with the options given
+        spec = load_checkpoint(out / name / "checkpoints" / "best.calibrated.ckpt")[0]
+        assert spec.calibration.details["target_sensitivity"] == 0.9
     for name, other in (("a", "b"), ("b", "a")):
         split = pd.read_csv(out / name / "split.csv")
         assert set(split.loc[split["split"] == "test", "source"]) == {name}

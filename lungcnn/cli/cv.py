@@ -52,12 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 @friendly_errors
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
-    result, out = None, None
+    result, out, calibration = None, None, repeated.calibration_options(getattr(a, "calibrate", []))
     if a.command == "run" and a.by_source:
-        text = by_source.run(a.out, a.overrides, a.ckpt, a.n_resamples, a.seed)["markdown"]
+        text = by_source.run(a.out, a.overrides, a.ckpt, a.n_resamples, a.seed, calibration)["markdown"]
     elif a.command == "run":
         text = repeated.format_summary(repeated.run(a.out, a.overrides, a.repeats, a.folds, a.first_seed, a.ckpt,
-                                                    repeated.calibration_options(a.calibrate), a.report, a.n_resamples))
+                                                    calibration, a.report, a.n_resamples))
     elif a.command == "crossfit":
         text = repeated.crossfit(a.out, a.method, a.target_sensitivity, a.report_dir, a.n_resamples, a.apply, a.to,
                                  a.ensemble)["text"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,11 @@ def train_holdouts(out: Path, overrides: Sequence[str], names: Sequence[str]) ->
         raise RuntimeError(f"training the held-out sources failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
-def predict_holdout(job: Path, ckpt: str = "best") -> Path:
+def predict_holdout(job: Path, ckpt: str = "best", calibration: Mapping[str, Any] | None = None) -> Path:
     """The job's checkpoint calibrated on its validation split (the other sources) and evaluated on its held-out
-    source (`lungcnn calibrate` / `lungcnn evaluate`, each source read in its own rendering, through training's
-    feature cache where the backbone was frozen); returns the evaluation's predictions.csv."""
+    source (`lungcnn calibrate` with `calibration`'s options / `lungcnn evaluate`, each source read in its own
+    rendering, through training's feature cache where the backbone was frozen); returns the evaluation's
+    predictions.csv."""
     from lungcnn.calibration.fit import calibrate
     from lungcnn.evaluation.evaluate import evaluate
     from lungcnn.features.data import run_cache_dir
@@ -74,24 +75,29 @@ def predict_holdout(job: Path, ckpt: str = "best") -> Path:
         return out
     cache = run_cache_dir(job)
     calibrated = job / "checkpoints" / f"{ckpt}.calibrated.ckpt"
-    calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, feature_cache=cache)
+    calibrate(job / "checkpoints" / f"{ckpt}.ckpt", calibrated, overwrite=True, feature_cache=cache, **(calibration or {}))
     evaluate(calibrated, out_dir=str(job / HOLDOUT_DIR), n_resamples=200, feature_cache=cache,
              gradcam_images=0)
     return out
 
 
 def run(out: str | Path, overrides: Sequence[str] = (), ckpt: str = "best", n_resamples: int = 1000,
-        seed: int = 0) -> dict[str, Any]:
-    """Train (what is missing), predict each held-out source, score it; write and return OUT/by_source.json."""
+        seed: int = 0, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train (what is missing), predict each held-out source, score it; write and return OUT/by_source.json.
+    `calibration`: `lungcnn calibrate`'s options (`lungcnn cv run --calibrate KEY=VALUE`), checked before training."""
+    from lungcnn.evaluation.repeated import check_calibration
+
+    check_calibration(calibration or {})
     out = Path(out)
     names = source_names(overrides)
     train_holdouts(out, overrides, names)
     frames = []
     for name in names:
         job = out / name
-        frames.append(scored_frame(predict_holdout(job, ckpt), _groups(job / "split.csv")))
+        frames.append(scored_frame(predict_holdout(job, ckpt, calibration), _groups(job / "split.csv")))
     table = per_source_table(pd.concat(frames, ignore_index=True), n_resamples, seed)
-    summary = {"out": str(out), "overrides": list(overrides), "checkpoint": ckpt, "sources": names,
+    summary = {"out": str(out), "overrides": list(overrides), "checkpoint": ckpt, "calibration": dict(calibration or {}),
+               "sources": names,
                "n_resamples": n_resamples, "seed": seed, "per_source": table, "markdown": markdown(table)}
     write_json(out / SUMMARY_FILE, summary)
     return summary
