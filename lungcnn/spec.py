@@ -28,6 +28,13 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import plain
 from lungcnn.task import Task, make_task
 
+# Which pooled backbone features the head reads (model.features, `models.backbone.create_backbone`):
+# - head: the ImageNet network's own pooled features, after its last 1x1 convolution (1280 for MobileNetV2), as timm
+#   gives them;
+# - blocks: the last block's output (320 for MobileNetV2), before that convolution, which was trained for ImageNet's
+#   classes (measured, not adopted: docs/results/sources.md, "Which backbone features").
+FEATURES = ("head", "blocks")
+
 FORMAT = "lungcnn-checkpoint/2"
 CALIBRATION_METHODS = ("none", "temperature", "isotonic")
 TTA_MODES = ("none", "flip")
@@ -57,7 +64,7 @@ class NetworkSpec:
         backbone: a timm model name (e.g. `mobilenetv2_100`).
         hidden: width of the head's hidden layer (>= 1), or 0 for a linear head (dropout -> Linear(F, outputs)).
         dropout: dropout probability in [0, 1).
-        features: which pooled backbone features the head reads (`models.backbone.FEATURES`): `head`, the ImageNet
+        features: which pooled backbone features the head reads (`FEATURES`): `head`, the ImageNet
             network's own (after its last 1x1 convolution), or `blocks`, the last block's (before it). `head` where
             the setting is missing (older checkpoints).
     """
@@ -74,8 +81,8 @@ class NetworkSpec:
             raise LungCNNInputError(f"head hidden width must be an integer >= 0 (0: linear), got {self.hidden!r}")
         if not 0.0 <= _finite(self.dropout, "head dropout") < 1.0:
             raise LungCNNInputError(f"head dropout must be in [0, 1), got {self.dropout}")
-        if self.features not in ("head", "blocks"):
-            raise LungCNNInputError(f"network features must be 'head' or 'blocks', got {self.features!r}")
+        if self.features not in FEATURES:
+            raise LungCNNInputError(f"network features must be one of {FEATURES}, got {self.features!r}")
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_calibration_cache(ranges, cache)
             for segment in quantize.conv_segments(model, head)[: args.alone]:
                 out = Path(tmp) / "alone.onnx"
-                quantize._quantize_with(prepared, out, cache, [n.name for n in model.graph.node if n.name not in segment])
+                quantize._quantize_with(prepared, out, cache, [n.name for n in model.graph.node if n.name not in segment], "int8")
                 z = Predictor(spec, backend=OnnxBackend(out)).logits(images)
                 rows[f"only {segment[0]} in int8"] = compare(spec, base, z, labels)
     if args.out:

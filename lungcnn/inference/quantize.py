@@ -241,7 +241,7 @@ def conv_segments(model: Any, head: list[str]) -> list[list[str]]:
     return segments
 
 
-def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str], weights: str = "int8") -> None:
+def _quantize_with(prepared: Path, out: Path, cache: Path, exclude: list[str], weights: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(str(prepared), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,

@@ -23,15 +23,9 @@ import torch
 from torch import nn
 
 from lungcnn.errors import LungCNNInputError, require_choice
+from lungcnn.spec import FEATURES
 
 PRETRAINED = ("imagenet", "hub", "none")
-# Which pooled features the head reads (model.features):
-# - head: the ImageNet network's own pooled features, after its last 1x1 convolution (1280 for MobileNetV2), as timm
-#   gives them;
-# - blocks: the last block's output (320 for MobileNetV2), before that convolution. The 1x1 convolution was trained
-#   for ImageNet's classes; without it a probe carried much better to CT sources it never saw
-#   (docs/results/sources.md, "Which features").
-FEATURES = ("head", "blocks")
 
 
 def _packaged_weights(backbone: str, package: str, module: str, file: str) -> Callable[[], Path]:
