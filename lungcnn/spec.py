@@ -67,12 +67,15 @@ class NetworkSpec:
         features: which pooled backbone features the head reads (`FEATURES`): `head`, the ImageNet
             network's own (after its last 1x1 convolution), or `blocks`, the last block's (before it). `head` where
             the setting is missing (older checkpoints).
+        standardize: the head standardises the pooled features first, with the training split's mean and
+            standard deviation (in the checkpoint's state). False where the setting is missing.
     """
 
     backbone: str
     hidden: int = 128
     dropout: float = 0.2
     features: str = "head"
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -83,6 +86,8 @@ class NetworkSpec:
             raise LungCNNInputError(f"head dropout must be in [0, 1), got {self.dropout}")
         if self.features not in FEATURES:
             raise LungCNNInputError(f"network features must be one of {FEATURES}, got {self.features!r}")
+        if not isinstance(self.standardize, bool):
+            raise LungCNNInputError(f"network standardize must be true or false, got {self.standardize!r}")
 
 
 @dataclass(frozen=True)
@@ -401,10 +406,10 @@ class ModelSpec:
     @classmethod
     def for_training(cls, task: str, class_names: Sequence[str], backbone: str, hidden: int, dropout: float,
                      preprocessing: Mapping[str, Any], data: Mapping[str, Any] | None = None,
-                     features: str = "head") -> ModelSpec:
+                     features: str = "head", standardize: bool = False) -> ModelSpec:
         """A freshly trained model: no calibration, threshold 0.5, until `lungcnn.calibrate` runs."""
         pre = {k: v for k, v in preprocessing.items() if k in _fields(Preprocessing)}
-        network = NetworkSpec(backbone, int(hidden), float(dropout), str(features))
+        network = NetworkSpec(backbone, int(hidden), float(dropout), str(features), bool(standardize))
         return cls(make_task(task, class_names), network, Preprocessing(**pre),
                    data=dict(data or {}), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 

@@ -157,6 +157,43 @@ def test_the_last_block_s_features_round_trip_through_a_checkpoint(tmp_path, tin
     assert build_network(spec, state)(torch.zeros(2, 3, 64, 64)).shape == (2,)
 
 
+def test_standardize_fits_the_training_statistics():
+    from lungcnn.models.net import Standardize
+
+    x = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
+    scaler = Standardize(3)
+    assert not scaler.fitted and torch.equal(scaler(x), x)  # identity until fitted
+    scaler.fit(x)
+    out = scaler(x)
+    torch.testing.assert_close(out[:, [0, 2]].mean(0), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, [0, 2]].std(0), torch.ones(2))
+    assert torch.equal(out[:, 1], torch.zeros(3))  # a constant feature is centred, not divided by zero
+    with pytest.raises(ValueError, match="Standardize.fit"):
+        scaler.fit(torch.zeros(5, 4))
+
+
+def test_a_standardized_head_is_fitted_on_the_training_split_with_or_without_the_cache(tiny_root, tmp_path):
+    """model.standardize=true: the head's statistics are the training split's features' (unaugmented), the same
+    whether the head trains on images (computed from them when training starts) or on cached features (read from
+    the cache), kept in the checkpoint and used when it is rebuilt."""
+    from lungcnn.models.checkpoint import build_network
+    from lungcnn.models.net import Standardize
+
+    extra = ("model.standardize=true", "model.hidden=0", "trainer.max_epochs=1")
+    from_images = _run(tmp_path, tiny_root, "images", "feature_cache.enabled=false", *extra)
+    from_cache = _run(tmp_path, tiny_root, "cached", *extra)
+    spec_a, state_a = load_checkpoint(from_images["best_checkpoint"])
+    spec_b, state_b = load_checkpoint(from_cache["best_checkpoint"])
+    assert spec_a.network.standardize and spec_b.network.standardize
+    for key in ("head.0.mean", "head.0.scale", "head.2.weight"):
+        torch.testing.assert_close(state_b[key], state_a[key], atol=1e-4, rtol=1e-4)
+    assert bool(state_a["head.0.fitted"]) and state_a["head.0.scale"].ne(1).any()
+    net = build_network(spec_a, state_a)
+    assert isinstance(net.head[0], Standardize) and net(torch.zeros(2, 3, 64, 64)).shape == (2,)
+    # An older checkpoint's spec (no such setting) rebuilds the plain head.
+    assert not type(spec_a.network)(spec_a.network.backbone).standardize
+
+
 def test_a_lung_crop_is_keyed_by_the_lung_field_step_s_version(monkeypatch):
     """Cached features of lung-cropped images are stale once the lung-field step finds other boxes."""
     from lungcnn.data import lungcrop

@@ -267,6 +267,11 @@ class LungCTDataModule(L.LightningDataModule):
         return self._loader(dataset, workers, sampler=sampler, generator=torch.Generator().manual_seed(self.seed),
                             drop_last=len(labels) > self.batch_size)
 
+    def training_features_loader(self) -> DataLoader:
+        """The training split unaugmented, in file order: what the head's standardisation is fitted on."""
+        images, labels = self._subset("train")
+        return self._loader(CachedImages(images, labels, self.eval_transform))
+
     def val_dataloader(self) -> DataLoader:
         return self._loader(CachedImages(*self._subset("val"), self.eval_transform))
 

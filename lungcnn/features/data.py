@@ -70,6 +70,9 @@ class FeatureDataModule(L.LightningDataModule):
         features, labels = self._subset("train")
         return self.images.training_loader(CachedFeatures(features, labels), labels, self.trainer, workers=0)
 
+    def training_features_loader(self) -> DataLoader:
+        return self.images._loader(CachedFeatures(*self._subset("train")), workers=0)
+
     def val_dataloader(self) -> DataLoader:
         return self.images._loader(CachedFeatures(*self._subset("val")), workers=0)
 

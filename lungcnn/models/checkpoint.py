@@ -47,7 +47,7 @@ def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.n
     from lungcnn.models.net import LungNet
 
     net = LungNet(spec.network.backbone, spec.task.outputs, spec.network.hidden, spec.network.dropout, pretrained="none",
-                  features=spec.network.features)
+                  features=spec.network.features, standardize=spec.network.standardize)
     try:
         net.load_state_dict(split_state(state)[0], strict=True)
     except RuntimeError as e:

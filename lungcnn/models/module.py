@@ -31,6 +31,7 @@ class LungClassifier(L.LightningModule):
         pretrained: str = "imagenet",
         weights_file: str | None = None,
         features: str = "head",
+        standardize: bool = False,
         hidden: int = 128,
         dropout: float = 0.2,
         head_lr: float = 1e-3,
@@ -44,7 +45,8 @@ class LungClassifier(L.LightningModule):
     ) -> None:
         """`optimizer`: a partial optimizer (`model.optimizer`, Hydra `_partial_: true`) given the trainable
         parameters; None: AdamW at `head_lr` with `weight_decay`. The fine-tuning callback adds backbone layers to
-        it in stage 2 at `head_lr / lr_divisor`."""
+        it in stage 2 at `head_lr / lr_divisor`. `standardize`: the head standardises the pooled features with
+        the training split's statistics, fitted when training starts (`on_fit_start`)."""
         super().__init__()
         check_optimizer(head_lr, weight_decay)
         if optimizer is not None and not callable(optimizer):
@@ -52,7 +54,7 @@ class LungClassifier(L.LightningModule):
         self.optimizer = optimizer
         self.save_hyperparameters(ignore=["optimizer"])  # a partial is code, not a plain type: weights_only refuses it
         self.task = make_task(task, class_names)
-        self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file, features)
+        self.net = LungNet(backbone, self.task.outputs, hidden, dropout, pretrained, weights_file, features, standardize)
         if channels_last:  # NHWC: about 1.6x faster training steps for depthwise convolutions on CPU
             self.net.to(memory_format=torch.channels_last)
         self.loss = self.task.make_loss(pos_weight, class_weights)
@@ -68,6 +70,19 @@ class LungClassifier(L.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net.backbone(x)
+
+    def on_fit_start(self) -> None:
+        scaler = self.net.head.standardize
+        if scaler is None or bool(scaler.fitted):  # a resumed run keeps the statistics it started with
+            return
+        # The training split unaugmented, as images or as cached features (either data module).
+        loader = self.trainer.datamodule.training_features_loader()
+        backbone_mode = self.net.backbone.training
+        self.net.backbone.eval()
+        with torch.no_grad():
+            features = torch.cat([x.to(self.device) if x.ndim == 2 else self.features(x.to(self.device)) for x, _ in loader])
+        self.net.backbone.train(backbone_mode)
+        scaler.fit(features)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -103,5 +118,5 @@ class LungClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         h = self.hparams
         spec = ModelSpec.for_training(h.task, h.class_names, h.backbone, h.hidden, h.dropout, h.preprocessing or {}, h.data,
-                                      features=h.features)
+                                      features=h.features, standardize=h.standardize)
         checkpoint["lungcnn"] = spec.to_metadata()

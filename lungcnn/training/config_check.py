@@ -58,7 +58,7 @@ def _check_model(cfg: DictConfig, class_names: list[str]) -> None:
                                 "use model.task=multiclass")
     make_task(model["task"], class_names)
     check_backbone(model["backbone"], model["pretrained"], model["weights_file"], model["features"])
-    check_head(model["hidden"], model["dropout"])
+    check_head(model["hidden"], model["dropout"], model["standardize"])
     check_optimizer(model["head_lr"], model["weight_decay"])
 
 
