@@ -143,3 +143,29 @@ def test_real_slices_of_unseen_series_pass_and_non_ct_is_flagged():
     assert np.mean([p.in_domain for p in new]) >= 0.9
     others = guarded.predict_files([MR, get_testdata_file("examples_jpeg2k.dcm")])
     assert [p.in_domain for p in others] == [False, False]
+
+
+def test_a_standardizing_head_s_guard_measures_the_standardized_features(tiny_root, tmp_path):
+    """model.standardize=true: the bank holds the training images' features as the head reads them, and PyTorch
+    and ONNX score images the same way, so a training image lies on its own bank entry (score ~0)."""
+    import pandas as pd
+
+    from lungcnn.calibration.fit import calibrate
+    from lungcnn.models.checkpoint import build_network
+    from lungcnn.training.train import train
+    from tests.conftest import make_cfg, tiny_overrides
+
+    run = tmp_path / "std"
+    result = train(make_cfg(run, [*tiny_overrides(tiny_root), "experiment=iqothnccd", "data.augment=[]",
+                                  "model.standardize=true", "trainer.max_epochs=1"]))
+    ckpt = tmp_path / "std.calibrated.ckpt"
+    calibrate(result["best_checkpoint"], ckpt)
+    spec, state = load_checkpoint(ckpt)
+    assert spec.network.standardize and build_network(spec, state).head.standardize is not None
+    split = pd.read_csv(run / "split.csv")
+    train_files = [tiny_root / f for f in split.loc[split["split"] == "train", "file"][:4]]
+    onnx_path, _ = export_onnx(ckpt, tmp_path / "std.onnx")
+    onnx_spec, backend = load_onnx(onnx_path)
+    for predictor in (Predictor.from_checkpoint(ckpt), Predictor(onnx_spec, backend=backend)):
+        scores = [p.domain_score for p in predictor.predict_files(train_files)]
+        np.testing.assert_allclose(scores, 0, atol=3e-3)
