@@ -350,3 +350,23 @@ def test_cv_source_figures_scores_one_source_of_a_multi_source_cv(tmp_path, caps
     # IQ-OTH/NCCD without its normal slice: malignant 0.9, 0.4 vs benign 0.2, 0.6 -> AUC 0.75; one malignant not judged.
     assert "'slices': 4" in out and "'slice_roc_auc': 0.75" in out and "'series_roc_auc': 0.75" in out
     assert "'sensitivity_judged': '1/1'" in out and "'specificity_judged': '1/2'" in out
+
+
+def test_the_multi_source_recipe_is_the_standardised_linear_head_and_its_finetune_variant_is_not(tmp_path):
+    """experiment=multisource composes model=mobilenetv2_linear (the probe's shape: last-block features, standardised,
+    linear, SGD with L2), and the optimizer it builds takes those settings; experiment=multisource_finetune keeps the
+    MLP head and AdamW it was measured with (docs/results/sources.md)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, ["experiment=multisource"])
+    assert (cfg.model.features, cfg.model.standardize, cfg.model.hidden, cfg.model.dropout) == ("blocks", True, 0, 0.0)
+    optimizer = instantiate(cfg.model.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["weight_decay"] == 0.02 and optimizer.defaults["momentum"] == 0.9
+    finetune = make_cfg(tmp_path, ["experiment=multisource_finetune"])
+    assert (finetune.model.features, finetune.model.standardize, finetune.model.hidden) == ("head", False, 128)
+    assert isinstance(instantiate(finetune.model.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.AdamW)
+    assert finetune.data.sources == cfg.data.sources  # the same sources, only the head and schedule differ
