@@ -227,8 +227,7 @@ class DomainGuard:
     """When not to answer: an image whose domain score exceeds `threshold` is out of the model's domain.
 
     The score (`lungcnn.models.guard.KnnDistance`) is the distance of the image's L2-normalised pooled backbone
-    features (standardised first where the head standardises them: `LungNet.guard_input`) to the k-th nearest of
-    `bank_size` training images' (the bank is in the checkpoint's state).
+    features to the k-th nearest of `bank_size` training images' (the bank is in the checkpoint's state).
     The threshold is chosen on images of series the model never saw (the grouped validation split: new
     patients), never on training slices, whose neighbours in the bank are near copies of themselves.
 

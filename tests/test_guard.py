@@ -145,9 +145,10 @@ def test_real_slices_of_unseen_series_pass_and_non_ct_is_flagged():
     assert [p.in_domain for p in others] == [False, False]
 
 
-def test_a_standardizing_head_s_guard_measures_the_standardized_features(tiny_root, tmp_path):
-    """model.standardize=true: the bank holds the training images' features as the head reads them, and PyTorch
-    and ONNX score images the same way, so a training image lies on its own bank entry (score ~0)."""
+def test_a_standardizing_head_s_guard_measures_the_raw_features_alike_everywhere(tiny_root, tmp_path):
+    """model.standardize=true: the guard's bank holds the training images' raw pooled features (not the head's
+    standardised ones: those let non-CT files through, docs/results/sources.md), calibrate fits it and PyTorch and
+    ONNX score images the same way, so a training image lies on its own bank entry (score ~0)."""
     import pandas as pd
 
     from lungcnn.calibration.fit import calibrate
@@ -161,7 +162,8 @@ def test_a_standardizing_head_s_guard_measures_the_standardized_features(tiny_ro
     ckpt = tmp_path / "std.calibrated.ckpt"
     calibrate(result["best_checkpoint"], ckpt)
     spec, state = load_checkpoint(ckpt)
-    assert spec.network.standardize and build_network(spec, state).head.standardize is not None
+    net = build_network(spec, state)
+    assert spec.network.standardize and net.head.standardize is not None
     split = pd.read_csv(run / "split.csv")
     train_files = [tiny_root / f for f in split.loc[split["split"] == "train", "file"][:4]]
     onnx_path, _ = export_onnx(ckpt, tmp_path / "std.onnx")
@@ -169,3 +171,15 @@ def test_a_standardizing_head_s_guard_measures_the_standardized_features(tiny_ro
     for predictor in (Predictor.from_checkpoint(ckpt), Predictor(onnx_spec, backend=backend)):
         scores = [p.domain_score for p in predictor.predict_files(train_files)]
         np.testing.assert_allclose(scores, 0, atol=3e-3)
+    # The bank is the raw features: a training image's raw features lie on a bank row, its standardised ones do not.
+    from lungcnn.models.guard import pooled_features
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    raw = pooled_features(net, [predictor.normalise(predictor.read(train_files[:1])[0])])
+    bank = torch.nn.functional.normalize(state["guard.bank"].float(), dim=1)
+    for features, distance in ((raw, 0.0), (net.head.standardize(raw), None)):
+        nearest = (torch.nn.functional.normalize(features, dim=1) @ bank.T).max().item()
+        if distance == 0.0:
+            assert nearest == pytest.approx(1.0, abs=1e-4)
+        else:
+            assert nearest < 0.999

@@ -63,9 +63,8 @@ def fit_guard_on_splits(predictor, val: Labelled, config: GuardConfig, val_note:
     train = labelled_images(spec.data, spec.preprocessing, spec.class_names, "train")
     groups = train.frame["group"].to_numpy(str)[train.readable]
 
-    def features(data: Labelled) -> torch.Tensor:  # as the guard will measure them (`LungNet.guard_input`)
-        with torch.inference_mode():
-            return predictor.net.guard_input(torch.from_numpy(predictor.backbone_features(data, feature_cache, batch_size)))
+    def features(data: Labelled) -> torch.Tensor:
+        return torch.from_numpy(predictor.backbone_features(data, feature_cache, batch_size))
 
     return fit_guard(features(train), groups, features(val), config, val_note)
 

@@ -122,7 +122,7 @@ class TorchBackend:
 
         with torch.inference_mode():
             f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-            scores = None if self.guard is None else self.guard(self.net.guard_input(f)).float().cpu().numpy()
+            scores = None if self.guard is None else self.guard(f).float().cpu().numpy()
             return self.net.logits_of(f).float().cpu().numpy(), scores
 
 

@@ -3,13 +3,13 @@
 A classifier's probabilities say nothing about images unlike its training images (an MR, a photograph, a
 flat square all came out "malignant" at P ~ 0.999). The guard scores how far an image's pooled backbone
 features lie from the training images' (Sun et al. 2022, "Out-of-distribution detection with deep nearest
-neighbors"): features (as the head reads them: standardised where it standardises) are L2-normalised, and
-the score is the Euclidean distance to the k-th nearest training image (0 = identical direction, 2 = opposite).
-Measured here it separated new patients of the training source from non-CT files far better than a Mahalanobis
-distance (README, "Knowing when not to answer"). With a standardising head, a chest CT source never trained on
-was flagged far less often at the same rejection of non-CT, inverted and non-lung images together with the lung
-check (docs/results/sources.md). The reference bank is a buffer, so it lives in the checkpoint's state (`guard.bank`, loaded with
-weights_only) and is traced into the ONNX graph with the network; the threshold lives in `spec.DomainGuard`.
+neighbors"): features are L2-normalised, and the score is the Euclidean distance to the k-th nearest
+training image (0 = identical direction, 2 = opposite). Measured here it separated new patients of the
+training source from non-CT files far better than a Mahalanobis distance (README, "Knowing when not to
+answer"). A standardising head's guard still measures the raw features: measured on the standardised ones, the
+multi-source model's threshold rose above almost every non-CT file's score (docs/results/sources.md). The
+reference bank is a buffer, so it lives in the checkpoint's state (`guard.bank`, loaded with weights_only) and is
+traced into the ONNX graph with the network; the threshold lives in `spec.DomainGuard`.
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ def pooled_features(net: nn.Module, batches) -> torch.Tensor:
 
 def guarded_forward(net: torch.nn.Module, guard: torch.nn.Module | None,
                     x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits, domain scores or None) of a LungNet and its guard, from one pass through the backbone; the guard
-    measures `LungNet.guard_input`."""
+    """(logits, domain scores or None) of a LungNet and its guard, from one pass through the backbone."""
     if guard is None:
         return net(x), None
     features = net.backbone(x)
-    return net.logits_of(features), guard(net.guard_input(features))
+    return net.logits_of(features), guard(features)

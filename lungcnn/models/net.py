@@ -85,13 +85,6 @@ class LungNet(nn.Module):
         return self.logits_of(self.backbone(x))
 
     def logits_of(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (N, F) -> logits."""
+        """Pooled backbone features (N, F) -> logits; the domain guard reads the same features, unstandardised."""
         logits = self.head(features)
         return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
-
-    def guard_input(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (N, F) -> what the domain guard measures: the features as the head reads them
-        (standardised where the head standardises), so that the guard's distance and the head weigh each feature
-        on the same scale."""
-        scaler = self.head.standardize
-        return features if scaler is None else scaler(features)
