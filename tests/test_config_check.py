@@ -70,6 +70,7 @@ BAD = [
     ("model.hidden=-1", "model.hidden"),
     ("model.features=last", "model.features"),
     ("model.features=blocks model.backbone=resnet18", "model.features"),
+    ("model.standardize=maybe", "model.standardize"),
     ("callbacks.finetune.stage1_epochs=-1", "callbacks.finetune.stage1_epochs"),
     ("callbacks.finetune.stage1_epochs=20 trainer.max_epochs=10", "callbacks.finetune.stage1_epochs"),
     ("callbacks.finetune.unfreeze_top_n=-3", "callbacks.finetune.unfreeze_top_n"),

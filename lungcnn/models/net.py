@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lungcnn.errors import LungCNNInputError, require_int, require_number
+from lungcnn.errors import require_bool, require_int, require_number
 from lungcnn.models.backbone import create_backbone
 
 
@@ -19,8 +19,7 @@ def check_head(hidden: int, dropout: float, standardize: bool = False) -> None:
     construction."""
     require_int("model.hidden", hidden, 0)
     require_number("model.dropout", dropout, 0, 1, low_open=False)
-    if not isinstance(standardize, bool):
-        raise LungCNNInputError(f"model.standardize must be true or false, got {standardize!r}")
+    require_bool("model.standardize", standardize)
 
 
 class Standardize(nn.Module):
