@@ -41,7 +41,8 @@ from lungcnn.data.rendering import render
 from lungcnn.data.sources import parse_sources, scan_sources
 from lungcnn.data.transforms import CROPS, build_transform, to_model_grid
 from lungcnn.evaluation.by_source import markdown, per_source_table
-from lungcnn.models.backbone import FEATURES, create_backbone, normalization_for
+from lungcnn.models.backbone import create_backbone, normalization_for
+from lungcnn.spec import FEATURES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224

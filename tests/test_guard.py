@@ -168,18 +168,18 @@ def test_a_standardizing_head_s_guard_measures_the_raw_features_alike_everywhere
     train_files = [tiny_root / f for f in split.loc[split["split"] == "train", "file"][:4]]
     onnx_path, _ = export_onnx(ckpt, tmp_path / "std.onnx")
     onnx_spec, backend = load_onnx(onnx_path)
-    for predictor in (Predictor.from_checkpoint(ckpt), Predictor(onnx_spec, backend=backend)):
+    torch_predictor = Predictor.from_checkpoint(ckpt)
+    for predictor in (torch_predictor, Predictor(onnx_spec, backend=backend)):
         scores = [p.domain_score for p in predictor.predict_files(train_files)]
         np.testing.assert_allclose(scores, 0, atol=3e-3)
     # The bank is the raw features: a training image's raw features lie on a bank row, its standardised ones do not.
     from lungcnn.models.guard import pooled_features
 
-    predictor = Predictor.from_checkpoint(ckpt)
-    raw = pooled_features(net, [predictor.normalise(predictor.read(train_files[:1])[0])])
+    raw = pooled_features(net, [torch_predictor.normalise(torch_predictor.read(train_files[:1])[0])])
     bank = torch.nn.functional.normalize(state["guard.bank"].float(), dim=1)
-    for features, distance in ((raw, 0.0), (net.head.standardize(raw), None)):
-        nearest = (torch.nn.functional.normalize(features, dim=1) @ bank.T).max().item()
-        if distance == 0.0:
-            assert nearest == pytest.approx(1.0, abs=1e-4)
-        else:
-            assert nearest < 0.999
+
+    def nearest_cosine(features: torch.Tensor) -> float:
+        return (torch.nn.functional.normalize(features, dim=1) @ bank.T).max().item()
+
+    assert nearest_cosine(raw) == pytest.approx(1.0, abs=1e-4)
+    assert nearest_cosine(net.head.standardize(raw)) < 0.999
