@@ -4,7 +4,9 @@
 single-source one on that source's own question (IQ-OTH/NCCD: benign vs malignant, normal slices left out), this
 reads each fold's report/predictions.csv and split.csv and prints, per repeat: slice ROC-AUC, series ROC-AUC (mean
 of the 3 most suspicious slices of a series, as the series rule), and sensitivity / specificity over the slices
-judged at each fold's operating point.
+judged at each fold's operating point; series sensitivity / specificity at each fold's operating point (the
+series' score against the fold's calibrated threshold, the product's rule when no series threshold is set); and
+the slices' expected calibration error (calibrated probability, 15 bins, as every report).
 
     python scripts/cv_source_figures.py OUT [--source iqothnccd] [--drop "Normal cases"]
 """
@@ -12,6 +14,7 @@ judged at each fold's operating point.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,25 +22,32 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from lungcnn.data.aggregation import aggregate
+from lungcnn.metrics.classification import binary_metrics
 
 
 def fold_table(fold: Path) -> pd.DataFrame:
     table = pd.read_csv(fold / "report" / "predictions.csv", dtype={"file": str, "label": str, "decision": str})
     groups = pd.read_csv(fold / "split.csv", dtype={"file": str, "group": str}).set_index("file")["group"]
-    return table.assign(group=table["file"].map(groups))
+    threshold = json.loads((fold / "report" / "report.json").read_text())["threshold_calibrated"]
+    return table.assign(group=table["file"].map(groups), threshold=threshold)
 
 
 def figures(table: pd.DataFrame, positive: str = "malignant") -> dict[str, float]:
     y = (table["label"] == positive).to_numpy(int)
     p = table[f"probability_{positive}"].to_numpy(float)
-    series = table.assign(y=y, p=p).groupby("group").agg(y=("y", "max"), p=("p", lambda v: aggregate("topk_mean", v, 3)))
+    series = table.assign(y=y, p=p).groupby("group").agg(y=("y", "max"), p=("p", lambda v: aggregate("topk_mean", v, 3)),
+                                                         threshold=("threshold", "first"))
+    series_called = series["p"] >= series["threshold"]
     judged = table["decision"].isin(set(table["label"]))
     called, truth = (table["decision"] == positive)[judged], (table["label"] == positive)[judged]
     return {"slices": len(table), "positive_slices": int(y.sum()), "slice_roc_auc": roc_auc_score(y, p),
             "series": len(series), "positive_series": int(series["y"].sum()),
             "series_roc_auc": roc_auc_score(series["y"], series["p"]),
             "sensitivity_judged": f"{int((called & truth).sum())}/{int(truth.sum())}",
-            "specificity_judged": f"{int((~called & ~truth).sum())}/{int((~truth).sum())}"}
+            "specificity_judged": f"{int((~called & ~truth).sum())}/{int((~truth).sum())}",
+            "series_sensitivity": f"{int((series_called & (series['y'] == 1)).sum())}/{int(series['y'].sum())}",
+            "series_specificity": f"{int((~series_called & (series['y'] == 0)).sum())}/{int((series['y'] == 0).sum())}",
+            "slice_ece": binary_metrics(p, y)["ece"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -345,11 +345,16 @@ def test_cv_source_figures_scores_one_source_of_a_multi_source_cv(tmp_path, caps
         frame["source"] = np.where(frame["file"].str.startswith("iq"), "iqothnccd", "kaggle")
         frame.drop(columns="group").to_csv(folder / "report" / "predictions.csv", index=False)
         frame[["file", "group"]].to_csv(folder / "split.csv", index=False)
+        (folder / "report" / "report.json").write_text(json.dumps({"threshold_calibrated": [0.5, 0.3][fold]}))
     assert script.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     # IQ-OTH/NCCD without its normal slice: malignant 0.9, 0.4 vs benign 0.2, 0.6 -> AUC 0.75; one malignant not judged.
     assert "'slices': 4" in out and "'slice_roc_auc': 0.75" in out and "'series_roc_auc': 0.75" in out
     assert "'sensitivity_judged': '1/1'" in out and "'specificity_judged': '1/2'" in out
+    # Series at their own fold's threshold: g1 0.9 >= 0.5 and g4 0.4 >= 0.3 called; g2 0.2 < 0.5 not, g5 0.6 >= 0.3 called.
+    assert "'series_sensitivity': '2/2'" in out and "'series_specificity': '1/2'" in out
+    # One slice per 15-wide bin: ECE = mean |p - y| = (0.1 + 0.2 + 0.6 + 0.6) / 4.
+    assert "'slice_ece': 0.375" in out
 
 
 def test_the_multi_source_recipe_is_the_standardised_linear_head_and_its_finetune_variant_is_not(tmp_path):
