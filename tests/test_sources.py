@@ -202,6 +202,37 @@ def test_rendering_augment_changes_rendering_not_shape():
     assert names[:5] == ["HorizontalFlip", "RandomBrightnessContrast", "RandomGamma", "GaussNoise", "ImageCompression"]
 
 
+
+def test_foreign_export_renders_a_lung_window_export_back_into_the_model_window():
+    """An 8-bit lung-window export (-600/1500) re-windowed into 50/400 keeps HU up to +150 only (grey 191) in steps
+    of about 6 HU; exporting through the model's own window changes nothing; a slice of the phantom exported and
+    re-rendered by `render`'s own rewindow matches the transform."""
+    import albumentations as A
+
+    from lungcnn.data.foreign_export import ForeignExport, export_lut
+
+    model, lung = LungWindow(50, 400), LungWindow(-600, 1500)
+    lut = export_lut(model, lung)
+    assert lut.max() == 191 and (np.diff(lut.astype(int)) >= 0).all() and 45 <= len(np.unique(lut)) <= 56
+    assert np.array_equal(export_lut(model, model), np.arange(256))
+    image = np.rint(model.apply(_hu_phantom(64)) * 255).astype(np.uint8)
+    exported = np.round(lung.apply(to_hu(image / 255.0, model)) * 255) / 255  # what a lung-window PNG holds
+    expected = np.round(rewindow(exported, lung, model) * 255).astype(np.uint8)
+    assert np.array_equal(lut[image], expected)
+
+    fixed = ForeignExport({"level": 50, "width": 400}, windows=["lung"], level_hu=0, width_fraction=0, p=1.0)
+    out = A.Compose([fixed], seed=0)(image=np.dstack([image] * 3))["image"]
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and np.array_equal(out[..., 0], expected)
+    jittered = A.Compose([ForeignExport({"level": 50, "width": 400}, p=1.0)], seed=0)
+    assert len({jittered(image=image)["image"].tobytes() for _ in range(4)}) > 1  # the window is drawn per image
+    # Serialised with its settings, so the feature cache's augmentation key sees them.
+    assert fixed.to_dict()["transform"]["windows"] == ["lung"]
+    for bad in ({"windows": "lung"}, {"windows": ["hu"]}, {"windows": []}, {"width_fraction": 1.0}, {"level_hu": -1}):
+        with pytest.raises(LungCNNInputError, match="ForeignExport"):
+            ForeignExport({"level": 50, "width": 400}, **bad)
+    with pytest.raises(LungCNNInputError, match="uint8"):
+        fixed.apply(image.astype(np.float32), lut=lut)
+
 def test_by_source_cv_end_to_end(tmp_path, capsys):
     """`python -m lungcnn.cv run --by-source`: two tiny sources, one job per held-out source; each job tests on
     exactly its held-out source, and the per-source table is recomputed from the predictions written."""
@@ -375,3 +406,28 @@ def test_the_multi_source_recipe_is_the_standardised_linear_head_and_its_finetun
     assert (finetune.model.features, finetune.model.standardize, finetune.model.hidden) == ("head", False, 128)
     assert isinstance(instantiate(finetune.model.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.AdamW)
     assert finetune.data.sources == cfg.data.sources  # the same sources, only the head and schedule differ
+
+
+def test_guard_margin_recomputes_held_out_shares_at_looser_margins(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    from types import SimpleNamespace
+
+    path = Path(__file__).parents[1] / "scripts" / "guard_margin.py"
+    spec = importlib.util.spec_from_file_location("guard_margin", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    holdout = tmp_path / "luna" / "holdout"
+    holdout.mkdir(parents=True)
+    pd.DataFrame({"label": ["not_malignant"] * 4, "lungs_in_view": [True, True, True, False],
+                  "domain_score": [0.5, 1.05, 1.15, 0.1], "probability_malignant": [0.1, 0.9, 0.1, 0.9]}
+                 ).to_csv(holdout / "predictions.csv", index=False)
+    (holdout / "report.json").write_text(json.dumps({"threshold_calibrated": 0.5}))
+    # The run's guard was fitted at margin 2 with threshold 2.0: the margin-1 threshold is 1.0.
+    guard = SimpleNamespace(threshold=2.0, details={"margin": 2.0})
+    monkeypatch.setattr(script, "load_checkpoint", lambda p: (SimpleNamespace(guard=guard), {}))
+    assert script.main([str(tmp_path), "--margins", "1", "1.1", "1.2"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| luna")]
+    # margin 1: one of four judged, nothing called; 1.1: 0.5 and 1.05 judged, the second called (wrong);
+    # 1.2: three judged, one called; the slice without lungs in view is never judged.
+    assert rows == ["| luna | 1 | 0.750 | 0.000 | 0.000 | nan |", "| luna | 1.1 | 0.500 | 0.250 | 0.500 | nan |",
+                    "| luna | 1.2 | 0.250 | 0.250 | 0.333 | nan |"]
