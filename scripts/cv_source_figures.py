@@ -4,11 +4,12 @@
 single-source one on that source's own question (IQ-OTH/NCCD: benign vs malignant, normal slices left out), this
 reads each fold's report/predictions.csv and split.csv and prints, per repeat: slice ROC-AUC, series ROC-AUC (mean
 of the 3 most suspicious slices of a series, as the series rule), and sensitivity / specificity over the slices
-judged at each fold's operating point; series sensitivity / specificity at each fold's operating point (the
-series' score against the fold's calibrated threshold, the product's rule when no series threshold is set); and
-the slices' expected calibration error (calibrated probability, 15 bins, as every report).
+judged at each fold's operating point; series sensitivity / specificity at each fold's series threshold (the
+series' score against the threshold its report records under `series_rule`: the fitted series threshold where
+calibrate fitted one, else the slice threshold); and the slices' expected calibration error (calibrated
+probability, 15 bins, as every report).
 
-    python scripts/cv_source_figures.py OUT [--source iqothnccd] [--drop "Normal cases"]
+    python scripts/cv_source_figures.py OUT [--source iqothnccd] [--drop "Normal cases"] [--report report]
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from lungcnn.data.aggregation import aggregate
 from lungcnn.metrics.classification import binary_metrics
 
 
-def fold_table(fold: Path) -> pd.DataFrame:
-    table = pd.read_csv(fold / "report" / "predictions.csv", dtype={"file": str, "label": str, "decision": str})
+def fold_table(fold: Path, report: str = "report") -> pd.DataFrame:
+    table = pd.read_csv(fold / report / "predictions.csv", dtype={"file": str, "label": str, "decision": str})
     groups = pd.read_csv(fold / "split.csv", dtype={"file": str, "group": str}).set_index("file")["group"]
-    threshold = json.loads((fold / "report" / "report.json").read_text())["threshold_calibrated"]
+    figures = json.loads((fold / report / "report.json").read_text())
+    threshold = figures.get("series_rule", {}).get("threshold", figures["threshold_calibrated"])
     return table.assign(group=table["file"].map(groups), threshold=threshold)
 
 
@@ -55,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the CV run folder (OUT/seed<s>/fold<k>/)")
     parser.add_argument("--source", default="iqothnccd")
     parser.add_argument("--drop", default="Normal cases", help="leave out files whose path contains this ('' keeps all)")
+    parser.add_argument("--report", default="report", help="each fold's report folder (`lungcnn cv run --report NAME`)")
     args = parser.parse_args(argv)
     seeds = sorted(args.out.glob("seed*"))
     if not seeds:
         sys.exit(f"{args.out}: no seed*/fold*/ folders of a finished CV run")
     for seed in seeds:
-        table = pd.concat([fold_table(f) for f in sorted(seed.glob("fold*"))], ignore_index=True)
+        table = pd.concat([fold_table(f, args.report) for f in sorted(seed.glob("fold*"))], ignore_index=True)
         table = table[table["source"] == args.source]
         if args.drop:
             table = table[~table["file"].str.contains(args.drop, regex=False)]

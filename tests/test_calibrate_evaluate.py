@@ -67,6 +67,9 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
     assert saved["results"]["calibrated"]["threshold_calibrated"]["metrics"]["accuracy"] == pytest.approx(
         again["accuracy"], abs=1e-6)
     assert "paper" in saved and saved["n"] == len(rows)
+    # No series threshold fitted: series are decided at the slice threshold, and the report says so.
+    assert saved["series_rule"] == {"rule": "mean of the 3 most suspicious slices", "target": "malignant",
+                                    "threshold": report["threshold_calibrated"], "fitted": False}
     # Where it looks: Grad-CAM on judged images (the synthetic slices have two lung fields), a share in [0, 1].
     mass = saved["gradcam_lung_mass"]
     assert 0 < mass["images"] <= 64 and 0 <= mass["ci95"][0] <= mass["mean"] <= mass["ci95"][1] <= 1
@@ -145,3 +148,33 @@ def test_cam_lung_mass_is_the_heat_maps_share_inside_the_lung_fields(trained_ckp
     result = looks.cam_lung_mass(predictor, images[:1], predictions[:1], limit=5)
     assert result["images"] == 1 and result["mean"] == pytest.approx(0.5)
     assert looks.cam_lung_mass(predictor, images, predictions, limit=0)["images"] == 0
+
+
+def test_series_threshold_is_fitted_on_the_validation_series(trained_ckpt, tmp_path):
+    """calibration.series_sensitivity=1: the strictest threshold on the series score (the rule's aggregate of the
+    calibrated slice probabilities) that finds every malignant validation series; the product's series decision
+    (`inference.series.summarise`) then uses it."""
+    from lungcnn.data.labelled import labelled_images
+    from lungcnn.inference.series import summarise
+
+    out = tmp_path / "series.ckpt"
+    spec = calibrate(trained_ckpt, out, series_sensitivity=1.0)
+    loaded = load_checkpoint(out)[0]
+    assert loaded.series == spec.series and loaded.series.threshold is not None
+    assert loaded.calibration.details["series"]["target_sensitivity"] == 1.0
+    predictor = Predictor.from_checkpoint(out)
+    val = labelled_images(spec.data, spec.preprocessing, spec.class_names, "val")
+    probs = predictor.spec.probabilities(predictor.logits(val.images))
+    frame = val.frame[val.readable].assign(p=probs, y=val.labels)
+    results = {g: summarise(loaded, g, list(part["file"]), list(part["p"])) for g, part in frame.groupby("group")}
+    malignant = {g for g, part in frame.groupby("group") if part["y"].max() == 1}
+    assert malignant and all(results[g].decision == "malignant" for g in malignant)
+    # The strictest: no malignant series scores far above the threshold's place (it sits below the lowest one).
+    lowest = min(results[g].probability for g in malignant)
+    assert loaded.series.threshold <= lowest
+    others = [results[g].probability for g in results if g not in malignant and results[g].probability < lowest]
+    assert not others or loaded.series.threshold > max(others)
+    assert spec.decision == calibrate(trained_ckpt, tmp_path / "slice.ckpt").decision  # the slice rule is unchanged
+    for bad in (0, 1.5, True, "high"):
+        with pytest.raises(LungCNNInputError, match="series_sensitivity"):
+            calibrate(trained_ckpt, tmp_path / "bad.ckpt", series_sensitivity=bad)

@@ -376,7 +376,9 @@ def test_cv_source_figures_scores_one_source_of_a_multi_source_cv(tmp_path, caps
         frame["source"] = np.where(frame["file"].str.startswith("iq"), "iqothnccd", "kaggle")
         frame.drop(columns="group").to_csv(folder / "report" / "predictions.csv", index=False)
         frame[["file", "group"]].to_csv(folder / "split.csv", index=False)
-        (folder / "report" / "report.json").write_text(json.dumps({"threshold_calibrated": [0.5, 0.3][fold]}))
+        # Fold 1's series threshold was fitted (0.3): it, not its slice threshold, decides its series.
+        (folder / "report" / "report.json").write_text(json.dumps(
+            [{"threshold_calibrated": 0.5}, {"threshold_calibrated": 0.9, "series_rule": {"threshold": 0.3}}][fold]))
     assert script.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     # IQ-OTH/NCCD without its normal slice: malignant 0.9, 0.4 vs benign 0.2, 0.6 -> AUC 0.75; one malignant not judged.

@@ -1,8 +1,9 @@
 """Calibrating a checkpoint (`lungcnn calibrate ckpt=PATH`, `lungcnn.cli.calibrate`).
 
 Fits the calibration on the validation split's outputs (never the test split), chooses the operating
-threshold for `target_sensitivity`, fits the domain guard (bank: training split; threshold: the validation
-split's new patients), and writes a new calibrated checkpoint; the original is untouched.
+threshold for `target_sensitivity` (and, if asked, the series threshold for `series_sensitivity` on the validation
+split's series), fits the domain guard (bank: training split; threshold: the validation split's new patients), and
+writes a new calibrated checkpoint; the original is untouched.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import numpy as np
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
 from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
 from lungcnn.calibration.prior import prior_shift_of
-from lungcnn.data.labelled import labelled_images
-from lungcnn.errors import LungCNNInputError
+from lungcnn.data.aggregation import aggregate
+from lungcnn.data.labelled import Labelled, labelled_images
+from lungcnn.data.lungcrop import lungs_in_view
+from lungcnn.errors import LungCNNInputError, require_number
 from lungcnn.inference.predictor import Predictor
 from lungcnn.metrics.classification import binary_metrics
 from lungcnn.models.checkpoint import build_network, load_checkpoint, save_checkpoint
@@ -34,7 +37,8 @@ TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the check
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
               prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto",
-              guard: GuardConfig | None = None, feature_cache: str | Path | None = None) -> ModelSpec:
+              guard: GuardConfig | None = None, feature_cache: str | Path | None = None,
+              series_sensitivity: float | None = None) -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
     One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
@@ -50,6 +54,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     `guard` (`GuardConfig`, default: fitted) replaces any domain guard the input checkpoint had.
     `feature_cache`: a feature cache folder (`lungcnn.features.cache`, training's `feature_cache.dir`): the pooled
     backbone features of a frozen-backbone checkpoint's images are read from it, not computed again.
+    `series_sensitivity` (binary only): also fit the series threshold (`SeriesRule.threshold`), the strictest on the
+    series score that finds this share of the validation split's malignant series; None keeps the slice threshold
+    for series, which is stricter than it looks: a series' score is its most suspicious slices'.
     """
     guard = guard or GuardConfig()
     ckpt = Path(ckpt)
@@ -60,11 +67,15 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         raise LungCNNInputError(f"calibration.decision must be one of {DECISIONS}, got {decision!r}")
     if tta not in TTA_CHOICES:
         raise LungCNNInputError(f"calibration.tta must be one of {TTA_CHOICES}, got {tta!r}")
+    series_sensitivity = require_number("calibration.series_sensitivity", series_sensitivity, 0, 1, low_open=True,
+                                        high_open=False, optional=True)
     if out.resolve() == ckpt.resolve() or (out.exists() and not overwrite):
         raise LungCNNInputError(f"{out} exists; pass overwrite=true or another out=PATH (the input checkpoint is never replaced)")
     spec, state = load_checkpoint(ckpt)
     state = split_state(state)[0]
     one_output = spec.task.outputs == 1
+    if not one_output and series_sensitivity is not None:
+        raise LungCNNInputError("calibration.series_sensitivity is for the binary task (one output)")
     if not one_output and method == "isotonic":
         raise LungCNNInputError("isotonic calibration is for the binary task; use calibration.method=temperature")
     tta = ("none" if one_output else "flip") if tta == "auto" else tta
@@ -97,6 +108,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
             first = _operating_threshold(probs[:, cancer], (labels == cancer).astype(np.int64), target_sensitivity, details)
             rule = dataclasses.replace(rule, threshold=first.threshold, priority=spec.class_names[cancer])
         details["decision"] = decision
+    if series_sensitivity is not None:
+        calibrated = calibrated.replace(series=_series_threshold(calibrated, val, probs, series_sensitivity, details))
     calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
     if guard.enabled:
         domain, tensors = fit_guard_on_splits(predictor, val, guard, "validation images (unseen patients)"
@@ -122,6 +135,28 @@ def _operating_threshold(probs: np.ndarray, labels: np.ndarray, target: float, d
     return DecisionRule(threshold=float(threshold))
 
 
+def _series_threshold(spec: ModelSpec, val: Labelled, probs: np.ndarray, target: float, details: dict[str, Any]) -> Any:
+    """The spec's series rule with the strictest threshold on its series score that finds `target` of the validation
+    split's malignant series (a series is malignant if a slice is). Scores as the product makes them
+    (`inference.series.summarise`): the rule's aggregate of the calibrated P(malignant) of the slices with lungs in
+    view when the checkpoint checks (the guard's threshold admits the validation split by construction)."""
+    rule = spec.series
+    frame = val.frame[val.readable].assign(p=probs, y=val.labels)
+    if spec.preprocessing.lung_check:
+        frame = frame[[lungs_in_view(image) for image in val.images]]
+    series = frame.groupby("group").agg(y=("y", "max"), score=("p", lambda v: aggregate(rule.method, v.to_numpy(), rule.k)))
+    y, score = series["y"].to_numpy(np.int64), series["score"].to_numpy(np.float64)
+    if y.sum() == 0:
+        details["series"] = {"message": "no malignant series in the validation split: series threshold = slice threshold"}
+        return rule
+    threshold = float(threshold_for_sensitivity(score, y, target))
+    at = binary_metrics(score, y, threshold)["confusion"]
+    details["series"] = {"target_sensitivity": target, "threshold": threshold, "rule": rule.describe(),
+                         "series": len(series), "malignant_series": int(y.sum()),
+                         "val_found": f"{at['tp']}/{at['tp'] + at['fn']}", "val_cleared": f"{at['tn']}/{at['tn'] + at['fp']}"}
+    return dataclasses.replace(rule, threshold=threshold)
+
+
 def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
     c, rule = spec.calibration, spec.decision
     shift_text = f"prior shift {np.round(c.graph_shift, 3).tolist()}, " if np.any(np.asarray(c.graph_shift) != 0) else ""
@@ -129,6 +164,8 @@ def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
     if rule.weights is None or rule.priority:
         operating += f", threshold = {rule.threshold:.4f} (target sensitivity {target})"
     operating += f", test-time augmentation {c.tta}" if c.tta != "none" else ""
+    if spec.series.threshold is not None:
+        operating += f"; series ({spec.series.describe()}) threshold {spec.series.threshold:.4f}"
     guarded = (f"\ndomain guard: kNN (k={spec.guard.k}) distance threshold {spec.guard.threshold:.4f} "
                f"({spec.guard.details['validation_flagged']:.1%} of validation images flagged)" if spec.guard else "")
     return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}{guarded}"

@@ -21,7 +21,8 @@ from lungcnn.cli import friendly_errors
 def main(cfg: DictConfig) -> None:
     calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite,
               cfg.calibration.prior_correction, cfg.calibration.decision, cfg.calibration.tta,
-              GuardConfig(**OmegaConf.to_container(cfg.calibration.guard)), cfg.feature_cache)
+              GuardConfig(**OmegaConf.to_container(cfg.calibration.guard)), cfg.feature_cache,
+              cfg.calibration.series_sensitivity)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def evaluate(ckpt: str | Path, data_root: str | None = None, split: str = "test"
     report, cells, summary = REPORTS[spec.task.name](records, spec, common)
     inside = [p.in_domain is not False for p in predictions if p.ok]
     report["domain_guard"] = domain_report(spec, records["prob_cal"], labels[ok], inside)
+    # How a series of these slices would be decided (`inference.series`): its own threshold when calibrate fitted one.
+    report["series_rule"] = {"rule": spec.series.describe(), "target": spec.series_target, "threshold": spec.series_threshold,
+                             "fitted": spec.series.threshold is not None}
     if sources and spec.task.name == "binary":
         table = per_source_table(scored_frame(out / "predictions.csv", dict(zip(frame["file"], frame["group"], strict=True))),
                                  n_resamples, seed)

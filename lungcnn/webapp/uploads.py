@@ -282,6 +282,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "Classes": ", ".join(predictor.class_names),
         "Calibration": _calibration_text(spec.calibration),
         "Decision threshold": _threshold_text(predictor),
+        "Series decision": _series_text(spec),
         "Image size the model sees": f"{pre.image_size} x {pre.image_size} pixels",
         "CT window (DICOM)": f"level {pre.window.level:g} HU, width {pre.window.width:g} HU",
         "Out-of-domain check": _guard_text(spec.guard),
@@ -313,6 +314,14 @@ def _guard_text(guard: DomainGuard | None) -> str:
         return NO_GUARD
     return (f"images unlike the training images get no result: distance to the {guard.k}-nearest of {guard.bank_size} "
             f"training images' features above {guard.threshold:.3f} ({guard.fitted_on})")
+
+
+def _series_text(spec: Any) -> str:
+    """How a series (`lungcnn-predict --series-out`, the page's series mode) is decided, in words."""
+    fitted = ("its own threshold, fitted on the validation split's series" if spec.series.threshold is not None
+              else "the slice threshold")
+    return (f"{spec.series.describe()} of the slices judged; {spec.series_target} at or above "
+            f"{spec.series_threshold:.1%} ({fitted})")
 
 
 def _threshold_text(predictor: Predictor) -> str:
