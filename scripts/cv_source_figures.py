@@ -5,9 +5,9 @@ single-source one on that source's own question (IQ-OTH/NCCD: benign vs malignan
 reads each fold's report/predictions.csv and split.csv and prints, per repeat: slice ROC-AUC, series ROC-AUC (mean
 of the 3 most suspicious slices of a series, as the series rule), and sensitivity / specificity over the slices
 judged at each fold's operating point; series sensitivity / specificity at each fold's series threshold (the
-series' score against the threshold its report records under `series_rule`: the fitted series threshold where
-calibrate fitted one, else the slice threshold); and the slices' expected calibration error (calibrated
-probability, 15 bins, as every report).
+series' score, over all its slices, against the threshold its report records under `series_rule`: the fitted
+series threshold where calibrate fitted one, else the slice threshold); and the slices' expected calibration error
+(calibrated probability, 15 bins, as every report).
 
     python scripts/cv_source_figures.py OUT [--source iqothnccd] [--drop "Normal cases"] [--report report]
 """

@@ -20,13 +20,12 @@ from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
 from lungcnn.calibration.prior import prior_shift_of
 from lungcnn.data.aggregation import aggregate
 from lungcnn.data.labelled import Labelled, labelled_images
-from lungcnn.data.lungcrop import lungs_in_view
 from lungcnn.errors import LungCNNInputError, require_number
 from lungcnn.inference.predictor import Predictor
 from lungcnn.metrics.classification import binary_metrics
 from lungcnn.models.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lungcnn.models.guard import split_state
-from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec
+from lungcnn.spec import TTA_MODES, Calibration, DecisionRule, ModelSpec, SeriesRule
 
 log = logging.getLogger(__name__)
 METHODS = ("temperature", "isotonic")
@@ -109,7 +108,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
             rule = dataclasses.replace(rule, threshold=first.threshold, priority=spec.class_names[cancer])
         details["decision"] = decision
     if series_sensitivity is not None:
-        calibrated = calibrated.replace(series=_series_threshold(calibrated, val, probs, series_sensitivity, details))
+        lungs = predictor.lungs(val.images)
+        calibrated = calibrated.replace(series=_series_threshold(calibrated.series, val, probs, lungs, series_sensitivity,
+                                                                 details))
     calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
     if guard.enabled:
         domain, tensors = fit_guard_on_splits(predictor, val, guard, "validation images (unseen patients)"
@@ -135,15 +136,16 @@ def _operating_threshold(probs: np.ndarray, labels: np.ndarray, target: float, d
     return DecisionRule(threshold=float(threshold))
 
 
-def _series_threshold(spec: ModelSpec, val: Labelled, probs: np.ndarray, target: float, details: dict[str, Any]) -> Any:
-    """The spec's series rule with the strictest threshold on its series score that finds `target` of the validation
-    split's malignant series (a series is malignant if a slice is). Scores as the product makes them
-    (`inference.series.summarise`): the rule's aggregate of the calibrated P(malignant) of the slices with lungs in
-    view when the checkpoint checks (the guard's threshold admits the validation split by construction)."""
-    rule = spec.series
+def _series_threshold(rule: SeriesRule, val: Labelled, probs: np.ndarray, lungs: np.ndarray | None, target: float,
+                      details: dict[str, Any]) -> SeriesRule:
+    """`rule` with the strictest threshold on its series score that finds `target` of the validation split's malignant
+    series (a series is malignant if a slice is). Scores as the product makes them (`inference.series.summarise`):
+    the rule's aggregate of the calibrated P(malignant) of the readable slices, less those without lungs in view
+    (`lungs`: the lung check's verdicts, None when it is off); the guard's threshold admits the validation split by
+    construction."""
     frame = val.frame[val.readable].assign(p=probs, y=val.labels)
-    if spec.preprocessing.lung_check:
-        frame = frame[[lungs_in_view(image) for image in val.images]]
+    if lungs is not None:
+        frame = frame[lungs]
     series = frame.groupby("group").agg(y=("y", "max"), score=("p", lambda v: aggregate(rule.method, v.to_numpy(), rule.k)))
     y, score = series["y"].to_numpy(np.int64), series["score"].to_numpy(np.float64)
     if y.sum() == 0:

@@ -23,7 +23,7 @@ from lungcnn.data.io import MAX_PIXELS
 from lungcnn.errors import LungCNNInputError
 from lungcnn.inference import schema
 from lungcnn.inference.predictor import Prediction, Predictor
-from lungcnn.spec import Calibration, DomainGuard
+from lungcnn.spec import Calibration, DomainGuard, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def _guard_text(guard: DomainGuard | None) -> str:
             f"training images' features above {guard.threshold:.3f} ({guard.fitted_on})")
 
 
-def _series_text(spec: Any) -> str:
+def _series_text(spec: ModelSpec) -> str:
     """How a series (`lungcnn-predict --series-out`, the page's series mode) is decided, in words."""
     fitted = ("its own threshold, fitted on the validation split's series" if spec.series.threshold is not None
               else "the slice threshold")
