@@ -59,3 +59,31 @@ def test_evaluate_series_writes_a_table_its_figures_come_from(trained_ckpt, tmp_
     assert result["tumour_slices"] == 2 and 1 <= result["first_tumour_rank"] <= 3
     # The box is the whole slice: every tumour slice's peak lies inside it.
     assert result["peak_in_box"] == 1.0 and table.loc[[0, 3], "peak_in_box"].isna().all()
+
+
+def test_novelty_ranking_scores_distance_to_the_nearest_normal_slice():
+    """scripts/novelty_rank.py: normal rows found by their source's class folders, and the score is the cosine
+    distance of the standardised features to the k-th nearest normal bank row."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "novelty_rank.py"
+    spec = importlib.util.spec_from_file_location("novelty_rank", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    files = pd.Series(["iq/Normal cases/1.jpg", "iq/Malignant cases/2.jpg", "luna/normal/p1_z_3.png", "kg/normal/4.png"])
+    data = {"sources": [{"name": "iq", "class_folders": {"Normal cases": "normal", "Malignant cases": "malignant"}},
+                        {"name": "luna", "class_folders": {"normal": "normal"}},
+                        {"name": "kg", "class_folders": {"normal": "not_malignant"}}]}  # not mapped to `normal`
+    assert script.normal_rows(files, data).tolist() == [True, False, True, False]
+    one_root = {"class_folders": {"Normal cases": "normal", "Bengin cases": "benign"}}
+    assert script.normal_rows(pd.Series(["Normal cases/1.jpg", "Bengin cases/2.jpg"]), one_root).tolist() == [True, False]
+
+    bank = np.array([[3.0, 1.0], [1.0, 3.0]])
+    mean, scale = np.array([1.0, 1.0]), np.array([2.0, 1.0])  # standardised bank: (1, 0) and (0, 2)
+    queries = np.array([[5.0, 1.0], [1.0, 0.0], [3.0, 2.0]])  # standardised: (2, 0), (0, -1), (1, 1)
+    scores = script.novelty(bank, queries, mean, scale, k=1)
+    np.testing.assert_allclose(scores, [0.0, 1.0, 1 - np.sqrt(0.5)], atol=1e-12)
+    np.testing.assert_allclose(script.novelty(bank, queries, mean, scale, k=2), [0.5, 1.5, 1 - np.sqrt(0.5)], atol=1e-12)
+    with pytest.raises(ValueError, match="k must be"):
+        script.novelty(bank, queries, mean, scale, k=3)
