@@ -196,7 +196,7 @@ def test_a_whole_series_in_a_real_browser(server, tmp_path):
             page.locator("input[type=file]").first.set_input_files([str(f) for f in files])
             page.get_by_text("Series probability of malignant").first.wait_for()
             page.get_by_text(re.compile(r"^Series result:")).first.wait_for()
-            page.get_by_text("Most suspicious slice").first.wait_for()
+            page.get_by_text(re.compile(r"Most suspicious slice:")).first.wait_for()  # case-sensitive: not the card
             page.get_by_text("Scroll through the series").first.wait_for()
             page.get_by_role("slider").first.wait_for()  # rendered after the ranked slices' heat maps
             with page.expect_download() as download:
