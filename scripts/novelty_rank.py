@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_open(args.out, "w", newline="", encoding="utf-8") as f:
         scored.to_csv(f, index=False)
     keys = ("slices", "judged", "tumour_slices", "auc", "auc_ci95", "first_tumour_rank", "most_suspicious")
+    head, ranked = figures(args.table), figures(args.out)
     result = {"bank": f"{int(normal.sum())} normal training slices", "k": args.k,
-              "head": {k: figures(args.table)[k] for k in keys}, "novelty": {k: figures(args.out)[k] for k in keys}}
+              "head": {k: head[k] for k in keys}, "novelty": {k: ranked[k] for k in keys}}
     if args.val:
         val = labelled_images(spec.data, spec.preprocessing, spec.class_names, "val")
         frame = val.frame[val.readable].assign(score=novelty(bank, features(val.images), mean, scale, args.k))
