@@ -3,7 +3,8 @@
     lungcnn annotated --ckpt models/lungcnn-chestct-binary.ckpt --boxes ../shared/data/lung-pet-ct-dx-dev/boxes.csv \
         --out annotated.csv --lung-check
     python scripts/novelty_rank.py --ckpt models/lungcnn-chestct-binary.ckpt \
-        --boxes ../shared/data/lung-pet-ct-dx-dev/boxes.csv --table annotated.csv --out novelty.csv [--val]
+        --boxes ../shared/data/lung-pet-ct-dx-dev/boxes.csv --table annotated.csv --out novelty.csv [--val] \
+        [--feature-cache .cache/lungcnn/features]
 
 Why: trained on whole slices, the head ranks a cancer patient's slices by anatomy and source, not by the tumour
 (issue "Look at the lesion"). Novelty asks another question: how far is this slice from every normal slice the
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from lungcnn.fileio import atomic_open
     from lungcnn.inference.predictor import Predictor
     from lungcnn.models.checkpoint import build_network, load_checkpoint
+    from lungcnn.models.guard import pooled_features
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True)
@@ -76,29 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--k", type=int, default=1)
     parser.add_argument("--val", action="store_true", help="also score the checkpoint's validation split per source")
+    parser.add_argument("--feature-cache", default=None, help="training's feature cache folder (feature_cache.dir), if any")
     args = parser.parse_args(argv)
 
     spec, state = load_checkpoint(args.ckpt)
     net = build_network(spec, state).eval()
     predictor = Predictor(spec.replace(guard=None), net)
 
-    def features(images: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate([net.backbone(predictor.to_tensor(images[i : i + 64])).numpy()
-                                   for i in range(0, len(images), 64)])
-
     train = labelled_images(spec.data, spec.preprocessing, spec.class_names, "train")
     normal = normal_rows(train.frame["file"][train.readable], spec.data)
     if not normal.any():
         sys.exit(f"{args.ckpt}: its training split has no slice from a folder mapped to `normal`: no normal bank")
-    bank = features(train.images[normal])
+    with torch.no_grad():
+        bank = predictor.backbone_features(train, args.feature_cache)[normal]
     standardize = net.head.standardize
     mean, scale = ((standardize.mean.numpy(), standardize.scale.numpy()) if standardize is not None
                    else (bank.mean(axis=0), bank.std(axis=0) + 1e-6))
 
     table = pd.read_csv(args.table)
     images = np.stack([predictor.load(args.boxes.parent / f) for f in table["file"]])
-    scored = table.assign(probability=novelty(bank, features(images), mean, scale, args.k))
+    with torch.no_grad():
+        series = pooled_features(net, (predictor.normalise(images[i : i + 32]) for i in range(0, len(images), 32))).numpy()
+    scored = table.assign(probability=novelty(bank, series, mean, scale, args.k))
     with atomic_open(args.out, "w", newline="", encoding="utf-8") as f:
         scored.to_csv(f, index=False)
     keys = ("slices", "judged", "tumour_slices", "auc", "auc_ci95", "first_tumour_rank", "most_suspicious")
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
               "head": {k: head[k] for k in keys}, "novelty": {k: ranked[k] for k in keys}}
     if args.val:
         val = labelled_images(spec.data, spec.preprocessing, spec.class_names, "val")
-        frame = val.frame[val.readable].assign(score=novelty(bank, features(val.images), mean, scale, args.k))
+        with torch.no_grad():
+            scores = novelty(bank, predictor.backbone_features(val, args.feature_cache), mean, scale, args.k)
+        frame = val.frame[val.readable].assign(score=scores)
         result["val_auc"] = {source: float(roc_auc_score(part["label"] == 1, part["score"]))
                              for source, part in frame.groupby("source") if part["label"].nunique() == 2}
     print(json.dumps(result, indent=1))
