@@ -5,7 +5,6 @@ Its own module because albumentations takes seconds to import: `lungcnn.data.ren
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from lungcnn.data.io import LungWindow
 from lungcnn.data.rendering import AS_IS, HU, parse_window, to_hu
-from lungcnn.errors import LungCNNInputError
+from lungcnn.errors import LungCNNInputError, require_number
 
 
 class ForeignExport(A.ImageOnlyTransform):
@@ -48,10 +47,8 @@ class ForeignExport(A.ImageOnlyTransform):
         if any(w is None for w in self._windows):
             raise LungCNNInputError(f"ForeignExport.windows: display windows only (not {HU!r} or {AS_IS!r}), got {windows!r}")
         self.windows = [w if isinstance(w, str) else dict(w) for w in windows]
-        for key, value, high in (("level_hu", level_hu, None), ("width_fraction", width_fraction, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0 or (high and value >= high):
-                raise LungCNNInputError(f"ForeignExport.{key}: a number >= 0{f' and < {high}' if high else ''}, got {value!r}")
-        self.level_hu, self.width_fraction = float(level_hu), float(width_fraction)
+        self.level_hu = require_number("ForeignExport.level_hu", level_hu, 0, None, low_open=False)
+        self.width_fraction = require_number("ForeignExport.width_fraction", width_fraction, 0, 1, low_open=False)
 
     def get_params(self) -> dict[str, Any]:
         window = self._windows[self.py_random.randrange(len(self._windows))]
