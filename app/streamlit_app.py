@@ -300,7 +300,8 @@ def show_series(predictor: Predictor, series: StudySeries, with_cam: bool, index
     if with_cam:
         add_heatmaps(predictor, series, ranked)
     if ranked:
-        st.markdown(f"##### The {len(ranked)} most suspicious slices")
+        st.markdown(f"##### The {len(ranked)} most suspicious slices"
+                    + (" (most unlike normal chest CT first)" if result.ranked_by_novelty else ""))
         for i in ranked:
             show_result(predictor, series.slices[i], with_cam)
     if n > 1:

@@ -271,6 +271,37 @@ class DomainGuard:
 
 
 @dataclass(frozen=True)
+class Novelty:
+    """How a series' slices are ranked when the model has a normal bank: by how unlike normal chest CT each slice is.
+
+    The score (`lungcnn.models.guard.KnnDistance` with standardisation) is the distance of the slice's pooled backbone
+    features, standardised and L2-normalised, to the k-th nearest of `bank_size` normal training slices' (the bank is
+    in the checkpoint's state, `novelty.*`). It ranks slices within a series (all from one scanner and export); it
+    decides nothing: a slice of a source never trained on is far from every normal slice (docs/lesion.md).
+
+    Args:
+        k: the neighbour whose distance is the score (>= 1, <= bank_size).
+        feature_dim: width of the pooled features.
+        bank_size: how many normal training slices the bank holds.
+        fitted_on: what the bank came from, in words (shown on the model card).
+    """
+
+    k: int = 1
+    feature_dim: int = 1
+    bank_size: int = 1
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "feature_dim", "bank_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LungCNNInputError(f"novelty {name} must be an integer >= 1, got {value!r}")
+        if self.k > self.bank_size:
+            raise LungCNNInputError(f"novelty k={self.k} exceeds its bank of {self.bank_size} slices")
+        object.__setattr__(self, "fitted_on", str(self.fitted_on))
+
+
+@dataclass(frozen=True)
 class SeriesRule:
     """A series' slice outputs -> one series probability and decision (`lungcnn.data.aggregation`).
 
@@ -324,6 +355,7 @@ class ModelSpec:
         task: the task bound to its class names (`lungcnn.task.make_task`).
         network, preprocessing, calibration, decision: the parts above.
         guard: the applicability-domain guard (`DomainGuard`), or None (no guard fitted: every image answered).
+        novelty: the normal bank that ranks a series' slices (`Novelty`), or None (ranked by P(target)).
         data: where the training data came from (plain types: `note`, `train_class_counts`, `imbalance`, ...).
         metrics: test figures as text for the model card; metric_values: the same figures as numbers.
         created: ISO timestamp of training.
@@ -341,6 +373,7 @@ class ModelSpec:
     metric_values: Mapping[str, float] = field(default_factory=dict)
     created: str = ""
     series: SeriesRule = field(default_factory=SeriesRule)
+    novelty: Novelty | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, Task):
@@ -361,6 +394,8 @@ class ModelSpec:
             raise LungCNNInputError(f"series target {self.series.target!r} is not one of the classes {list(self.class_names)}")
         if self.guard is not None and not isinstance(self.guard, DomainGuard):
             raise TypeError(f"ModelSpec.guard must be a DomainGuard or None, got {type(self.guard).__name__}")
+        if self.novelty is not None and not isinstance(self.novelty, Novelty):
+            raise TypeError(f"ModelSpec.novelty must be a Novelty or None, got {type(self.novelty).__name__}")
         object.__setattr__(self, "data", dict(self.data or {}))
         object.__setattr__(self, "metrics", {str(a): str(b) for a, b in (self.metrics or {}).items()})
         object.__setattr__(self, "metric_values", {str(a): float(b) for a, b in (self.metric_values or {}).items()})
@@ -429,6 +464,7 @@ class ModelSpec:
             "metric_values": self.metric_values,
             "created": self.created,
             "series": dataclasses.asdict(self.series),
+            "novelty": None if self.novelty is None else dataclasses.asdict(self.novelty),
         })
 
     @classmethod
@@ -453,6 +489,7 @@ class ModelSpec:
                 metric_values=meta.get("metric_values") or {},
                 created=str(meta.get("created") or ""),
                 series=SeriesRule(**_only(meta.get("series") or {}, SeriesRule)),
+                novelty=None if meta.get("novelty") is None else Novelty(**_only(meta["novelty"], Novelty)),
             )
         except LungCNNInputError as e:
             raise LungCNNInputError(f"{source}: {e}") from None

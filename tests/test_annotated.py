@@ -29,7 +29,12 @@ def test_figures_from_a_hand_made_table(tmp_path):
     lo, hi = result["auc_ci95"]
     assert lo <= result["auc"] <= hi
     flipped = figures(_table(tmp_path / "b.csv", [0.99, 0.9, 0.1, 0.2, 0.3], [0, 0, 1, 1, 0], [True] * 5, [False] * 5))
-    assert flipped["auc"] == pytest.approx(0.0) and flipped["first_tumour_rank"] == 4
+    assert flipped["auc"] == pytest.approx(0.0) and flipped["first_tumour_rank"] == 4 and flipped["novelty"] is None
+    # The same slices ranked by novelty (a normal bank), as the series view ranks them; the slice not judged stays last.
+    frame = pd.read_csv(path).assign(novelty=[9.0, 1.0, 1.2, 1.4, 0.8])
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    ranked = figures(tmp_path / "c.csv")["novelty"]
+    assert ranked["first_tumour_rank"] == 1 and ranked["most_suspicious"] == "s/3.dcm" and ranked["auc"] == pytest.approx(1.0)
 
 
 def test_model_grid_points_map_back_to_slice_pixels():
@@ -61,29 +66,13 @@ def test_evaluate_series_writes_a_table_its_figures_come_from(trained_ckpt, tmp_
     assert result["peak_in_box"] == 1.0 and table.loc[[0, 3], "peak_in_box"].isna().all()
 
 
-def test_novelty_ranking_scores_distance_to_the_nearest_normal_slice():
-    """scripts/novelty_rank.py: normal rows found by their source's class folders, and the score is the cosine
-    distance of the standardised features to the k-th nearest normal bank row."""
-    import importlib.util
-    from pathlib import Path
+def test_normal_rows_are_found_by_their_sources_class_folders():
+    from lungcnn.calibration.novelty import normal_rows
 
-    path = Path(__file__).parents[1] / "scripts" / "novelty_rank.py"
-    spec = importlib.util.spec_from_file_location("novelty_rank", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     files = pd.Series(["iq/Normal cases/1.jpg", "iq/Malignant cases/2.jpg", "luna/normal/p1_z_3.png", "kg/normal/4.png"])
     data = {"sources": [{"name": "iq", "class_folders": {"Normal cases": "normal", "Malignant cases": "malignant"}},
                         {"name": "luna", "class_folders": {"normal": "normal"}},
                         {"name": "kg", "class_folders": {"normal": "not_malignant"}}]}  # not mapped to `normal`
-    assert script.normal_rows(files, data).tolist() == [True, False, True, False]
+    assert normal_rows(files, data).tolist() == [True, False, True, False]
     one_root = {"class_folders": {"Normal cases": "normal", "Bengin cases": "benign"}}
-    assert script.normal_rows(pd.Series(["Normal cases/1.jpg", "Bengin cases/2.jpg"]), one_root).tolist() == [True, False]
-
-    bank = np.array([[3.0, 1.0], [1.0, 3.0]])
-    mean, scale = np.array([1.0, 1.0]), np.array([2.0, 1.0])  # standardised bank: (1, 0) and (0, 2)
-    queries = np.array([[5.0, 1.0], [1.0, 0.0], [3.0, 2.0]])  # standardised: (2, 0), (0, -1), (1, 1)
-    scores = script.novelty(bank, queries, mean, scale, k=1)
-    np.testing.assert_allclose(scores, [0.0, 1.0, 1 - np.sqrt(0.5)], atol=1e-12)
-    np.testing.assert_allclose(script.novelty(bank, queries, mean, scale, k=2), [0.5, 1.5, 1 - np.sqrt(0.5)], atol=1e-12)
-    with pytest.raises(ValueError, match="k must be"):
-        script.novelty(bank, queries, mean, scale, k=3)
+    assert normal_rows(pd.Series(["Normal cases/1.jpg", "Bengin cases/2.jpg"]), one_root).tolist() == [True, False]

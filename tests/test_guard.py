@@ -183,3 +183,18 @@ def test_a_standardizing_head_s_guard_measures_the_raw_features_alike_everywhere
 
     assert nearest_cosine(raw) == pytest.approx(1.0, abs=1e-4)
     assert nearest_cosine(net.head.standardize(raw)) < 0.999
+
+
+def test_standardised_knn_distance_and_its_round_trip_through_the_state():
+    """The novelty bank: standardised before normalising, and rebuilt from its state_dict unchanged."""
+    bank = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
+    mean, scale = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0])  # standardised bank: (1, 0) and (0, 2)
+    queries = torch.tensor([[5.0, 1.0], [1.0, 0.0], [3.0, 2.0]])  # standardised: (2, 0), (0, -1), (1, 1)
+    module = KnnDistance(bank, 1, mean, scale)
+    cosine = np.array([1.0, 0.0, np.sqrt(0.5)])
+    np.testing.assert_allclose(module(queries).numpy(), np.sqrt(2 - 2 * cosine), atol=1e-6)
+    again = KnnDistance.from_state(module.state_dict(), 1)
+    np.testing.assert_allclose(again(queries).numpy(), module(queries).numpy(), atol=1e-7)
+    assert set(module.state_dict()) == {"bank", "mean", "scale"} and set(KnnDistance(bank, 1).state_dict()) == {"bank"}
+    with pytest.raises(ValueError, match="standardisation"):
+        KnnDistance(bank, 1, mean, None)

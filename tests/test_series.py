@@ -276,6 +276,24 @@ def test_slices_without_lungs_are_not_judged_and_do_not_make_a_series_out_of_dom
     assert none.decision == NO_LUNGS and np.isnan(none.probability) and none.ranked == [] and none.most_suspicious is None
 
 
+def test_novelty_ranks_the_judged_slices_and_leaves_the_decision_to_the_probabilities(trained_ckpt):
+    from lungcnn.inference.series import summarise
+
+    spec, _ = load_checkpoint(trained_ckpt)
+    spec = spec.replace(series=SeriesRule("max", 1, 0.5))
+    names = [f"s{k}" for k in range(5)]
+    p = [0.9, 0.2, 0.3, float("nan"), 0.95]
+    novelty = [1.0, 1.3, 1.1, float("nan"), 0.9]  # the slice of highest P is the least novel
+    lungs = [True, True, True, None, False]
+    ranked = summarise(spec, "A", names, p, [True] * 5, lungs, novelty)
+    assert ranked.ranked_by_novelty and ranked.ranked == [1, 2, 0] and ranked.most_suspicious == 1
+    assert ranked.decision == "malignant" and ranked.probability == pytest.approx(0.9)  # P's, not novelty's
+    assert ranked.row("malignant")["most_suspicious_slice"] == "s1"
+    # A judged slice without a novelty (no normal bank, an older table): ranked by probability, as before.
+    plain = summarise(spec, "A", names, p, [True] * 5, lungs, [1.0, float("nan"), 1.1, float("nan"), 0.9])
+    assert not plain.ranked_by_novelty and plain.ranked == [0, 2, 1] and plain.most_suspicious == 0
+
+
 # -- lungcnn-predict --series-out ------------------------------------------------------------------------
 def test_predict_writes_the_series_table_without_patient_tags(trained_ckpt, tiny_root, tmp_path, capsys, caplog):
     spec, state = load_checkpoint(trained_ckpt)

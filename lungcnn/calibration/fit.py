@@ -17,6 +17,7 @@ import numpy as np
 
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
 from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
+from lungcnn.calibration.novelty import fit_novelty
 from lungcnn.calibration.prior import prior_shift_of
 from lungcnn.data.aggregation import aggregate
 from lungcnn.data.labelled import Labelled, labelled_images
@@ -37,7 +38,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
               prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto",
               guard: GuardConfig | None = None, feature_cache: str | Path | None = None,
-              series_sensitivity: float | None = None) -> ModelSpec:
+              series_sensitivity: float | None = None, novelty: bool = True) -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
     One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
@@ -56,6 +57,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     `series_sensitivity` (binary only): also fit the series threshold (`SeriesRule.threshold`), the strictest on the
     series score that finds this share of the validation split's malignant series; None keeps the slice threshold
     for series, which is stricter than it looks: a series' score is its most suspicious slices'.
+    `novelty`: fit the normal bank that ranks a series' slices (`calibration.novelty`) from the training split's
+    normal slices; a split without any gets none (slices ranked by probability).
     """
     guard = guard or GuardConfig()
     ckpt = Path(ckpt)
@@ -78,7 +81,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     if not one_output and method == "isotonic":
         raise LungCNNInputError("isotonic calibration is for the binary task; use calibration.method=temperature")
     tta = ("none" if one_output else "flip") if tta == "auto" else tta
-    uncalibrated = spec.replace(calibration=Calibration(tta=tta), decision=DecisionRule(), guard=None)
+    uncalibrated = spec.replace(calibration=Calibration(tta=tta), decision=DecisionRule(), guard=None, novelty=None)
     predictor = Predictor(uncalibrated, build_network(spec, state))
     val = labelled_images(spec.data, spec.preprocessing, spec.class_names, "val", data_root)
     labels = val.labels
@@ -116,6 +119,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         domain, tensors = fit_guard_on_splits(predictor, val, guard, "validation images (unseen patients)"
                                               if data_root is None else f"images of {data_root}", feature_cache)
         calibrated, state = calibrated.replace(guard=domain), {**state, **tensors}
+    bank = fit_novelty(predictor, feature_cache=feature_cache) if novelty else None
+    if bank is not None:
+        calibrated, state = calibrated.replace(novelty=bank[0]), {**state, **bank[1]}
     if details.get("message"):
         log.warning("%s", details["message"])
     save_checkpoint(out, calibrated, state)
@@ -170,4 +176,5 @@ def _summary(spec: ModelSpec, n: int, decision: str, target: float) -> str:
         operating += f"; series ({spec.series.describe()}) threshold {spec.series.threshold:.4f}"
     guarded = (f"\ndomain guard: kNN (k={spec.guard.k}) distance threshold {spec.guard.threshold:.4f} "
                f"({spec.guard.details['validation_flagged']:.1%} of validation images flagged)" if spec.guard else "")
-    return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}{guarded}"
+    ranked = f"\nseries slices ranked by novelty: {spec.novelty.fitted_on}" if spec.novelty else ""
+    return f"calibrated ({c.method}) on {n} validation images: {shift_text}T = {c.temperature:.3f}{operating}{guarded}{ranked}"

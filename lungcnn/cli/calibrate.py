@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
     calibrate(cfg.ckpt, cfg.out, cfg.calibration.method, cfg.calibration.target_sensitivity, cfg.data_root, cfg.overwrite,
               cfg.calibration.prior_correction, cfg.calibration.decision, cfg.calibration.tta,
               GuardConfig(**OmegaConf.to_container(cfg.calibration.guard)), cfg.feature_cache,
-              cfg.calibration.series_sensitivity)
+              cfg.calibration.series_sensitivity, cfg.calibration.novelty)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ table only (`figures`), so anyone can recompute them:
   judged or not;
 - `peak_in_box`: share of tumour slices whose Grad-CAM peak lies inside the box (Clopper-Pearson 95%);
 - `first_tumour_rank`: rank of the first tumour slice among the series' slices by suspicion (1 = shown first);
-- `cam_lung_mass`: mean share of Grad-CAM mass inside the lung fields, over judged slices with a heat map.
+- `cam_lung_mass`: mean share of Grad-CAM mass inside the lung fields, over judged slices with a heat map;
+- `novelty`: where the checkpoint has a normal bank (`spec.Novelty`, column `novelty`), the same `auc`, `auc_ci95`,
+  `first_tumour_rank` and `most_suspicious` with the slices ranked by novelty, as the series view ranks them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import atomic_open
 
 COLUMNS = ["file", "instance_number", "tumour", "xmin", "ymin", "xmax", "ymax", "probability", "judged", "decision",
-           "peak_x", "peak_y", "peak_in_box", "cam_lung_mass"]
+           "peak_x", "peak_y", "peak_in_box", "cam_lung_mass", "novelty"]
 
 
 def model_to_slice(x: float, y: float, height: int, width: int, size: int) -> tuple[float, float]:
@@ -76,7 +78,7 @@ def evaluate_series(ckpt: str | Path, boxes: str | Path, out: str | Path, lung_c
         rows.append({**{c: box[c] for c in COLUMNS[:7]}, "probability": p.probabilities[target], "judged": p.answered,
                      "decision": p.decision, "peak_x": round(float(x), 1), "peak_y": round(float(y), 1),
                      "peak_in_box": inside if tumour else "", "cam_lung_mass": "" if lungs is None or cam.empty
-                     else round(mass_inside(cam.heatmap, lungs), 4)})
+                     else round(mass_inside(cam.heatmap, lungs), 4), "novelty": "" if p.novelty != p.novelty else p.novelty})
     with atomic_open(out, "w", newline="", encoding="utf-8") as f:
         pd.DataFrame(rows, columns=COLUMNS).to_csv(f, index=False)
     return figures(out)
@@ -91,25 +93,36 @@ def figures(path: str | Path, n_resamples: int = 2000, seed: int = 0) -> dict[st
     frame = pd.read_csv(path)
     tumour = frame["tumour"].to_numpy(int) == 1
     judged = frame["judged"].astype(str).str.lower().eq("true").to_numpy()
-    score = np.where(judged, frame["probability"].to_numpy(float), -np.inf)  # not judged: ranked last
     if tumour.all() or not tumour.any():
         raise LungCNNInputError(f"{path}: needs tumour and tumour-free slices for a within-series AUC")
+    hits = frame.loc[tumour, "peak_in_box"].astype(str).str.lower().eq("true")
+    mass = pd.to_numeric(frame.loc[judged, "cam_lung_mass"], errors="coerce").dropna()
+    novelty = pd.to_numeric(frame.get("novelty", pd.Series(np.nan, frame.index)), errors="coerce").to_numpy(float)
+    by_novelty = judged.any() and bool(np.isfinite(novelty[judged]).all())
+    return {
+        "table": str(path), "slices": len(frame), "tumour_slices": int(tumour.sum()), "judged": int(judged.sum()),
+        **_ranking(frame, tumour, judged, frame["probability"].to_numpy(float), n_resamples, seed),
+        "auc_every_slice": float(roc_auc_score(tumour, frame["probability"].to_numpy(float))),
+        "peak_in_box": float(hits.mean()), "peak_in_box_k": int(hits.sum()),
+        "peak_in_box_ci95": list(clopper_pearson(int(hits.sum()), int(tumour.sum()))),
+        "cam_lung_mass": float(mass.mean()) if len(mass) else math.nan, "cam_lung_mass_n": int(len(mass)),
+        "novelty": _ranking(frame, tumour, judged, novelty, n_resamples, seed) if by_novelty else None,
+    }
+
+
+def _ranking(frame: pd.DataFrame, tumour: np.ndarray, judged: np.ndarray, values: np.ndarray, n_resamples: int,
+             seed: int) -> dict[str, Any]:
+    """AUC (bootstrap interval), first tumour slice's rank and the slice shown first, ranking judged slices by
+    `values` and every slice not judged below them."""
+    from sklearn.metrics import roc_auc_score
+
+    score = np.where(judged, values, -np.inf)
     rank = np.argsort(-score, kind="stable")
-    first = int(np.flatnonzero(tumour[rank])[0]) + 1
-    finite = np.where(np.isfinite(score), score, -1.0)  # below every probability, for roc_auc_score
-    auc = float(roc_auc_score(tumour, finite))
+    finite = np.where(np.isfinite(score), score, np.min(values[judged], initial=0.0) - 1.0)  # below every judged one
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(tumour), np.flatnonzero(~tumour)
     boot = [roc_auc_score(tumour[i], finite[i]) for i in
             (np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))] for _ in range(n_resamples))]
-    hits = frame.loc[tumour, "peak_in_box"].astype(str).str.lower().eq("true")
-    mass = pd.to_numeric(frame.loc[judged, "cam_lung_mass"], errors="coerce").dropna()
-    return {
-        "table": str(path), "slices": len(frame), "tumour_slices": int(tumour.sum()), "judged": int(judged.sum()),
-        "auc": auc, "auc_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-        "auc_every_slice": float(roc_auc_score(tumour, frame["probability"].to_numpy(float))),
-        "peak_in_box": float(hits.mean()), "peak_in_box_k": int(hits.sum()),
-        "peak_in_box_ci95": list(clopper_pearson(int(hits.sum()), int(tumour.sum()))),
-        "first_tumour_rank": first, "most_suspicious": str(frame["file"].iloc[rank[0]]),
-        "cam_lung_mass": float(mass.mean()) if len(mass) else math.nan, "cam_lung_mass_n": int(len(mass)),
-    }
+    return {"auc": float(roc_auc_score(tumour, finite)),
+            "auc_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "first_tumour_rank": int(np.flatnonzero(tumour[rank])[0]) + 1, "most_suspicious": str(frame["file"].iloc[rank[0]])}

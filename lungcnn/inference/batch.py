@@ -131,10 +131,11 @@ def _run_plain(predictor: Predictor, names: Sequence[str], batches: Iterable[Bat
                progress: bool) -> dict[str, int]:
     with schema.Writer(out, predictor.task) as writer, progress_bar(len(names), progress) as bar:
         for batch in batches:
-            logits, scores = (predictor.forward(batch.images, batch_size=max(len(batch.index), 1))
-                              if len(batch.index) else (None, None))
+            logits, scores, novelty = (predictor.forward(batch.images, batch_size=max(len(batch.index), 1))
+                                       if len(batch.index) else (None, None, None))
             lungs = predictor.lungs(batch.images) if len(batch.index) else None
-            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores, lungs):
+            for _, p in batch_predictions(predictor, names, batch.index.tolist(), logits, batch.failed, scores, lungs,
+                                          novelty):
                 writer.write(p)
             bar.update(len(batch.index) + len(batch.failed))
     return writer.counts
@@ -147,7 +148,7 @@ def write_series(predictor: Predictor, sources: Sequence[Source], groups: dict |
     """The series table from the slice table just written (so every backend's rows are summarised alike)."""
     target = predictor.spec.series_target
     slices = schema.read_slice_probabilities(slices_csv, target)
-    results = [summarise(predictor.spec, s.key, [x.name for x in s.sources], [slices[x.name][0] for x in s.sources],
-                         [slices[x.name][1] for x in s.sources], [slices[x.name][2] for x in s.sources])
+    results = [summarise(predictor.spec, s.key, [x.name for x in s.sources],
+                         *([slices[x.name][i] for x in s.sources] for i in range(4)))
                for s in group_series(sources, groups)]
     return schema.write_series_csv(series_out, target, (r.row(target) for r in results))

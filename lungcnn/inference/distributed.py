@@ -71,21 +71,22 @@ class PredictionModule(L.LightningModule):
         super().__init__()
         self.net = predictor.net
         self.guard = getattr(predictor.backend, "guard", None)  # the domain guard (a module: Lightning moves it)
+        self.novelty = getattr(predictor.backend, "novelty", None)
         self.register_buffer("lut", torch.from_numpy(predictor.lut.T.copy()), persistent=False)  # (256, 3)
         self.predictor, self.names, self.out = predictor, list(names), out
         self.results: list[tuple[list[int], np.ndarray | None, list[tuple[int, str]], np.ndarray | None,
-                                 np.ndarray | None]] = []
+                                 np.ndarray | None, np.ndarray | None]] = []
         self.counts: dict[str, int] | None = None
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
-        logits = scores = lungs = None
+        logits = scores = lungs = novelty = None
         if len(batch.index):
             lungs = self.predictor.lungs(batch.images.cpu().numpy())
             x = self.lut[batch.images.long()].permute(0, 3, 1, 2)  # (n, S, S, 3) -> (n, 3, S, S)
-            plain, scores = guarded_forward(self.net, self.guard, x)
+            plain, scores, novelty = guarded_forward(self.net, self.guard, x, self.novelty)
             logits = tta_logits(self.net, x, self.predictor.tta, plain=plain).float().cpu().numpy()
-            scores = None if scores is None else scores.float().cpu().numpy()
-        self.results.append((batch.index.cpu().tolist(), logits, list(batch.failed), scores, lungs))
+            scores, novelty = (None if t is None else t.float().cpu().numpy() for t in (scores, novelty))
+        self.results.append((batch.index.cpu().tolist(), logits, list(batch.failed), scores, lungs, novelty))
 
     def on_predict_epoch_end(self) -> None:
         parts = [self.results]
@@ -96,8 +97,8 @@ class PredictionModule(L.LightningModule):
             return
         merged: dict[int, Prediction] = {}  # keyed by file: a DistributedSampler pads ranks with repeats
         for part in parts:
-            for index, logits, failed, scores, lungs in part:
-                merged.update(batch_predictions(self.predictor, self.names, index, logits, failed, scores, lungs))
+            for index, logits, failed, scores, lungs, novelty in part:
+                merged.update(batch_predictions(self.predictor, self.names, index, logits, failed, scores, lungs, novelty))
         self.counts = schema.write_csv(self.out, self.predictor.task, [p for _, p in sorted(merged.items())])
 
 

@@ -3,7 +3,7 @@
 `export_onnx` writes `<name>.onnx` plus a sidecar `<name>.onnx.json` holding the checkpoint's `ModelSpec`
 metadata, so the pair is self-contained: the Predictor rebuilds its preprocessing, calibration and
 decision rule from the sidecar and never needs the checkpoint again. The graph takes normalised images
-(N, 3, S, S) with a dynamic batch axis and returns two outputs:
+(N, 3, S, S) with a dynamic batch axis and returns two outputs, or more:
 
 - ``probability``: the task's own probability rule (`Task.probabilities`, traced) with the spec's prior
   shift and temperature folded in, so a consumer outside lungcnn can use the file alone. Isotonic
@@ -14,6 +14,8 @@ decision rule from the sidecar and never needs the checkpoint again. The graph t
 - ``domain_score`` (only when the checkpoint has a domain guard): the guard's kNN distance, computed in the
   graph from the same pooled features with the reference bank as a constant; an image is in the domain when
   it is <= ``meta.guard.threshold``.
+- ``novelty`` (only when the checkpoint has a normal bank, `spec.Novelty`): the kNN distance of the standardised
+  pooled features to normal training slices, which ranks a series' slices.
 
 Both files are written atomically; the sidecar, written last, records the .onnx file's SHA-256, so a
 half-replaced pair is detected on load instead of silently mixing an old graph with new metadata. Reading
@@ -42,13 +44,14 @@ from lungcnn.inference.onnx_runtime import (
     FORMAT,
     INPUT,
     LOGIT,
+    NOVELTY,
     PROBABILITY,
     make_session,
     read_sidecar,
     sha256,
     sidecar_path,
 )
-from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
+from lungcnn.models.checkpoint import build_guard, build_network, build_novelty, load_checkpoint
 from lungcnn.models.guard import guarded_forward
 from lungcnn.spec import ModelSpec
 from lungcnn.task import Task
@@ -57,23 +60,23 @@ OPSET = 17
 
 
 class CalibratedNet(nn.Module):
-    """net -> (probability, logit[, domain_score]): the task's probabilities with the spec's prior shift and
-    temperature, and the domain guard's score when a guard is given."""
+    """net -> (probability, logit[, domain_score][, novelty]): the task's probabilities with the spec's prior shift and
+    temperature, the domain guard's score when a guard is given, the novelty when a normal bank is given."""
 
     def __init__(self, net: nn.Module, task: Task, shift: float | tuple[float, ...] = 0.0, temperature: float = 1.0,
-                 guard: nn.Module | None = None) -> None:
+                 guard: nn.Module | None = None, novelty: nn.Module | None = None) -> None:
         super().__init__()
-        self.net, self.task, self.temperature, self.guard = net, task, float(temperature), guard
+        self.net, self.task, self.temperature, self.guard, self.novelty = net, task, float(temperature), guard, novelty
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
 
     @property
     def output_names(self) -> list[str]:
-        return [PROBABILITY, LOGIT] + ([DOMAIN] if self.guard is not None else [])
+        return [PROBABILITY, LOGIT] + ([DOMAIN] if self.guard is not None else []) + ([NOVELTY] if self.novelty else [])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logit, score = guarded_forward(self.net, self.guard, x)
+        logit, score, novelty = guarded_forward(self.net, self.guard, x, self.novelty)
         probability = self.task.probabilities(logit, self.shift, self.temperature)
-        return (probability, logit) if score is None else (probability, logit, score)
+        return tuple(t for t in (probability, logit, score, novelty) if t is not None)
 
 
 def export_onnx(ckpt: str | Path, out_path: str | Path | None = None) -> tuple[Path, Path]:
@@ -85,20 +88,22 @@ def export_onnx(ckpt: str | Path, out_path: str | Path | None = None) -> tuple[P
     if out.resolve() == ckpt.resolve():
         raise LungCNNInputError(f"{out}: refusing to overwrite the checkpoint with its export")
     spec, state = load_checkpoint(ckpt)
-    data = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state))
+    data = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state), build_novelty(spec, state))
     write_bytes(out, data)
     sidecar = sidecar_path(out)
     write_json(sidecar, sidecar_record(spec, out, hashlib.sha256(data).hexdigest(), source=ckpt))
     return out, sidecar
 
 
-def onnx_bytes(net: nn.Module, spec: ModelSpec, guard: nn.Module | None = None) -> bytes:
+def onnx_bytes(net: nn.Module, spec: ModelSpec, guard: nn.Module | None = None, novelty: nn.Module | None = None) -> bytes:
     """The serialised graph, checked against PyTorch on a sample batch before anything is written."""
     if (guard is None) != (spec.guard is None):
         raise ValueError("the spec's domain guard and the guard module passed must both be present or both absent")
+    if (novelty is None) != (spec.novelty is None):
+        raise ValueError("the spec's novelty bank and the novelty module passed must both be present or both absent")
     size = spec.preprocessing.image_size
     model = CalibratedNet(net.eval(), spec.task, spec.calibration.graph_shift, spec.calibration.graph_temperature,
-                          guard).eval()
+                          guard, novelty).eval()
     names = model.output_names
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
@@ -141,9 +146,12 @@ def sidecar_record(spec: ModelSpec, onnx_path: Path, onnx_sha256: str, source: P
             "input": {"name": INPUT, "shape": ["batch", 3, size, size], "dtype": "float32",
                       "preprocessing": "gray uint8 image from meta.preprocessing, replicated to 3 channels, "
                                        "(value / 255 - mean) / std per channel"},
-            "outputs": {"probability": PROBABILITY, "logit": LOGIT, **({"domain_score": DOMAIN} if spec.guard else {})},
+            "outputs": {"probability": PROBABILITY, "logit": LOGIT, **({"domain_score": DOMAIN} if spec.guard else {}),
+                        **({"novelty": NOVELTY} if spec.novelty else {})},
             "domain_score": ("the domain guard's kNN distance of the image's pooled features to the training bank; in "
                              "the domain when <= meta.guard.threshold" if spec.guard else None),
+            "novelty": ("the kNN distance of the image's standardised pooled features to normal training slices; ranks "
+                        "a series' slices (higher: more suspicious), decides nothing" if spec.novelty else None),
             "temperature_in_graph": calibration.graph_temperature,
             "logit_shift_in_graph": calibration.graph_shift,
             "probability": (f"the {spec.task.name} task's probabilities of the logits; apply the isotonic map "

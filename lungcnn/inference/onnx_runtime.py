@@ -19,7 +19,7 @@ from lungcnn.errors import LungCNNInputError
 from lungcnn.spec import ModelSpec
 
 FORMAT = "lungcnn-onnx/2"
-INPUT, PROBABILITY, LOGIT, DOMAIN = "image", "probability", "logit", "domain_score"
+INPUT, PROBABILITY, LOGIT, DOMAIN, NOVELTY = "image", "probability", "logit", "domain_score", "novelty"
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -101,12 +101,13 @@ class OnnxBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([LOGIT], {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, domain scores or None when the graph has no guard) from one run."""
-        if DOMAIN not in {o.name for o in self.session.get_outputs()}:
-            return self.logits(batch), None
-        logit, score = self.session.run([LOGIT, DOMAIN], {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})
-        return logit, score
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(logits, domain scores or None when the graph has no guard, novelty or None without a normal bank) from one
+        run."""
+        present = {o.name for o in self.session.get_outputs()}
+        names = [LOGIT] + [n for n in (DOMAIN, NOVELTY) if n in present]
+        got = dict(zip(names, self.session.run(names, {INPUT: np.ascontiguousarray(batch, dtype=np.float32)})))
+        return got[LOGIT], got.get(DOMAIN), got.get(NOVELTY)
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probability, logit) as the graph computes them: for checks and external-use parity."""
@@ -121,8 +122,9 @@ def load_onnx(path: str | Path, threads: int | None = None, spin: bool = False) 
     """(model spec, backend) from an .onnx file and its sidecar."""
     _, spec = read_sidecar(path)
     backend = OnnxBackend(path, threads, spin)
-    has_guard = DOMAIN in {o.name for o in backend.session.get_outputs()}  # opens it now: a broken file fails here
-    if has_guard != (spec.guard is not None):
-        raise LungCNNInputError(f"{path}: the graph {'has' if has_guard else 'lacks'} a domain score but its sidecar "
-                                f"{'lacks' if has_guard else 'has'} a domain guard; re-export with `lungcnn-export`")
+    outputs = {o.name for o in backend.session.get_outputs()}  # opens it now: a broken file fails here
+    for name, part, what in ((DOMAIN, spec.guard, "domain guard"), (NOVELTY, spec.novelty, "novelty bank")):
+        if (name in outputs) != (part is not None):
+            raise LungCNNInputError(f"{path}: the graph {'has' if name in outputs else 'lacks'} a {name} output but its "
+                                    f"sidecar {'lacks' if name in outputs else 'has'} a {what}; re-export with `lungcnn-export`")
     return spec, backend

@@ -45,6 +45,8 @@ class Prediction:
     `domain_score`/`in_domain`: the guard's score and verdict (NaN/None when the checkpoint has no guard);
     a flagged image's `decision` is `OUT_OF_DOMAIN`. `lungs_in_view`: the lung check's verdict (None when the
     check is off); an image without lungs is decided `NO_LUNGS` (before the guard's verdict: the more useful reason).
+    `novelty`: how unlike the normal training slices the image is (`spec.Novelty`; NaN without a normal bank): what
+    ranks a series' slices.
     """
 
     file: str
@@ -56,6 +58,7 @@ class Prediction:
     domain_score: float = float("nan")
     in_domain: bool | None = None
     lungs_in_view: bool | None = None
+    novelty: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -75,15 +78,18 @@ class Prediction:
 BACKENDS = ("torch", "onnx", "auto")
 
 
+Scores = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]  # logits, domain scores, novelty
+
+
 class Backend(Protocol):
-    """Normalised images (N, 3, S, S) float32 -> logits (N,) binary or (N, K), and the domain guard's scores (N,)
-    (None without a guard): the only part a runtime swaps."""
+    """Normalised images (N, 3, S, S) float32 -> logits (N,) binary or (N, K), the domain guard's scores (N,) (None
+    without a guard) and the novelty (N,) (None without a normal bank): the only part a runtime swaps."""
 
     name: str
 
     def logits(self, batch: np.ndarray) -> np.ndarray: ...
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def forward(self, batch: np.ndarray) -> Scores: ...
 
 
 class TorchBackend:
@@ -92,16 +98,17 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", channels_last: bool = False,
-                 guard: torch.nn.Module | None = None) -> None:
+                 guard: torch.nn.Module | None = None, novelty: torch.nn.Module | None = None) -> None:
         import torch
 
         self.device, self.channels_last = torch.device(device), channels_last
         self.net = net.eval().to(self.device)
         self.guard = guard.eval().to(self.device) if guard is not None else None
+        self.novelty = novelty.eval().to(self.device) if novelty is not None else None
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # outside inference_mode: parameters stay normal tensors
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def forward(self, batch: np.ndarray) -> Scores:
         import torch
 
         from lungcnn.models.guard import guarded_forward  # torch's side: the onnx-only path imports no torch
@@ -110,20 +117,22 @@ class TorchBackend:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits, scores = guarded_forward(self.net, self.guard, x)
-            return logits.float().cpu().numpy(), None if scores is None else scores.float().cpu().numpy()
+            return _numpy(*guarded_forward(self.net, self.guard, x, self.novelty))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.forward(batch)[0]
 
-    def from_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def from_features(self, features: np.ndarray) -> Scores:
         """`forward` from pooled backbone features (N, F) (the feature cache's) instead of images."""
         import torch
 
         with torch.inference_mode():
             f = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-            scores = None if self.guard is None else self.guard(f).float().cpu().numpy()
-            return self.net.logits_of(f).float().cpu().numpy(), scores
+            return _numpy(self.net.logits_of(f), *(None if m is None else m(f) for m in (self.guard, self.novelty)))
+
+
+def _numpy(*tensors: torch.Tensor | None) -> Scores:
+    return tuple(None if t is None else t.float().cpu().numpy() for t in tensors)
 
 
 def tta_logits(logits_fn: Any, x: Any, tta: str = "none", plain: Any = None) -> Any:
@@ -214,7 +223,7 @@ class Predictor:
 
             spec, onnx_backend = load_onnx(path, threads)
             return cls(spec, backend=onnx_backend, lung_check=lung_check, export_window=export_window)
-        from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
+        from lungcnn.models.checkpoint import build_guard, build_network, build_novelty, load_checkpoint
 
         if backend == "onnx":
             from lungcnn.inference.onnx_export import cached_export
@@ -225,8 +234,8 @@ class Predictor:
                        lung_check=lung_check, export_window=export_window)
         spec, state = load_checkpoint(path)
         net = build_network(spec, state)
-        return cls(spec, net, TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state)), lung_check=lung_check,
-                   export_window=export_window)
+        backend = TorchBackend(net, device or "cpu", channels_last, build_guard(spec, state), build_novelty(spec, state))
+        return cls(spec, net, backend, lung_check=lung_check, export_window=export_window)
 
     def with_export_window(self, export_window: Rendering | None) -> Predictor:
         """The same model reading 8-bit files exported with `export_window` (a shallow copy: network and backend are
@@ -271,23 +280,29 @@ class Predictor:
         """(N, S, S) uint8 -> logits (N,) for one output or (N, K), with the checkpoint's test-time augmentation."""
         return self.forward(images, batch_size, features)[0]
 
-    def forward(self, images: np.ndarray, batch_size: int = 32,
-                features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, S, S) uint8 -> (logits as `logits` gives them, domain scores (N,) or None without a guard).
+    def forward(self, images: np.ndarray, batch_size: int = 32, features: np.ndarray | None = None) -> Scores:
+        """(N, S, S) uint8 -> (logits as `logits` gives them, domain scores (N,) or None without a guard, novelty (N,)
+        or None without a normal bank).
 
-        The guard scores the image as it is (its mirror, under flip TTA, only adds to the logits). `features`:
-        the images' pooled backbone features (`cached_features`), so the backbone does not run again."""
+        The guard and the novelty score the image as it is (its mirror, under flip TTA, only adds to the logits).
+        `features`: the images' pooled backbone features (`cached_features`), so the backbone does not run again."""
         if features is not None:
             return self.backend.from_features(features)
-        logits, scores = [], []
+        logits, scores, novelty = [], [], []
         for i in range(0, len(images), batch_size):
             x = self.normalise(images[i : i + batch_size])
-            plain, score = self.backend.forward(x)
+            plain, score, new = self.backend.forward(x)
             logits.append(tta_logits(self.backend.logits, x, self.tta, plain=plain))
             scores.append(score)
-        if not logits:
-            return self.task.empty_logits(), (None if self.spec.guard is None else np.zeros(0, np.float32))
-        return np.concatenate(logits), (None if any(s is None for s in scores) else np.concatenate(scores))
+            novelty.append(new)
+
+        def joined(parts: list, present: bool) -> np.ndarray | None:  # None: no guard / bank (in the spec or backend)
+            if not present or any(p is None for p in parts):
+                return None
+            return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+        return (np.concatenate(logits) if logits else self.task.empty_logits(), joined(scores, self.spec.guard is not None),
+                joined(novelty, self.spec.novelty is not None))
 
     def lungs(self, images: np.ndarray) -> np.ndarray | None:
         """(N, S, S) uint8 -> whether each image's lung fields are found (N,) bool, or None when the check is off.
@@ -299,8 +314,8 @@ class Predictor:
 
     # -- results --------------------------------------------------------------------------------------
     def from_logits(self, logits: np.ndarray, names: list[str], domain_scores: np.ndarray | None = None,
-                    lungs: np.ndarray | None = None) -> list[Prediction]:
-        """Logits (and domain scores, and the lung check's verdicts `Predictor.lungs`) from any backend or
+                    lungs: np.ndarray | None = None, novelty: np.ndarray | None = None) -> list[Prediction]:
+        """Logits (and domain scores, the lung check's verdicts `Predictor.lungs` and the novelty) from any backend or
         Lightning's trainer.predict -> Predictions, calibrated and decided; an image without lungs in view is
         decided `NO_LUNGS`, one the guard flags `OUT_OF_DOMAIN`."""
         task, spec = self.task, self.spec
@@ -316,15 +331,16 @@ class Predictor:
         scores = np.full(len(names), np.nan) if domain_scores is None else np.asarray(domain_scores, np.float64)
         inside = [None] * len(names) if spec.guard is None else spec.guard.in_domain(scores).tolist()
         seen = [None] * len(names) if lungs is None else [bool(v) for v in lungs]
+        new = np.full(len(names), np.nan) if novelty is None else np.asarray(novelty, np.float64)
         return [Prediction(name, tuple(map(float, z)), dict(zip(self.class_names, map(float, c))),
                            dict(zip(self.class_names, map(float, r))),
                            NO_LUNGS if found is False else OUT_OF_DOMAIN if ok is False else d,
-                           domain_score=float(s), in_domain=ok, lungs_in_view=found)
-                for name, z, c, r, d, s, ok, found in zip(names, rows, per_class, raw, decisions, scores, inside, seen)]
+                           domain_score=float(s), in_domain=ok, lungs_in_view=found, novelty=float(v))
+                for name, z, c, r, d, s, ok, found, v in zip(names, rows, per_class, raw, decisions, scores, inside, seen, new)]
 
     def predict_images(self, images: np.ndarray, names: list[str]) -> list[Prediction]:
-        logits, scores = self.forward(images)
-        return self.from_logits(logits, names, scores, self.lungs(images))
+        logits, scores, novelty = self.forward(images)
+        return self.from_logits(logits, names, scores, self.lungs(images), novelty)
 
     def backbone_features(self, data: Labelled, cache_dir: str | Path | None = None, batch_size: int = 32) -> np.ndarray:
         """(N, F) pooled backbone features of the readable images of `data` (PyTorch backend): read from the feature
@@ -348,8 +364,9 @@ class Predictor:
 
     def classify_labelled(self, data: Labelled, features: np.ndarray | None = None) -> tuple[list[Prediction], np.ndarray]:
         """`classify` of images already read (`lungcnn.data.labelled`), named by their files."""
-        logits, scores = self.forward(data.images, features=features)
-        done = iter(self.from_logits(logits, list(data.frame["file"][data.readable]), scores, self.lungs(data.images)))
+        logits, scores, novelty = self.forward(data.images, features=features)
+        done = iter(self.from_logits(logits, list(data.frame["file"][data.readable]), scores, self.lungs(data.images),
+                                     novelty))
         names = list(data.frame["file"])
         return [next(done) if e is None else Prediction(n, error=e) for n, e in zip(names, data.errors, strict=True)], logits
 
@@ -370,8 +387,9 @@ class Predictor:
         `names` (default: the sources), and the readable images' logits in order."""
         names = [str(s) for s in sources] if names is None else names
         images, errors = self.read(sources)
-        logits, scores = self.forward(images)
-        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None], scores, self.lungs(images)))
+        logits, scores, novelty = self.forward(images)
+        done = iter(self.from_logits(logits, [n for n, e in zip(names, errors) if e is None], scores, self.lungs(images),
+                                     novelty))
         return [next(done) if e is None else Prediction(n, error=e) for n, e in zip(names, errors)], logits
 
     def predict_files(self, sources: list[str | Path]) -> list[Prediction]:

@@ -3,8 +3,8 @@
 `quantize_onnx(ckpt)` exports the fp32 graph (`onnx_export.onnx_bytes`) and quantises it with
 onnxruntime.quantization (`quant_pre_process`, then `quantize_static` in QDQ format, per-channel int8
 weights, uint8 activations) calibrated on images of the checkpoint's training split. Every node after the
-last convolution stays in float: the pooled head, the prior shift, the temperature, the probability and
-the domain guard. Quantising those moved calibrated probabilities by up to 0.5 here (a temperature < 1
+last convolution stays in float: the pooled head, the prior shift, the temperature, the probability,
+the domain guard and the novelty. Quantising those moved calibrated probabilities by up to 0.5 here (a temperature < 1
 sharpens logit errors), while the convolutions carry almost all the compute.
 
 Activation ranges are measured one tensor at a time (`int8_ranges`): a tensor whose values defeat a
@@ -83,7 +83,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
         float_search: up to this many more convolutions kept in float, chosen one at a time on the validation split
             (each step quantises the graph once per convolution: ~50 times for MobileNetV2).
     """
-    from lungcnn.models.checkpoint import build_guard, build_network, load_checkpoint
+    from lungcnn.models.checkpoint import build_guard, build_network, build_novelty, load_checkpoint
 
     ckpt = Path(ckpt)
     out = Path(out_path) if out_path else int8_path(ckpt)
@@ -95,7 +95,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     require_number("min_agreement", min_agreement, 0, 1, low_open=False, high_open=False)
     require_int("--float-search", float_search, 0)
     spec, state = load_checkpoint(ckpt)
-    fp32 = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state))
+    fp32 = onnx_bytes(build_network(spec, state), spec, build_guard(spec, state), build_novelty(spec, state))
     with tempfile.TemporaryDirectory(prefix="lungcnn-int8-") as tmp:
         fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         fp32_file.write_bytes(fp32)
@@ -120,7 +120,7 @@ def quantize_onnx(ckpt: str | Path, out_path: str | Path | None = None, *, data_
     write_json(parity_path(out), report)
     sidecar = sidecar_path(out)
     record = sidecar_record(spec, out, hashlib.sha256(data).hexdigest(), source=ckpt)
-    record["onnx"]["precision"] = "int8 (static QDQ; head, calibration and guard in float)"
+    record["onnx"]["precision"] = "int8 (static QDQ; head, calibration, guard and novelty in float)"
     record["quantization"] = report
     write_json(sidecar, record)
     return out, sidecar, report

@@ -109,9 +109,9 @@ def single_threaded_opencv() -> Iterator[None]:
 # -- output ------------------------------------------------------------------------------------------
 def batch_predictions(predictor: Predictor, names: Sequence[str], index: Sequence[int], logits: np.ndarray,
                       failed: Sequence[tuple[int, str]], domain_scores: np.ndarray | None = None,
-                      lungs: np.ndarray | None = None) -> list[tuple[int, Prediction]]:
+                      lungs: np.ndarray | None = None, novelty: np.ndarray | None = None) -> list[tuple[int, Prediction]]:
     """One batch's results in file order: classified images and unreadable files interleaved."""
-    done = (list(zip(index, predictor.from_logits(logits, [names[i] for i in index], domain_scores, lungs)))
+    done = (list(zip(index, predictor.from_logits(logits, [names[i] for i in index], domain_scores, lungs, novelty)))
             if len(index) else [])
     done += [(i, Prediction(names[i], error=reason)) for i, reason in failed]
     return sorted(done, key=lambda pair: pair[0])

@@ -13,6 +13,7 @@ means the same thing in every table:
 | `in_domain` | `true`: the image looks like the training images (the domain guard); `false`: flagged; empty: no guard |
 | `lungs_in_view` | `true`: the lung check found both lungs; `false`: none in view, decision `no lungs in view`; empty: no check |
 | `domain_score` | the guard's score (kNN distance of pooled features to the training images'; > threshold = flagged) |
+| `novelty` | how unlike normal training slices the image is (`spec.Novelty`; empty without a normal bank): ranks a series |
 | `probability_<class>` | calibrated probability of each class (the checkpoint's calibration) |
 | `uncalibrated_probability_<class>` | the network's own probability of each class |
 | `logit` / `logit_<class>` | the raw output: one logit (binary) or one per class |
@@ -30,7 +31,7 @@ The series table (`lungcnn-predict --series-out`, the page's series result), one
 | `n_slices` | images in the series, readable or not |
 | `series_probability_<class>` | the checkpoint's series rule over the slices' calibrated P(class) |
 | `decision` | `<class>` at or above the series threshold, else the other class (binary) or `not <class>` |
-| `most_suspicious_slice` | the slice with the highest P(class) |
+| `most_suspicious_slice` | the judged slice ranked first: the highest novelty with a normal bank, else the highest P(class) |
 | `n_unreadable` | slices that could not be read |
 | `n_no_lungs` | readable slices without lungs in view (neck, abdomen, inverted): not judged, left out of the probability |
 | `n_out_of_domain` | slices with lungs in view the domain guard flagged, left out of the series probability (see below) |
@@ -57,7 +58,7 @@ if TYPE_CHECKING:  # pandas only to read tables back: writing rows (lungcnn-pred
     from lungcnn.task import Task
 
 FILE, LABEL, SOURCE, DECISION, ERROR = "file", "label", "source", "decision", "error"
-IN_DOMAIN, DOMAIN_SCORE, LUNGS_IN_VIEW = "in_domain", "domain_score", "lungs_in_view"
+IN_DOMAIN, DOMAIN_SCORE, LUNGS_IN_VIEW, NOVELTY = "in_domain", "domain_score", "lungs_in_view", "novelty"
 PROBABILITY, UNCALIBRATED, LOGIT = "probability_", "uncalibrated_probability_", "logit"
 # What the page shows (and its download carries).
 SHOWN = ("file", "decision", "in_domain", "lungs_in_view", "probability", "error")
@@ -84,7 +85,7 @@ def columns(task: Task, *, labelled: bool = False, shown_only: bool = False, sou
     if shown_only:
         return [FILE, DECISION, IN_DOMAIN, LUNGS_IN_VIEW, *[probability_column(c) for c in names], ERROR]
     return [FILE, *([LABEL] if labelled else []), *([SOURCE] if sourced else []), DECISION, IN_DOMAIN, LUNGS_IN_VIEW,
-            DOMAIN_SCORE,
+            DOMAIN_SCORE, NOVELTY,
             *[probability_column(c) for c in names],
             *[probability_column(c, calibrated=False) for c in names], *logit_columns(task), ERROR]
 
@@ -105,6 +106,8 @@ def row(task: Task, prediction: Prediction, label: str | None = None, *, shown_o
     out[LUNGS_IN_VIEW] = "" if prediction.lungs_in_view is None else str(bool(prediction.lungs_in_view)).lower()
     if not shown_only and prediction.in_domain is not None:
         out[DOMAIN_SCORE] = prediction.domain_score
+    if not shown_only and prediction.novelty == prediction.novelty:  # NaN: no normal bank
+        out[NOVELTY] = prediction.novelty
     for c in task.class_names:
         if shown_only and not prediction.answered:
             break
@@ -244,14 +247,16 @@ def write_series_csv(path: str | Path, target: str, rows: Iterable[dict[str, Any
     return n
 
 
-def read_slice_probabilities(path: str | Path, target: str) -> dict[str, tuple[float, bool | None, bool | None]]:
-    """{file: (calibrated P(target), in domain, lungs in view)} from a prediction table; NaN for a file that could
-    not be read, None where the checkpoint has no guard or the lung check is off (or the table predates it)."""
+def read_slice_probabilities(path: str | Path, target: str) -> dict[str, tuple[float, bool | None, bool | None, float]]:
+    """{file: (calibrated P(target), in domain, lungs in view, novelty)} from a prediction table; NaN for a file that
+    could not be read, None where the checkpoint has no guard or the lung check is off (or the table predates it),
+    novelty NaN without a normal bank."""
     import pandas as pd
 
     frame = pd.read_csv(path, dtype={FILE: str, ERROR: str, IN_DOMAIN: str, LUNGS_IN_VIEW: str}, keep_default_na=False,
-                        na_values={probability_column(target): [""]})
+                        na_values={probability_column(target): [""], NOVELTY: [""]})
     verdict = {"true": True, "false": False}
     domain = [verdict.get(v) for v in frame[IN_DOMAIN]]
     lungs = [verdict.get(v) for v in frame[LUNGS_IN_VIEW]] if LUNGS_IN_VIEW in frame else [None] * len(frame)
-    return dict(zip(frame[FILE], zip(frame[probability_column(target)].astype("float64"), domain, lungs)))
+    novelty = frame[NOVELTY].astype("float64") if NOVELTY in frame else [float("nan")] * len(frame)
+    return dict(zip(frame[FILE], zip(frame[probability_column(target)].astype("float64"), domain, lungs, novelty)))

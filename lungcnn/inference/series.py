@@ -30,8 +30,11 @@ class SeriesResult:
         probability: the series probability (NaN when no slice was readable or the series is out of domain).
         decision: the series decision, `OUT_OF_DOMAIN` when too few slices are in the model's domain, `NO_LUNGS`
             when no readable slice has lungs in view, or None when no slice was readable.
-        most_suspicious: index of the slice with the highest P(target), or None.
+        most_suspicious: index of the judged slice ranked first, or None.
         counts: per-series tallies (`schema.SERIES_COUNTS`).
+        ranking: what orders the judged slices (NaN elsewhere): their novelty when the model has a normal bank
+            (`spec.Novelty`; P(target) ranked a cancer patient's tumour slices below the others: docs/lesion.md),
+            else P(target); None: `probabilities`.
     """
 
     key: str
@@ -41,12 +44,17 @@ class SeriesResult:
     decision: str | None
     most_suspicious: int | None
     counts: dict[str, int] = field(default_factory=dict)
+    ranking: np.ndarray | None = None
+
+    @property
+    def ranked_by_novelty(self) -> bool:
+        return self.ranking is not None
 
     @property
     def ranked(self) -> list[int]:
-        """Readable slice indices, most suspicious first (ties in slice order)."""
-        readable = np.flatnonzero(np.isfinite(self.probabilities))
-        return sorted(readable.tolist(), key=lambda i: (-self.probabilities[i], i))
+        """Judged slice indices, most suspicious first (ties in slice order)."""
+        score = self.probabilities if self.ranking is None else self.ranking
+        return sorted(np.flatnonzero(np.isfinite(score)).tolist(), key=lambda i: (-score[i], i))
 
     def row(self, target: str) -> dict[str, Any]:
         return schema.series_row(target, self.key, len(self.names), self.probability, self.decision,
@@ -63,11 +71,14 @@ def series_decision(spec: ModelSpec, probability: float) -> str:
 
 
 def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Sequence[float],
-              in_domain: Sequence[bool | None] | None = None, lungs: Sequence[bool | None] | None = None) -> SeriesResult:
+              in_domain: Sequence[bool | None] | None = None, lungs: Sequence[bool | None] | None = None,
+              novelty: Sequence[float] | None = None) -> SeriesResult:
     """One series from its slices' calibrated P(target) in slice order (NaN marks an unreadable slice), the domain
     guard's verdicts and the lung check's (False: flagged; None or no list: no guard / no check). Slices without
     lungs in view (a series runs from the neck to the abdomen) and flagged ones are left out of the score; the
-    domain rule counts only slices with lungs in view, so a series' abdominal slices do not make it "out of domain"."""
+    domain rule counts only slices with lungs in view, so a series' abdominal slices do not make it "out of domain".
+    `novelty` (per slice, NaN or None without a normal bank) ranks the judged slices when every judged one has it;
+    the series probability and decision stay P(target)'s."""
     p = np.asarray(probabilities, dtype=np.float64)
     readable = np.isfinite(p)
     no_lungs = readable & np.array([v is False for v in (lungs or [None] * len(p))], dtype=bool)
@@ -83,5 +94,8 @@ def summarise(spec: ModelSpec, key: str, names: Sequence[str], probabilities: Se
     if (with_lungs & ~flagged).sum() < spec.series.min_in_domain * with_lungs.sum():
         return SeriesResult(key, tuple(names), judged, float("nan"), OUT_OF_DOMAIN, None, counts)
     score = aggregate(spec.series.method, judged, spec.series.k)
-    top = int(np.nanargmax(judged))
-    return SeriesResult(key, tuple(names), judged, score, series_decision(spec, score), top, counts)
+    new = np.full(len(p), np.nan) if novelty is None else np.asarray(novelty, np.float64)
+    ranking = np.where(np.isfinite(judged), new, np.nan)
+    ranking = ranking if np.isfinite(ranking).sum() == np.isfinite(judged).sum() else None
+    top = int(np.nanargmax(judged if ranking is None else ranking))
+    return SeriesResult(key, tuple(names), judged, score, series_decision(spec, score), top, counts, ranking)

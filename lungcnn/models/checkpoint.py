@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,16 +58,25 @@ def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.n
 
 def build_guard(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module | None:
     """The domain guard's scoring module (`KnnDistance`) a spec describes, or None when it has no guard."""
+    return _knn(spec.guard, state, 1, "domain guard")
+
+
+def build_novelty(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module | None:
+    """The novelty score's module (`KnnDistance` on standardised features) a spec describes, or None without one."""
+    return _knn(spec.novelty, state, 2, "novelty bank")
+
+
+def _knn(part: Any, state: Mapping[str, torch.Tensor], index: int, what: str) -> torch.nn.Module | None:
     from lungcnn.models.guard import KnnDistance, split_state
 
-    if spec.guard is None:
+    if part is None:
         return None
-    bank = split_state(state)[1].get("bank")
-    guard = spec.guard
-    if bank is None or tuple(bank.shape) != (guard.bank_size, guard.feature_dim):
-        raise LungCNNInputError(f"the checkpoint's domain guard expects a ({guard.bank_size}, {guard.feature_dim}) "
+    tensors = split_state(state)[index]
+    bank = tensors.get("bank")
+    if bank is None or tuple(bank.shape) != (part.bank_size, part.feature_dim):
+        raise LungCNNInputError(f"the checkpoint's {what} expects a ({part.bank_size}, {part.feature_dim}) "
                                 f"reference bank, found {None if bank is None else tuple(bank.shape)}; re-run lungcnn.calibrate")
-    return KnnDistance(bank, guard.k).eval()
+    return KnnDistance.from_state(tensors, part.k).eval()
 
 
 def save_checkpoint(path: str | Path, spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> None:

@@ -87,7 +87,8 @@ def _classify_series(predictor: Predictor, series: Series, limits: UploadLimits)
     probs = [r.prediction.probabilities[target] if r.ok else float("nan") for r in slices]
     verdicts = [r.prediction.in_domain if r.ok else None for r in slices]
     lungs = [r.prediction.lungs_in_view if r.ok else None for r in slices]
-    return StudySeries(summarise(spec, series.key, [r.name for r in slices], probs, verdicts, lungs), slices)
+    novelty = [r.prediction.novelty if r.ok else float("nan") for r in slices]
+    return StudySeries(summarise(spec, series.key, [r.name for r in slices], probs, verdicts, lungs, novelty), slices)
 
 
 SHOWN_SLICES = 5  # slices the page shows with heat maps, most suspicious first
@@ -119,4 +120,5 @@ def series_explanation(predictor: Predictor, result: SeriesResult) -> str:
     return (f"Reported as **{result.decision}** because the series probability ({spec.series.describe()}) is "
             f"{format_percent(result.probability)}, {side} the series threshold of **{format_percent(spec.series_threshold)}**."
             f"{left_out} Most suspicious slice: **{Path(result.names[top]).name}** (slice {top + 1} of {len(result.names)}, "
-            f"{format_percent(result.probabilities[top])}).")
+            f"{format_percent(result.probabilities[top])}"
+            + ("; ranked first as the slice most unlike normal chest CT)." if result.ranked_by_novelty else ")."))

@@ -283,6 +283,7 @@ def model_card(predictor: Predictor) -> dict[str, Any]:
         "Calibration": _calibration_text(spec.calibration),
         "Decision threshold": _threshold_text(predictor),
         "Series decision": _series_text(spec),
+        "Slice order (series)": _ranking_text(spec),
         "Image size the model sees": f"{pre.image_size} x {pre.image_size} pixels",
         "CT window (DICOM)": f"level {pre.window.level:g} HU, width {pre.window.width:g} HU",
         "Out-of-domain check": _guard_text(spec.guard),
@@ -322,6 +323,15 @@ def _series_text(spec: ModelSpec) -> str:
               else "the slice threshold")
     return (f"{spec.series.describe()} of the slices judged; {spec.series_target} at or above "
             f"{spec.series_threshold:.1%} ({fitted})")
+
+
+def _ranking_text(spec: ModelSpec) -> str:
+    """How the series view orders its slices, in words."""
+    if spec.novelty is None:
+        return f"by probability of {spec.series_target}, highest first"
+    return ("most unlike normal chest CT first: distance of a slice's features to the nearest of "
+            f"{spec.novelty.bank_size} normal training slices ({spec.novelty.fitted_on}); the decision still comes from "
+            "the slices' probabilities")
 
 
 def _threshold_text(predictor: Predictor) -> str:
