@@ -342,8 +342,9 @@ class SeriesRule:
         object.__setattr__(self, "min_in_domain", fraction)
 
     def describe(self) -> str:
-        """The rule in words for people ("mean of the 3 most suspicious slices")."""
-        return {"max": "the most suspicious slice", "topk_mean": f"mean of the {self.k} most suspicious slices",
+        """The rule in words for people ("mean of the 3 highest slice probabilities"): not "most suspicious", which is
+        the slice order shown (novelty, where the model has a normal bank)."""
+        return {"max": "the highest slice probability", "topk_mean": f"mean of the {self.k} highest slice probabilities",
                 "noisy_or": "noisy-OR over all slices", "mean": "mean over all slices"}[self.method]
 
 

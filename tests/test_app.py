@@ -196,7 +196,7 @@ def test_model_card_says_what_is_known_and_what_is_not(predictor, calibrated_ckp
     assert card["details"]["Lung check"].startswith(("on", "off"))
     assert card["details"]["Calibration"].startswith("temperature scaling")
     assert "at or above" in card["details"]["Decision threshold"]
-    assert card["details"]["Series decision"] == (f"mean of the 3 most suspicious slices of the slices judged; malignant at "
+    assert card["details"]["Series decision"] == (f"mean of the 3 highest slice probabilities of the slices judged; malignant at "
                                                   f"or above {spec.decision.threshold:.1%} (the slice threshold)")
     fitted = spec.replace(series=dataclasses.replace(spec.series, threshold=0.42))
     fitted_card = model_card(Predictor(fitted, cal.net, cal.backend))

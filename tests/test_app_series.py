@@ -96,7 +96,7 @@ def test_page_shows_the_series_result_ranked_slices_and_a_slider(monkeypatch, tr
         text = _page_text(at)
         assert at.metric[0].label == "Series probability of malignant"  # the series result comes first
         assert [m.label for m in at.metric[1:]] == ["Probability of malignancy"] * (SHOWN_SLICES + 1)
-        assert "Most suspicious slice" in text and "mean of the 3 most suspicious slices" in text
+        assert "Most suspicious slice" in text and "mean of the 3 highest slice probabilities" in text
         shown = [m.value.lstrip("#").strip().replace("\\", "") for m in at.markdown if m.value.startswith("##### IM")]
         slider = at.slider[0]
         assert (slider.min, slider.max) == (1, N)

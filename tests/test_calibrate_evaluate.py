@@ -68,7 +68,7 @@ def test_evaluate_writes_a_report_that_recomputes(trained_ckpt, tmp_path):
         again["accuracy"], abs=1e-6)
     assert "paper" in saved and saved["n"] == len(rows)
     # No series threshold fitted: series are decided at the slice threshold, and the report says so.
-    assert saved["series_rule"] == {"rule": "mean of the 3 most suspicious slices", "target": "malignant",
+    assert saved["series_rule"] == {"rule": "mean of the 3 highest slice probabilities", "target": "malignant",
                                     "threshold": report["threshold_calibrated"], "fitted": False}
     # Where it looks: Grad-CAM on judged images (the synthetic slices have two lung fields), a share in [0, 1].
     mass = saved["gradcam_lung_mass"]

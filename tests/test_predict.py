@@ -194,11 +194,11 @@ def test_a_failed_run_keeps_the_previous_csv(folder, warm_ckpt, tmp_path, monkey
     out.write_text("file,calibrated_probability\ngood,0.5\n")
     original, calls = Predictor.from_logits, []
 
-    def crash_on_second_batch(self, logits, names, domain_scores=None, lungs=None):
+    def crash_on_second_batch(self, logits, names, *args):
         calls.append(len(names))
         if len(calls) == 2:  # the first batch is already in the temporary file
             raise RuntimeError("simulated crash mid-run")
-        return original(self, logits, names, domain_scores, lungs)
+        return original(self, logits, names, *args)
 
     monkeypatch.setattr(Predictor, "from_logits", crash_on_second_batch)
     with pytest.raises(RuntimeError, match="crash"):

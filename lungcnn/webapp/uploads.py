@@ -329,9 +329,8 @@ def _ranking_text(spec: ModelSpec) -> str:
     """How the series view orders its slices, in words."""
     if spec.novelty is None:
         return f"by probability of {spec.series_target}, highest first"
-    return ("most unlike normal chest CT first: distance of a slice's features to the nearest of "
-            f"{spec.novelty.bank_size} normal training slices ({spec.novelty.fitted_on}); the decision still comes from "
-            "the slices' probabilities")
+    return ("most unlike normal chest CT first: distance of a slice's features to the nearest of the "
+            f"{spec.novelty.fitted_on}; the decision still comes from the slices' probabilities")
 
 
 def _threshold_text(predictor: Predictor) -> str:
