@@ -40,6 +40,16 @@ CALIBRATION_METHODS = ("none", "temperature", "isotonic")
 TTA_MODES = ("none", "flip")
 
 
+def _check_bank(part: Any, what: str, rows: str) -> None:
+    """A kNN bank's sizes (`k`, `feature_dim`, `bank_size`): integers >= 1, k within the bank."""
+    for name in ("k", "feature_dim", "bank_size"):
+        value = getattr(part, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LungCNNInputError(f"{what} {name} must be an integer >= 1, got {value!r}")
+    if part.k > part.bank_size:
+        raise LungCNNInputError(f"{what} k={part.k} exceeds its bank of {part.bank_size} {rows}")
+
+
 def _finite(value: Any, what: str) -> float:
     try:
         number = float(value)
@@ -252,12 +262,7 @@ class DomainGuard:
     def __post_init__(self) -> None:
         if self.method not in GUARD_METHODS:
             raise LungCNNInputError(f"domain guard method must be one of {GUARD_METHODS}, got {self.method!r}")
-        for name in ("k", "feature_dim", "bank_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LungCNNInputError(f"domain guard {name} must be an integer >= 1, got {value!r}")
-        if self.k > self.bank_size:
-            raise LungCNNInputError(f"domain guard k={self.k} exceeds its bank of {self.bank_size} images")
+        _check_bank(self, "domain guard", "images")
         t = _finite(self.threshold, "domain guard threshold")
         if t <= 0:
             raise LungCNNInputError(f"domain guard threshold must be > 0, got {self.threshold}")
@@ -292,12 +297,7 @@ class Novelty:
     fitted_on: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("k", "feature_dim", "bank_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LungCNNInputError(f"novelty {name} must be an integer >= 1, got {value!r}")
-        if self.k > self.bank_size:
-            raise LungCNNInputError(f"novelty k={self.k} exceeds its bank of {self.bank_size} slices")
+        _check_bank(self, "novelty", "slices")
         object.__setattr__(self, "fitted_on", str(self.fitted_on))
 
 

@@ -99,7 +99,8 @@ def test_decision_rules() -> None:
 
 def test_schema_columns_and_rows_share_names() -> None:
     binary, three = make_task("binary", ("benign", "malignant")), make_task("multiclass", THREE)
-    assert schema.columns(binary) == ["file", "decision", "in_domain", "lungs_in_view", "domain_score", "probability_benign",
+    assert schema.columns(binary) == ["file", "decision", "in_domain", "lungs_in_view", "domain_score", "novelty",
+                                      "probability_benign",
                                       "probability_malignant", "uncalibrated_probability_benign",
                                       "uncalibrated_probability_malignant", "logit", "error"]
     assert schema.columns(three, labelled=True)[:3] == ["file", "label", "decision"]
