@@ -18,7 +18,7 @@ from lungcnn.inference.batch import predict
 from lungcnn.inference.onnx_export import export_onnx
 from lungcnn.inference.predictor import Predictor
 from lungcnn.models.checkpoint import load_checkpoint
-from tests.conftest import SHARED_DATA, make_cfg, tiny_overrides
+from tests.conftest import make_cfg, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def with_normals(tmp_path_factory) -> tuple[Path, Path]:
     result = train(make_cfg(run, [*tiny_overrides(root), "data.normal_as=negative", "trainer.max_epochs=1",
                                   "callbacks.finetune.stage1_epochs=1"]))
     out = run / "cal.ckpt"
-    calibrate(result["best_checkpoint"], out)
+    calibrate(result["best_checkpoint"], out, novelty=True)
     return out, root
 
 
@@ -73,27 +73,7 @@ def test_a_split_without_normal_slices_gets_no_bank(calibrated_ckpt, with_normal
     assert load_checkpoint(calibrated_ckpt)[0].novelty is None  # the shared tiny run drops its normal folder
     first = sorted(with_normals[1].rglob("*.png"))[:1]
     assert np.isnan(Predictor.from_checkpoint(calibrated_ckpt).predict_files(first)[0].novelty)
-    off = calibrate(with_normals[0], tmp_path / "off.ckpt", novelty=False)
+    off = calibrate(with_normals[0], tmp_path / "off.ckpt")  # off by default
     assert off.novelty is None and not any(k.startswith("novelty.") for k in load_checkpoint(tmp_path / "off.ckpt")[1])
     assert torch.is_tensor(load_checkpoint(with_normals[0])[1]["novelty.bank"])
 
-
-ANNOTATED = SHARED_DATA.parent / "lung-pet-ct-dx-dev" / "boxes.csv"
-
-
-@pytest.mark.skipif(not ANNOTATED.exists(), reason="needs ../shared/data/lung-pet-ct-dx-dev")
-def test_the_page_shows_the_annotated_patients_tumour_slices_first():
-    """The page's series logic with the committed reference model on the one annotated cancer patient (another
-    hospital's DICOM, never trained on): the slice shown first has a radiologist's tumour box."""
-    import pandas as pd
-
-    from lungcnn.webapp.study import analyse_study
-
-    boxes = pd.read_csv(ANNOTATED)
-    predictor = Predictor.from_checkpoint(Path(__file__).parents[1] / "models" / "lungcnn-chestct-binary.ckpt")
-    assert predictor.spec.novelty is not None
-    files = [(Path(f).name, (ANNOTATED.parent / f).read_bytes()) for f in boxes["file"]]
-    (series,) = analyse_study(predictor, files).series
-    result = series.result
-    tumour = set(boxes.loc[boxes["tumour"] == 1, "file"].map(lambda f: Path(f).name))
-    assert result.ranked_by_novelty and Path(result.names[result.ranked[0]]).name in tumour

@@ -38,7 +38,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
               prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto",
               guard: GuardConfig | None = None, feature_cache: str | Path | None = None,
-              series_sensitivity: float | None = None, novelty: bool = True) -> ModelSpec:
+              series_sensitivity: float | None = None, novelty: bool = False) -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
     One output (binary): the operating threshold is the strictest that still reaches `target_sensitivity`.
@@ -57,8 +57,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     `series_sensitivity` (binary only): also fit the series threshold (`SeriesRule.threshold`), the strictest on the
     series score that finds this share of the validation split's malignant series; None keeps the slice threshold
     for series, which is stricter than it looks: a series' score is its most suspicious slices'.
-    `novelty`: fit the normal bank that ranks a series' slices (`calibration.novelty`) from the training split's
-    normal slices; a split without any gets none (slices ranked by probability).
+    `novelty`: fit the normal bank that ranks a series' slices (`calibration.novelty`, off by default: docs/lesion.md)
+    from the training split's normal slices; a split without any gets none (slices ranked by probability).
     """
     guard = guard or GuardConfig()
     ckpt = Path(ckpt)
