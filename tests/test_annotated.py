@@ -76,3 +76,41 @@ def test_normal_rows_are_found_by_their_sources_class_folders():
     assert normal_rows(files, data).tolist() == [True, False, True, False]
     one_root = {"class_folders": {"Normal cases": "normal", "Bengin cases": "benign"}}
     assert normal_rows(pd.Series(["Normal cases/1.jpg", "Bengin cases/2.jpg"]), one_root).tolist() == [True, False]
+
+
+def test_lesion_counterfactual_removes_only_the_box_and_ranks_again(trained_ckpt, tmp_path):
+    """scripts/lesion_counterfactual.py: the inpainted box changes pixels inside it only, and the report holds the
+    figures as they are and with the tumours removed."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(__file__).parents[1] / "scripts" / "lesion_counterfactual.py"
+    spec = importlib.util.spec_from_file_location("lesion_counterfactual", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    image = np.zeros((64, 64), np.uint8)
+    image[20:30, 20:30] = 255  # a bright "tumour" in a dark field
+    removed = script.remove_box(image, (18, 18, 32, 32), 1.0)
+    assert removed[20:30, 20:30].max() < 128 and (removed[:, 40:] == image[:, 40:]).all()
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rows = []
+    for i in range(4):
+        slice_ = np.full((64, 64), 40, np.uint8)
+        if i in (1, 2):
+            slice_[24:40, 24:40] = 220
+        Image.fromarray(slice_).save(folder / f"{i}.png")
+        rows.append({"file": f"series/{i}.png", "instance_number": i + 1, "tumour": int(i in (1, 2)),
+                     **({"xmin": 24, "ymin": 24, "xmax": 39, "ymax": 39} if i in (1, 2) else {})})
+    pd.DataFrame(rows).to_csv(tmp_path / "boxes.csv", index=False)
+    assert script.main(["--ckpt", str(trained_ckpt), "--boxes", str(tmp_path / "boxes.csv"),
+                        "--out", str(tmp_path / "cf.json"), "--grow", "1.5"]) == 0
+    report = json.loads((tmp_path / "cf.json").read_text())
+    assert set(report["as_they_are"]) == {"probability"} and report["tumour_slices"] == 2  # no normal bank
+    after = report["tumours_removed"]["box x 1.5"]["probability"]
+    assert 0 <= after["auc"] <= 1 and 1 <= after["first_tumour_rank"] <= 3
+    assert after["mean_change_on_tumour_slices"] != 0  # the model saw the edited pixels
