@@ -28,6 +28,14 @@ def test_figures_from_a_hand_made_table(tmp_path):
     assert result["judged"] == 4 and result["cam_lung_mass"] == pytest.approx(0.5)
     lo, hi = result["auc_ci95"]
     assert lo <= result["auc"] <= hi
+    # The interval's matrix form gives what roc_auc_score gives on each resample (the same draws).
+    from sklearn.metrics import roc_auc_score
+
+    score, tumour = np.array([-1.0, 0.2, 0.9, 0.4, 0.1]), np.array([0, 0, 1, 1, 0]) == 1  # not judged: below all
+    rng, pos, neg = np.random.default_rng(0), np.flatnonzero(tumour), np.flatnonzero(~tumour)
+    boot = [roc_auc_score(tumour[i], score[i]) for i in
+            (np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))] for _ in range(2000))]
+    assert result["auc_ci95"] == pytest.approx([np.percentile(boot, 2.5), np.percentile(boot, 97.5)])
     flipped = figures(_table(tmp_path / "b.csv", [0.99, 0.9, 0.1, 0.2, 0.3], [0, 0, 1, 1, 0], [True] * 5, [False] * 5))
     assert flipped["auc"] == pytest.approx(0.0) and flipped["first_tumour_rank"] == 4 and flipped["novelty"] is None
     # The same slices ranked by novelty (a normal bank), as the series view ranks them; the slice not judged stays last.

@@ -119,10 +119,16 @@ def _ranking(frame: pd.DataFrame, tumour: np.ndarray, judged: np.ndarray, values
     score = np.where(judged, values, -np.inf)
     rank = np.argsort(-score, kind="stable")
     finite = np.where(np.isfinite(score), score, np.min(values[judged], initial=0.0) - 1.0)  # below every judged one
-    rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(tumour), np.flatnonzero(~tumour)
-    boot = [roc_auc_score(tumour[i], finite[i]) for i in
-            (np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))] for _ in range(n_resamples))]
+    # AUC of a resample = its tumour x tumour-free pairs' mean win (ties 1/2): one matrix product over all resamples
+    # instead of roc_auc_score each time (seconds per figure); the same draws, so the same interval.
+    wins = (finite[pos, None] > finite[None, neg]) + 0.5 * (finite[pos, None] == finite[None, neg])
+    rng = np.random.default_rng(seed)
+    counts_pos, counts_neg = np.zeros((n_resamples, len(pos))), np.zeros((n_resamples, len(neg)))
+    for r in range(n_resamples):
+        counts_pos[r] = np.bincount(rng.choice(len(pos), len(pos)), minlength=len(pos))
+        counts_neg[r] = np.bincount(rng.choice(len(neg), len(neg)), minlength=len(neg))
+    boot = ((counts_pos @ wins) * counts_neg).sum(axis=1) / (len(pos) * len(neg))
     return {"auc": float(roc_auc_score(tumour, finite)),
             "auc_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
             "first_tumour_rank": int(np.flatnonzero(tumour[rank])[0]) + 1, "most_suspicious": str(frame["file"].iloc[rank[0]])}
