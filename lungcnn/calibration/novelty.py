@@ -1,9 +1,9 @@
 """Fit the normal bank that ranks a series' slices: how unlike normal chest CT each slice is (`spec.Novelty`).
 
-A model trained on whole slices ranked a cancer patient's slices by anatomy and source: the tumour slices of the
-annotated series came below the tumour-free ones (ROC-AUC 0.36). Distance to the nearest *normal* training slice
-ranked them at 0.84, the first slice shown a tumour slice (docs/lesion.md, with how it was found and its limits: one
-annotated patient). Features: the pooled backbone features the head reads, standardised by the head's own
+An option (`calibration.novelty`, off): on the one annotated cancer patient, distance to the nearest *normal* training
+slice ranked the tumour slices first (ROC-AUC 0.83, against 0.36 by P(malignant)), but with each tumour inpainted
+away the ranking stayed, so it is not the tumour that makes those slices novel (docs/lesion.md); it is kept to
+measure on the next annotated patients. Features: the pooled backbone features the head reads, standardised by the head's own
 statistics (a standardising head's) or the bank's, L2-normalised; score: the distance to the k-th nearest bank
 slice (`lungcnn.models.guard.KnnDistance`). No label but "normal" is used. Unstandardised, the same distance ranked
 at chance: a few high-variance channels that tell sources apart dominate it.

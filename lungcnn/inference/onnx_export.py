@@ -71,7 +71,8 @@ class CalibratedNet(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return [PROBABILITY, LOGIT] + ([DOMAIN] if self.guard is not None else []) + ([NOVELTY] if self.novelty else [])
+        optional = ((DOMAIN, self.guard), (NOVELTY, self.novelty))
+        return [PROBABILITY, LOGIT] + [name for name, module in optional if module is not None]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logit, score, novelty = guarded_forward(self.net, self.guard, x, self.novelty)

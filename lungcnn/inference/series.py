@@ -33,8 +33,7 @@ class SeriesResult:
         most_suspicious: index of the judged slice ranked first, or None.
         counts: per-series tallies (`schema.SERIES_COUNTS`).
         ranking: what orders the judged slices (NaN elsewhere): their novelty when the model has a normal bank
-            (`spec.Novelty`; P(target) ranked a cancer patient's tumour slices below the others: docs/lesion.md),
-            else P(target); None: `probabilities`.
+            (`spec.Novelty`, an option left off: docs/lesion.md); None: `probabilities` (P(target)) order them.
     """
 
     key: str
