@@ -67,6 +67,33 @@ def test_guard_is_fitted_stored_and_reloaded_with_weights_only(calibrated_ckpt):
         GuardConfig(quantile=0.0)
 
 
+def test_a_threshold_set_for_an_unseen_source_accepts_the_sources_spread_and_refuses_one_source():
+    """unseen="source": the threshold comes from each training image against the other sources, so an image as far
+    from the bank as the training sources lie from each other is answered, where the new-patient threshold (two
+    tight clusters of patients) refuses it; a split of one source has no such scores and is refused."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.zeros(40, 8), torch.zeros(40, 8)
+    a[:, 0], b[:, 1] = 1, 1  # two sources at right angles, each a tight cluster of 4 patients
+    bank = torch.cat([a, b]) + 0.01 * torch.randn(80, 8, generator=gen)
+    patients, sources = [f"p{i // 10}" for i in range(80)], ["a"] * 40 + ["b"] * 40
+    val = bank[::10] + 0.01 * torch.randn(8, 8, generator=gen)
+    between = torch.zeros(1, 8)
+    between[0, 0], between[0, 2] = 1, 1  # 45 degrees from source a: a third source's look
+    thresholds = {}
+    for unseen, groups in (("patient", patients), ("source", sources)):
+        guard, tensors = fit_guard(bank, groups, val, GuardConfig(unseen=unseen), "validation images")
+        score = float(KnnDistance.from_state({"bank": tensors["guard.bank"]}, 1)(between))
+        thresholds[unseen] = (guard.threshold, score)
+        assert guard.details["unseen"] == unseen
+    (patient_threshold, score), (source_threshold, _) = thresholds["patient"], thresholds["source"]
+    assert patient_threshold < score <= source_threshold  # refused for a new patient, answered for a new source
+    assert source_threshold == pytest.approx(np.sqrt(2), abs=0.05)  # the sources' own distance (at right angles)
+    with pytest.raises(LungCNNInputError, match="two or more sources"):
+        fit_guard(bank, ["a"] * 80, val, GuardConfig(unseen="source"), "validation images")
+    with pytest.raises(LungCNNInputError, match="calibration.guard.unseen"):
+        GuardConfig(unseen="hospital")
+
+
 def test_a_guard_without_its_bank_is_refused(calibrated_ckpt, tmp_path):
     spec, state = load_checkpoint(calibrated_ckpt)
     save_checkpoint(tmp_path / "no_bank.ckpt", spec, {k: v for k, v in state.items() if not k.startswith("guard.")})

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungcnn.data.datamodule import LungCTDataModule, source_weights
+from lungcnn.data.datamodule import LungCTDataModule, holdout_split, source_weights
 from lungcnn.data.io import LungWindow
 from lungcnn.data.rendering import parse_export_window, parse_window, render, rendering_augment, rewindow, to_hu
 from lungcnn.data.splits import load_split
@@ -107,6 +107,20 @@ def test_holdout_source_is_the_whole_test_split(two_sources):
     dm.setup()
     split = dm.frame.groupby("source")["split"].agg(set)
     assert split["scans"] == {"test"} and split["hospital"] == {"train", "val"}
+
+
+def test_holdout_split_trains_whole_a_source_of_few_groups():
+    """A 2-patient source cannot spare a validation share: it trains whole, the others are split."""
+    many = [(f"m{g}_{i}", "many", f"m{g}", g % 2) for g in range(20) for i in range(3)]
+    few = [(f"f{g}_{i}", "few", f"f{g}", 0) for g in range(2) for i in range(10)]
+    held = [(f"h{g}", "held", f"h{g}", g % 2) for g in range(4)]
+    frame = pd.DataFrame(many + few + held, columns=["file", "source", "group", "label"])
+    split = holdout_split(frame, "held", val_fraction=0.15, seed=0, grouped=True)
+    by_source = split.groupby(frame["source"]).agg(set)
+    assert by_source["held"] == {"test"} and by_source["few"] == {"train"} and by_source["many"] == {"train", "val"}
+    assert (split.groupby(frame["group"]).nunique() == 1).all()  # a patient in one split
+    with pytest.raises(LungCNNInputError, match="none can spare a validation split"):
+        holdout_split(frame[frame["source"] != "many"], "held", val_fraction=0.15, seed=0, grouped=True)
 
 
 def test_source_weights_share_draws_by_weight_and_class():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ TTA_CHOICES = (*TTA_MODES, "auto")  # auto resolves to a TTA mode from the check
 def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "temperature",
               target_sensitivity: float = 0.98, data_root: str | None = None, overwrite: bool = False,
               prior_correction: bool = True, decision: str = "cancer_first", tta: str = "auto",
-              guard: GuardConfig | None = None, feature_cache: str | Path | None = None,
+              guard: GuardConfig | Mapping[str, Any] | None = None, feature_cache: str | Path | None = None,
               series_sensitivity: float | None = None, novelty: bool = False) -> ModelSpec:
     """Fit calibration + decision rule on validation outputs; write `out`; return the new spec.
 
@@ -51,7 +52,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     `tta` ("none" | "flip") is recorded in the checkpoint and used by every consumer of it; "auto" is
     flip for K-class checkpoints (it raised balanced accuracy in cross-validation) and none for binary
     ones (no measured gain there, and it halves prediction throughput).
-    `guard` (`GuardConfig`, default: fitted) replaces any domain guard the input checkpoint had.
+    `guard` (`GuardConfig` or its fields, e.g. `lungcnn cv run --calibrate 'guard={unseen: source}'`; default:
+    fitted) replaces any domain guard the input checkpoint had.
     `feature_cache`: a feature cache folder (`lungcnn.features.cache`, training's `feature_cache.dir`): the pooled
     backbone features of a frozen-backbone checkpoint's images are read from it, not computed again.
     `series_sensitivity` (binary only): also fit the series threshold (`SeriesRule.threshold`), the strictest on the
@@ -60,7 +62,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
     `novelty`: fit the normal bank that ranks a series' slices (`calibration.novelty`, off by default: docs/lesion.md)
     from the training split's normal slices; a split without any gets none (slices ranked by probability).
     """
-    guard = guard or GuardConfig()
+    guard = guard if isinstance(guard, GuardConfig) else GuardConfig(**(guard or {}))
     ckpt = Path(ckpt)
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(".ckpt") + ".calibrated.ckpt")
     if method not in METHODS:

@@ -321,12 +321,22 @@ class LungCTDataModule(L.LightningDataModule):
 
 def holdout_split(frame: pd.DataFrame, holdout: str, **split_args: Any) -> pd.Series:
     """Leave one source out: every image of `holdout` is test; the other sources split into train and val
-    (grouped within each source, stratified by label, `data.val_fraction` of them val)."""
+    (grouped within each source, stratified by label, `data.val_fraction` of them val). A source with fewer
+    groups than 1 / val_fraction (LUNA16's two patients) cannot spare a share for validation, only a whole
+    patient of few: it trains whole (with a 2-patient source, validation took one of them, half of its slices)."""
     split = pd.Series("test", index=frame.index, name="split")
     rest = frame[frame["source"] != holdout]
     if rest.empty:
         raise LungCNNInputError(f"data.holdout_source={holdout}: no other source is left to train on")
     val_fraction = split_args["val_fraction"]
+    per_source = rest.groupby("source")
+    n_groups = per_source["group"].transform("nunique") if split_args["grouped"] else per_source["file"].transform("size")
+    few = n_groups < 1 / val_fraction
+    split[rest.index[few.to_numpy()]] = "train"
+    rest = rest[~few.to_numpy()]
+    if rest.empty:
+        raise LungCNNInputError(f"data.holdout_source={holdout}: every other source has fewer than 1 / data.val_fraction "
+                                f"= {1 / val_fraction:g} groups, none can spare a validation split")
     # assign_splits' own test fold becomes val here; its val fold (a tiny share) goes back to training.
     inner = assign_splits(rest, val_fraction=min(val_fraction, 0.5), test_fraction=val_fraction,
                           seed=split_args["seed"], grouped=split_args["grouped"])
