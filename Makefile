@@ -71,8 +71,9 @@ reference-model-iqothnccd: install
 	$(LUNGCNN) publish $(REFERENCE_IQ_RUN)/checkpoints/best.calibrated.ckpt $(REFERENCE_IQ) --data-root $(SHARED_DATA) \
 		--recipe "\`make reference-model-iqothnccd\`: \`lungcnn train $(REFERENCE_IQ_TRAIN)\`, $(RECIPE_TEXT)"
 
+# Two workers or more (pytest-xdist): most tests wait on subprocesses and imports, not on the cores.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 # The clinicians' page on http://HOST:PORT. CKPT=PATH picks the checkpoint (else $$LUNGCNN_CKPT, else the
 # reference model in models/, else the demo's best.calibrated.ckpt). Loopback by default; any other HOST needs
