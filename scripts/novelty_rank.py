@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
+    from lungcnn.calibration.guard import training_features
     from lungcnn.calibration.novelty import fit_novelty
     from lungcnn.data.labelled import labelled_images
     from lungcnn.evaluation.annotated import figures
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, state = load_checkpoint(args.ckpt)
     net = build_network(spec, state).eval()
     predictor = Predictor(spec.replace(guard=None, novelty=None), net)
-    fitted = fit_novelty(predictor, args.k, args.feature_cache)
+    fitted = fit_novelty(predictor, *training_features(predictor, args.feature_cache), args.k)
     if fitted is None:
         sys.exit(f"{args.ckpt}: its training split has fewer than k={args.k} slices from folders mapped to `normal`")
     module = KnnDistance.from_state(split_state(fitted[1])[2], args.k)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lungcnn.calibration import fit_isotonic, fit_temperature, threshold_for_sensitivity
-from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits
+from lungcnn.calibration.guard import GuardConfig, fit_guard_on_splits, training_features
 from lungcnn.calibration.novelty import fit_novelty
 from lungcnn.calibration.prior import prior_shift_of
 from lungcnn.data.aggregation import aggregate
@@ -117,11 +117,12 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, method: str = "te
         calibrated = calibrated.replace(series=_series_threshold(calibrated.series, val, probs, lungs, series_sensitivity,
                                                                  details))
     calibrated = calibrated.replace(calibration=dataclasses.replace(calibration, details=details), decision=rule)
+    train = training_features(predictor, feature_cache) if guard.enabled or novelty else None
     if guard.enabled:
-        domain, tensors = fit_guard_on_splits(predictor, val, guard, "validation images (unseen patients)"
+        domain, tensors = fit_guard_on_splits(predictor, *train, val, guard, "validation images (unseen patients)"
                                               if data_root is None else f"images of {data_root}", feature_cache)
         calibrated, state = calibrated.replace(guard=domain), {**state, **tensors}
-    bank = fit_novelty(predictor, feature_cache=feature_cache) if novelty else None
+    bank = fit_novelty(predictor, *train) if novelty else None
     if bank is not None:
         calibrated, state = calibrated.replace(novelty=bank[0]), {**state, **bank[1]}
     if details.get("message"):

@@ -64,25 +64,31 @@ class GuardConfig:
         require_choice("calibration.guard.unseen", self.unseen, UNSEEN)
 
 
-def fit_guard_on_splits(predictor, val: Labelled, config: GuardConfig, val_note: str, feature_cache: str | Path | None = None,
-                        batch_size: int = 32) -> tuple[DomainGuard, dict[str, torch.Tensor]]:
-    """The guard of a Predictor's (PyTorch) network: bank from the checkpoint's training split (with its series
-    from the split file), threshold from leave-one-series-out training scores and the readable images of `val`
-    (`lungcnn.data.labelled`, from unseen series). `feature_cache`: a feature cache folder to read the pooled
-    features from (`lungcnn.features.cache`) instead of running the backbone."""
+def training_features(predictor, feature_cache: str | Path | None = None,
+                      batch_size: int = 32) -> tuple[Labelled, np.ndarray]:
+    """A Predictor's (PyTorch) training split, read as its checkpoint records it, and its pooled backbone features
+    (N readable, F), from `feature_cache` (`lungcnn.features.cache`) where it holds them: the bank of the guard and of
+    the novelty score, read once for both."""
     from lungcnn.data.labelled import labelled_images
 
     spec = predictor.spec
     train = labelled_images(spec.data, spec.preprocessing, spec.class_names, "train")
+    return train, predictor.backbone_features(train, feature_cache, batch_size)
+
+
+def fit_guard_on_splits(predictor, train: Labelled, train_features: np.ndarray, val: Labelled, config: GuardConfig,
+                        val_note: str, feature_cache: str | Path | None = None,
+                        batch_size: int = 32) -> tuple[DomainGuard, dict[str, torch.Tensor]]:
+    """The guard of a Predictor's (PyTorch) network: bank from the training split and its features
+    (`training_features`, with its series from the split file), threshold from leave-one-series-out training scores
+    and the readable images of `val` (`lungcnn.data.labelled`, from unseen series). `feature_cache`: a feature cache
+    folder to read `val`'s pooled features from (`lungcnn.features.cache`) instead of running the backbone."""
     unit = "group" if config.unseen == "patient" else "source"
     if unit not in train.frame:
         raise LungCNNInputError("calibration.guard.unseen=source needs a model trained on data.sources (one folder has one)")
     groups = train.frame[unit].to_numpy(str)[train.readable]
-
-    def features(data: Labelled) -> torch.Tensor:
-        return torch.from_numpy(predictor.backbone_features(data, feature_cache, batch_size))
-
-    return fit_guard(features(train), groups, features(val), config, val_note)
+    val_features = predictor.backbone_features(val, feature_cache, batch_size)
+    return fit_guard(torch.from_numpy(train_features), groups, torch.from_numpy(val_features), config, val_note)
 
 
 def leave_series_out_scores(bank: torch.Tensor, groups: Sequence[str], k: int) -> np.ndarray:

@@ -12,8 +12,7 @@ at chance: a few high-variance channels that tell sources apart dominate it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +20,9 @@ import torch
 from lungcnn.errors import LungCNNInputError
 from lungcnn.models.guard import NOVELTY_PREFIX, KnnDistance, guard_state
 from lungcnn.spec import Novelty
+
+if TYPE_CHECKING:
+    from lungcnn.data.labelled import Labelled
 
 NORMAL = "normal"  # the class name a source's folders map to when their slices show no disease
 
@@ -37,18 +39,16 @@ def normal_rows(files: Any, data: Mapping[str, Any]) -> np.ndarray:
     return np.array([len(p) > 1 and p[0] in folders for p in parts], dtype=bool)
 
 
-def fit_novelty(predictor, k: int = 1, feature_cache: str | Path | None = None,
-                batch_size: int = 32) -> tuple[Novelty, dict[str, torch.Tensor]] | None:
+def fit_novelty(predictor, train: Labelled, train_features: np.ndarray,
+                k: int = 1) -> tuple[Novelty, dict[str, torch.Tensor]] | None:
     """(the spec's Novelty, its tensors for the checkpoint state) from the normal slices of a Predictor's (PyTorch)
-    training split, or None when that split has fewer than k normal slices (`normal_as: drop`, no normal folder)."""
-    from lungcnn.data.labelled import labelled_images
-
+    training split and their features (`lungcnn.calibration.guard.training_features`), or None when that split has
+    fewer than k normal slices (`normal_as: drop`, no normal folder)."""
     spec = predictor.spec
-    train = labelled_images(spec.data, spec.preprocessing, spec.class_names, "train")
     normal = normal_rows(train.frame["file"][train.readable], spec.data)
     if normal.sum() < max(k, 1):
         return None
-    bank = torch.from_numpy(predictor.backbone_features(train, feature_cache, batch_size)[normal]).float()
+    bank = torch.from_numpy(train_features[normal]).float()
     standardize = getattr(predictor.net.head, "standardize", None)
     if standardize is not None:
         mean, scale = standardize.mean.detach().float(), standardize.scale.detach().float()

@@ -17,6 +17,7 @@ import torch
 
 from lungcnn.errors import LungCNNInputError
 from lungcnn.fileio import atomic_open
+from lungcnn.models.guard import NOVELTY_PREFIX, PREFIX, KnnDistance, split_state, state_under
 from lungcnn.spec import ModelSpec
 
 
@@ -44,7 +45,6 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
 
 def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """The LungNet a spec describes, with its weights, in eval mode (the guard's tensors are left out)."""
-    from lungcnn.models.guard import split_state
     from lungcnn.models.net import LungNet
 
     net = LungNet(spec.network.backbone, spec.task.outputs, spec.network.hidden, spec.network.dropout, pretrained="none",
@@ -58,20 +58,18 @@ def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.n
 
 def build_guard(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module | None:
     """The domain guard's scoring module (`KnnDistance`) a spec describes, or None when it has no guard."""
-    return _knn(spec.guard, state, 1, "domain guard")
+    return _knn(spec.guard, state, PREFIX, "domain guard")
 
 
 def build_novelty(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> torch.nn.Module | None:
     """The novelty score's module (`KnnDistance` on standardised features) a spec describes, or None without one."""
-    return _knn(spec.novelty, state, 2, "novelty bank")
+    return _knn(spec.novelty, state, NOVELTY_PREFIX, "novelty bank")
 
 
-def _knn(part: Any, state: Mapping[str, torch.Tensor], index: int, what: str) -> torch.nn.Module | None:
-    from lungcnn.models.guard import KnnDistance, split_state
-
+def _knn(part: Any, state: Mapping[str, torch.Tensor], prefix: str, what: str) -> torch.nn.Module | None:
     if part is None:
         return None
-    tensors = split_state(state)[index]
+    tensors = state_under(state, prefix)
     bank = tensors.get("bank")
     if bank is None or tuple(bank.shape) != (part.bank_size, part.feature_dim):
         raise LungCNNInputError(f"the checkpoint's {what} expects a ({part.bank_size}, {part.feature_dim}) "

@@ -71,11 +71,15 @@ def guard_state(guard: KnnDistance, prefix: str = PREFIX) -> dict[str, torch.Ten
     return {prefix + k: v.detach().cpu() for k, v in guard.state_dict().items()}
 
 
+def state_under(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's state under `prefix` (`PREFIX`, `NOVELTY_PREFIX`), without it."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
 def split_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], ...]:
     """A checkpoint's state -> (the network's weights, the guard's tensors, the novelty bank's; without prefixes)."""
-    prefixes = (PREFIX, NOVELTY_PREFIX)
-    net = {k: v for k, v in state.items() if not k.startswith(prefixes)}
-    return net, *({k.removeprefix(p): v for k, v in state.items() if k.startswith(p)} for p in prefixes)
+    net = {k: v for k, v in state.items() if not k.startswith((PREFIX, NOVELTY_PREFIX))}
+    return net, state_under(state, PREFIX), state_under(state, NOVELTY_PREFIX)
 
 
 @torch.inference_mode()
