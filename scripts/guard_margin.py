@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margins", type=float, nargs="+", default=[1.0, 1.1, 1.2])
     parser.add_argument("--positive", default="malignant")
     args = parser.parse_args(argv)
-    folds = sorted(p.parents[1] for p in args.out.glob("*/holdout/predictions.csv"))
+    folds = sorted(p.parents[1] for p in args.out.glob("**/holdout/predictions.csv"))  # OUT/seed<s>/<source>/holdout
     if not folds:
-        sys.exit(f"{args.out}: no */holdout/predictions.csv of a finished by-source run")
+        sys.exit(f"{args.out}: no holdout/predictions.csv of a finished by-source run below it")
     print("| held-out source | margin | not judged | called positive | wrong of judged | ROC-AUC of judged |")
     print("|---|---|---|---|---|---|")
     for fold in folds:
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         fitted = guard.threshold / guard.details["margin"]
         for m in args.margins:
             s = shares(table, fitted * m, report["threshold_calibrated"], args.positive)
-            print(f"| {fold.name} | {m:g} | {s['not_judged']:.3f} | {s['called_positive']:.3f} | {s['wrong_of_judged']:.3f} "
-                  f"| {s['roc_auc_judged']:.3f} |")
+            print(f"| {fold.relative_to(args.out)} | {m:g} | {s['not_judged']:.3f} | {s['called_positive']:.3f} "
+                  f"| {s['wrong_of_judged']:.3f} | {s['roc_auc_judged']:.3f} |")
     return 0
 
 

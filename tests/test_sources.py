@@ -248,8 +248,9 @@ def test_foreign_export_renders_a_lung_window_export_back_into_the_model_window(
         fixed.apply(image.astype(np.float32), lut=lut)
 
 def test_by_source_cv_end_to_end(tmp_path, capsys):
-    """`python -m lungcnn.cv run --by-source`: two tiny sources, one job per held-out source; each job tests on
-    exactly its held-out source, and the per-source table is recomputed from the predictions written."""
+    """`python -m lungcnn.cv run --by-source`: two tiny sources, two seeds, one job per seed and held-out source; each
+    job tests on exactly its held-out source, each seed's per-source table is recomputed from the predictions
+    written, and the spread over seeds from those tables."""
     from lungcnn.cli import cv
     from lungcnn.data.synthetic import make_synthetic_dataset
     from lungcnn.evaluation.per_source import _figures
@@ -270,25 +271,37 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit):  # refused before any training, not ignored
         cv.main(["run", str(out), "--by-source", *overrides, "--calibrate", "guard_margin=1.2"])
     assert "not options of lungcnn.calibrate" in capsys.readouterr().err and not out.exists()
-    assert cv.main(["run", str(out), "--by-source", *overrides, "--n-resamples", "20",
-                    "--calibrate", "target_sensitivity=0.9"]) == 0
-    assert "| a |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the seeds are the command's options, not an override
+        cv.main(["run", str(out), "--by-source", *overrides, "seed=3"])
+    assert "--first-seed N --repeats R" in capsys.readouterr().err and not out.exists()
+    assert cv.main(["run", str(out), "--by-source", "--repeats", "2", "--first-seed", "5", *overrides,
+                    "--n-resamples", "20", "--calibrate", "target_sensitivity=0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "| a |" in printed and "over seeds 5, 6" in printed
     summary = json.loads((out / "by_source.json").read_text())
     assert summary["sources"] == ["a", "b"] and summary["calibration"] == {"target_sensitivity": 0.9}
+    assert summary["seeds"] == [5, 6] and set(summary["per_seed"]) == {"5", "6"}
+    for name in ("a", "b"):
+        auc = summary["over_seeds"][name]["roc_auc"]
+        assert auc["values"] == [summary["per_seed"][s][name]["roc_auc"]["value"] for s in ("5", "6")]
+        assert auc["min"] <= auc["mean"] <= auc["max"]
+    splits = [pd.read_csv(out / f"seed{s}" / "a" / "split.csv")["split"] for s in (5, 6)]
+    assert (splits[0] != splits[1]).any()  # another seed, another inner split
     for name in ("a", "b"):  # each held-out job was calibrated with the options given
-        spec = load_checkpoint(out / name / "checkpoints" / "best.calibrated.ckpt")[0]
+        spec = load_checkpoint(out / "seed5" / name / "checkpoints" / "best.calibrated.ckpt")[0]
         assert spec.calibration.details["target_sensitivity"] == 0.9
     for name, other in (("a", "b"), ("b", "a")):
-        split = pd.read_csv(out / name / "split.csv")
+        out5, row5 = out / "seed5", summary["per_seed"]["5"]
+        split = pd.read_csv(out5 / name / "split.csv")
         assert set(split.loc[split["split"] == "test", "source"]) == {name}
         assert set(split.loc[split["split"] != "test", "source"]) == {other}
-        table = Table.read(out / name / "holdout" / "predictions.csv")
+        table = Table.read(out5 / name / "holdout" / "predictions.csv")
         assert set(table.frame["source"]) == {name} and len(table.frame) == 12
         p = table.frame["probability_malignant"].to_numpy()
         y = (table.frame["label"] == "malignant").to_numpy(int)
         called = (table.frame["decision"] == "malignant").to_numpy(int)
         judged = table.in_domain.to_numpy(int)
-        row = summary["per_source"][name]
+        row = row5[name]
         assert row["n"] == 12 and row["n_positive"] == 6
         for key, value in _figures(np.stack([p, called, judged], 1), y).items():
             if np.isnan(value):  # e.g. no slice judged: written as null
@@ -296,7 +309,7 @@ def test_by_source_cv_end_to_end(tmp_path, capsys):
                 continue
             assert row[key]["value"] == pytest.approx(value)
             assert row[key]["ci95"][0] <= value + 1e-9 and value - 1e-9 <= row[key]["ci95"][1]
-        assert (out / name / "holdout" / "report.json").is_file()  # calibrated and evaluated like any run
+        assert (out5 / name / "holdout" / "report.json").is_file()  # calibrated and evaluated like any run
 
 
 def test_calibrate_and_evaluate_a_multi_source_checkpoint_on_its_own_pixels(two_sources, tmp_path):

@@ -1,7 +1,7 @@
 """`lungcnn cv run|summary|compare|series|crossfit ...`: repeated grouped cross-validation, the project's yardstick.
 
     lungcnn cv run outputs/rcv --repeats 3 --folds 5 experiment=iqothnccd data.root=...
-    lungcnn cv run outputs/loso --by-source experiment=multisource      # leave one source out
+    lungcnn cv run outputs/loso --by-source experiment=multisource      # leave one source out, 3 seeds
     lungcnn cv summary --multirun multirun/iqothnccd/DATE      # or: summary RUN_DIR [RUN_DIR ...]
     lungcnn cv compare base=outputs/rcv/seed0 "flip TTA=outputs/rcv/seed0:report_tta"
     lungcnn cv series --multirun outputs/rcv/seed0     # series-level AUC of each series rule
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     result, out, calibration = None, None, repeated.calibration_options(getattr(a, "calibrate", []))
     if a.command == "run" and a.by_source:
-        text = by_source.run(a.out, a.overrides, a.ckpt, a.n_resamples, a.seed, calibration)["markdown"]
+        text = by_source.run(a.out, a.overrides, a.ckpt, a.n_resamples, a.seed, calibration, a.repeats, a.first_seed)["markdown"]
     elif a.command == "run":
         text = repeated.format_summary(repeated.run(a.out, a.overrides, a.repeats, a.folds, a.first_seed, a.ckpt,
                                                     calibration, a.report, a.n_resamples))

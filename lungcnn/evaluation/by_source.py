@@ -2,31 +2,36 @@
 
 A model judged on slices of the hospital it was trained in learns that hospital's export; the question a new
 user asks is how it does on a source it never saw. `run` (``python -m lungcnn.cv run OUT --by-source ...``)
-trains one job per source with ``data.holdout_source=<source>`` (one Hydra multirun, `OUT/<source>/`): the
-held-out source is the whole test split, the others are split into train and val, grouped within each source.
+trains one job per seed and source with ``seed=<s> data.holdout_source=<source>`` (one Hydra multirun,
+`OUT/seed<s>/<source>/`): the held-out source is the whole test split, the others are split into train and val,
+grouped within each source. The seed draws that inner split, which decides which of a source's few normal slices the
+head trains on: one seed's held-out ROC-AUC moved by up to 0.12 between seeds (docs/results/sources.md), so a run
+has `repeats` seeds (3 by default, like the repeated CV) and reports each and their spread.
 Each job's best checkpoint is then calibrated on its validation split (images of the other sources; operating
 point for the default target sensitivity, domain guard fitted on them) and evaluated on its held-out images,
 read exactly as the data module reads them (each source's own rendering into the model's window), into
-`OUT/<source>/holdout/` (report and predictions.csv with `source`), and `per_source_table` scores each source
-with series-bootstrap intervals: ROC-AUC where the source has both classes, sensitivity and specificity at the
-calibrated operating point, the share called positive (on a source of normal scans: the share of normal slices
+`OUT/seed<s>/<source>/holdout/` (report and predictions.csv with `source`), and `per_source_table` scores each
+source with series-bootstrap intervals: ROC-AUC where the source has both classes, sensitivity and specificity at
+the calibrated operating point, the share called positive (on a source of normal scans: the share of normal slices
 called malignant) and the share not judged (out of domain, or no lungs in view). Finished steps are kept, so an
 interrupted run resumes when started again.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lungcnn import CONF_DIR
 from lungcnn.errors import LungCNNInputError
-from lungcnn.evaluation.per_source import markdown, per_source_table, scored_frame
+from lungcnn.evaluation.per_source import FIGURES, markdown, per_source_table, scored_frame
 from lungcnn.fileio import write_json
 
 SUMMARY_FILE = "by_source.json"
@@ -48,17 +53,25 @@ def source_names(overrides: Sequence[str]) -> list[str]:
     return names
 
 
-def train_holdouts(out: Path, overrides: Sequence[str], names: Sequence[str]) -> None:
-    """Train each held-out source's job that has no metrics.json yet, as one Hydra multirun."""
-    todo = [n for n in names if not (out / n / "metrics.json").is_file()]
-    if not todo:
-        return
-    cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"data.holdout_source={','.join(todo)}",
-           "resume=true", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}",
-           "hydra.sweep.subdir=${data.holdout_source}"]
-    done = subprocess.run(cmd, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"training the held-out sources failed (exit {done.returncode}): {' '.join(cmd)}")
+def job_dir(out: Path, seed: int, source: str) -> Path:
+    return out / f"seed{seed}" / source
+
+
+def train_holdouts(out: Path, overrides: Sequence[str], names: Sequence[str], seeds: Sequence[int]) -> None:
+    """Train each (seed, held-out source) job that has no metrics.json yet; seeds missing the same sources share one
+    Hydra multirun (a fresh run is one multirun of all jobs, so a parallel launcher sees them all)."""
+    missing: dict[tuple[str, ...], list[int]] = {}
+    for seed in seeds:
+        todo = tuple(n for n in names if not (job_dir(out, seed, n) / "metrics.json").is_file())
+        if todo:
+            missing.setdefault(todo, []).append(seed)
+    for todo, group in missing.items():
+        cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"seed={','.join(map(str, group))}",
+               f"data.holdout_source={','.join(todo)}", "resume=true", "trainer.enable_progress_bar=false",
+               f"hydra.sweep.dir={out}", "hydra.sweep.subdir=seed${seed}/${data.holdout_source}"]
+        done = subprocess.run(cmd, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"training the held-out sources failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
 def predict_holdout(job: Path, ckpt: str = "best", calibration: Mapping[str, Any] | None = None) -> Path:
@@ -82,25 +95,65 @@ def predict_holdout(job: Path, ckpt: str = "best", calibration: Mapping[str, Any
 
 
 def run(out: str | Path, overrides: Sequence[str] = (), ckpt: str = "best", n_resamples: int = 1000,
-        seed: int = 0, calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Train (what is missing), predict each held-out source, score it; write and return OUT/by_source.json.
-    `calibration`: `lungcnn calibrate`'s options (`lungcnn cv run --calibrate KEY=VALUE`), checked before training."""
+        seed: int = 0, calibration: Mapping[str, Any] | None = None, repeats: int = 3,
+        first_seed: int = 0) -> dict[str, Any]:
+    """Train (what is missing), predict each held-out source, score it, for `repeats` seeds from `first_seed`; write and
+    return OUT/by_source.json. `calibration`: `lungcnn calibrate`'s options (`lungcnn cv run --calibrate KEY=VALUE`),
+    checked before training; `seed`: the bootstrap's."""
     from lungcnn.evaluation.repeated import check_calibration
 
+    if repeats < 1:
+        raise LungCNNInputError(f"--repeats must be >= 1, got {repeats}")
+    if any(o.lstrip("+~").partition("=")[0] == "seed" for o in overrides):
+        raise LungCNNInputError("leave seed= out of the overrides: --first-seed N --repeats R choose the seeds of a "
+                                "by-source run (--first-seed N --repeats 1 for seed N alone)")
     check_calibration(calibration or {})
     out = Path(out)
     names = source_names(overrides)
-    train_holdouts(out, overrides, names)
-    frames = []
-    for name in names:
-        job = out / name
-        frames.append(scored_frame(predict_holdout(job, ckpt, calibration), _groups(job / "split.csv")))
-    table = per_source_table(pd.concat(frames, ignore_index=True), n_resamples, seed)
+    seeds = list(range(first_seed, first_seed + repeats))
+    train_holdouts(out, overrides, names, seeds)
+    tables = {}
+    for s in seeds:
+        frames = []
+        for name in names:
+            job = job_dir(out, s, name)
+            frames.append(scored_frame(predict_holdout(job, ckpt, calibration), _groups(job / "split.csv")))
+        tables[s] = per_source_table(pd.concat(frames, ignore_index=True), n_resamples, seed)
+    over = over_seeds(tables)
+    text = "\n\n".join([*(f"seed {s}\n\n{markdown(t)}" for s, t in tables.items()), spread_markdown(over, seeds)])
     summary = {"out": str(out), "overrides": list(overrides), "checkpoint": ckpt, "calibration": dict(calibration or {}),
-               "sources": names,
-               "n_resamples": n_resamples, "seed": seed, "per_source": table, "markdown": markdown(table)}
+               "sources": names, "seeds": seeds, "n_resamples": n_resamples, "seed": seed,
+               "per_seed": {str(s): t for s, t in tables.items()}, "over_seeds": over, "markdown": text}
     write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def over_seeds(tables: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per source and figure: each seed's value and their mean, min and max (NaN where a source has no such figure,
+    e.g. no ROC-AUC on normal scans)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for table in tables.values():
+        for source, row in table.items():
+            for figure in FIGURES:
+                out.setdefault(source, {}).setdefault(figure, {"values": []})["values"].append(row[figure]["value"])
+    for figures in out.values():
+        for entry in figures.values():
+            v = np.array([x for x in entry["values"] if not math.isnan(x)])
+            entry.update({k: float(f(v)) if v.size else math.nan for k, f in (("mean", np.mean), ("min", np.min),
+                                                                             ("max", np.max))})
+    return out
+
+
+def spread_markdown(over: Mapping[str, Mapping[str, Mapping[str, Any]]], seeds: Sequence[int]) -> str:
+    """The spread over seeds as markdown: per source and figure, mean (min-max) and each seed's value."""
+    lines = [f"over seeds {', '.join(map(str, seeds))}", "", "| held-out source | figure | mean (min-max) | per seed |",
+             "|---|---|---|---|"]
+    for source, figures in over.items():
+        for figure, e in figures.items():
+            if not math.isnan(e["mean"]):
+                per = " / ".join("-" if math.isnan(v) else f"{v:.3f}" for v in e["values"])
+                lines.append(f"| {source} | {figure} | {e['mean']:.3f} ({e['min']:.3f}-{e['max']:.3f}) | {per} |")
+    return "\n".join(lines)
 
 
 def _groups(split: Path) -> dict[str, str]:

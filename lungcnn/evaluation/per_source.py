@@ -34,6 +34,9 @@ def scored_frame(predictions: str | Path, groups: Mapping[str, str]) -> pd.DataF
         "judged": table.in_domain[table.readable].astype(int).to_numpy()})
 
 
+FIGURES = ("roc_auc", "sensitivity", "specificity", "called_positive", "not_judged", "wrong_of_judged")
+
+
 def _figures(pcj: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """From columns (probability, called, judged): ROC-AUC of the probability over every slice; sensitivity and
     specificity of the call over the slices judged (a slice out of domain or without lungs in view gets no
@@ -74,7 +77,7 @@ def per_source_table(frame: pd.DataFrame, n_resamples: int = 1000, seed: int = 0
 
 def markdown(table: dict[str, dict[str, Any]], title: str = "held-out source") -> str:
     """The per-source table as markdown: value (95% CI) per figure."""
-    keys = ("roc_auc", "sensitivity", "specificity", "called_positive", "not_judged", "wrong_of_judged")
+    keys = FIGURES
     lines = [f"| {title} | images (pos/neg) | groups | " + " | ".join(keys) + " |", "|---" * (len(keys) + 3) + "|"]
     for name, row in table.items():
         cells = []
