@@ -85,6 +85,7 @@ def test_a_threshold_set_for_an_unseen_source_accepts_the_sources_spread_and_ref
         score = float(KnnDistance.from_state({"bank": tensors["guard.bank"]}, 1)(between))
         thresholds[unseen] = (guard.threshold, score)
         assert guard.details["unseen"] == unseen
+        assert guard.details["series" if unseen == "patient" else "sources"] == (8 if unseen == "patient" else 2)
     (patient_threshold, score), (source_threshold, _) = thresholds["patient"], thresholds["source"]
     assert patient_threshold < score <= source_threshold  # refused for a new patient, answered for a new source
     assert source_threshold == pytest.approx(np.sqrt(2), abs=0.05)  # the sources' own distance (at right angles)

@@ -121,16 +121,16 @@ def fit_guard(bank: torch.Tensor, groups: Sequence[str], val_features: torch.Ten
     if len(val) == 0:
         raise LungCNNInputError("the domain guard's threshold needs validation images; none could be read")
     threshold = float(np.quantile(scores, config.quantile) * config.margin)
-    unit = "source" if by_source else "series"
+    unit, units = ("source", "sources") if by_source else ("series", "series")
     details = {"quantile": config.quantile, "margin": config.margin, "unseen": config.unseen,
-               "validation_images": len(val), f"leave_{unit}_out_images": len(held_out), f"{unit}s": len(set(groups)),
+               "validation_images": len(val), f"leave_{unit}_out_images": len(held_out), units: len(set(groups)),
                "validation_flagged": float(np.mean(val > threshold)),
                "unseen_scores": {q: float(np.quantile(scores, p)) for q, p in
                                       (("min", 0), ("median", 0.5), ("p95", 0.95), ("max", 1))}}
     against = (f"{len(held_out)} training images against the other sources" if by_source else
                f"{len(held_out)} training images against the other series and of {len(val)} {val_note}")
     guard = DomainGuard("knn", config.k, threshold, int(bank.shape[1]), int(bank.shape[0]),
-                        f"{len(bank)} training images of {len(set(groups))} {'sources' if by_source else 'series'}; "
+                        f"{len(bank)} training images of {len(set(groups))} {units}; "
                         f"threshold: {config.margin:g} x the {config.quantile:g} quantile of the scores of {against}",
                         details)
     return guard, guard_state(module)
