@@ -20,13 +20,10 @@ interrupted run resumes when started again.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from lungcnn import CONF_DIR
@@ -58,20 +55,11 @@ def job_dir(out: Path, seed: int, source: str) -> Path:
 
 
 def train_holdouts(out: Path, overrides: Sequence[str], names: Sequence[str], seeds: Sequence[int]) -> None:
-    """Train each (seed, held-out source) job that has no metrics.json yet; seeds missing the same sources share one
-    Hydra multirun (a fresh run is one multirun of all jobs, so a parallel launcher sees them all)."""
-    missing: dict[tuple[str, ...], list[int]] = {}
-    for seed in seeds:
-        todo = tuple(n for n in names if not (job_dir(out, seed, n) / "metrics.json").is_file())
-        if todo:
-            missing.setdefault(todo, []).append(seed)
-    for todo, group in missing.items():
-        cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"seed={','.join(map(str, group))}",
-               f"data.holdout_source={','.join(todo)}", "resume=true", "trainer.enable_progress_bar=false",
-               f"hydra.sweep.dir={out}", "hydra.sweep.subdir=seed${seed}/${data.holdout_source}"]
-        done = subprocess.run(cmd, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"training the held-out sources failed (exit {done.returncode}): {' '.join(cmd)}")
+    """Train each (seed, held-out source) job without a metrics.json (`repeated.train_missing`, into
+    OUT/seed<s>/<source>)."""
+    from lungcnn.evaluation.repeated import train_missing
+
+    train_missing(out, overrides, seeds, "data.holdout_source", names, "", "the held-out sources")
 
 
 def predict_holdout(job: Path, ckpt: str = "best", calibration: Mapping[str, Any] | None = None) -> Path:
@@ -129,19 +117,16 @@ def run(out: str | Path, overrides: Sequence[str] = (), ckpt: str = "best", n_re
 
 
 def over_seeds(tables: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per source and figure: each seed's value and their mean, min and max (NaN where a source has no such figure,
-    e.g. no ROC-AUC on normal scans)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    """Per source and figure: each seed's value and their spread (`repeated.value_spread`; NaN where a source has no
+    such figure, e.g. no ROC-AUC on normal scans)."""
+    from lungcnn.evaluation.repeated import value_spread
+
+    values: dict[str, dict[str, list[float]]] = {}
     for table in tables.values():
         for source, row in table.items():
             for figure in FIGURES:
-                out.setdefault(source, {}).setdefault(figure, {"values": []})["values"].append(row[figure]["value"])
-    for figures in out.values():
-        for entry in figures.values():
-            v = np.array([x for x in entry["values"] if not math.isnan(x)])
-            entry.update({k: float(f(v)) if v.size else math.nan for k, f in (("mean", np.mean), ("min", np.min),
-                                                                             ("max", np.max))})
-    return out
+                values.setdefault(source, {}).setdefault(figure, []).append(row[figure]["value"])
+    return {source: {figure: value_spread(v) for figure, v in figures.items()} for source, figures in values.items()}
 
 
 def spread_markdown(over: Mapping[str, Mapping[str, Mapping[str, Any]]], seeds: Sequence[int]) -> str:

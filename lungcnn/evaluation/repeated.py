@@ -40,24 +40,31 @@ def job_dir(out: Path, seed: int, fold: int) -> Path:
 
 
 def train_folds(out: Path, overrides: Sequence[str], seeds: Sequence[int], folds: int) -> None:
-    """Train every (seed, fold) job without a metrics.json; Hydra's launcher decides how.
+    """Train every (seed, fold) job without a metrics.json (`train_missing`, into OUT/seed<s>/fold<k>)."""
+    train_missing(out, [*overrides, f"data.n_folds={folds}"], seeds, "data.fold", list(range(folds)), "fold", "the folds")
 
-    Seeds missing the same folds share one multirun (a fresh run is one multirun of all jobs, so a parallel
+
+def train_missing(out: Path, overrides: Sequence[str], seeds: Sequence[int], key: str, values: Sequence[Any],
+                  prefix: str, what: str) -> None:
+    """Train every (seed, `key` value) job of OUT/seed<s>/<prefix><value> without a metrics.json; Hydra's launcher
+    decides how (the repeated CV's folds, `key` data.fold; the by-source run's held-out sources, data.holdout_source).
+
+    Seeds missing the same values share one multirun (a fresh run is one multirun of all jobs, so a parallel
     launcher sees them all). `resume=true`: a job cut short continues from its last.ckpt, one never started
     begins afresh, and finished jobs are not in the sweep at all (their checkpoints would refuse a new run).
     """
-    missing: dict[tuple[int, ...], list[int]] = {}
+    missing: dict[tuple[Any, ...], list[int]] = {}
     for seed in seeds:
-        todo = tuple(k for k in range(folds) if not (job_dir(out, seed, k) / "metrics.json").is_file())
+        todo = tuple(v for v in values if not (out / f"seed{seed}" / f"{prefix}{v}" / "metrics.json").is_file())
         if todo:
             missing.setdefault(todo, []).append(seed)
     for todo, group in missing.items():
         cmd = [sys.executable, "-m", "lungcnn.train", "-m", *overrides, f"seed={','.join(map(str, group))}",
-               f"data.n_folds={folds}", f"data.fold={','.join(map(str, todo))}", "resume=true",
-               "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}", "hydra.sweep.subdir=seed${seed}/fold${data.fold}"]
+               f"{key}={','.join(map(str, todo))}", "resume=true", "trainer.enable_progress_bar=false",
+               f"hydra.sweep.dir={out}", f"hydra.sweep.subdir=seed${{seed}}/{prefix}${{{key}}}"]
         done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"training the folds failed (exit {done.returncode}): {' '.join(cmd)}")
+            raise RuntimeError(f"training {what} failed (exit {done.returncode}): {' '.join(cmd)}")
 
 
 def calibration_options(items: Sequence[str]) -> dict[str, Any]:
@@ -176,13 +183,15 @@ def spread(per_repeat: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, f
             for key, value in (pooled.get(part) or {}).get("metrics", {}).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     rows.setdefault(f"{part}/{key}", []).append(float(value))
-    out = {}
-    for key, values in rows.items():
-        v = np.array([x for x in values if not math.isnan(x)])
-        out[key] = {"mean": float(v.mean()) if v.size else math.nan, "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
-                    "min": float(v.min()) if v.size else math.nan, "max": float(v.max()) if v.size else math.nan,
-                    "values": values}
-    return out
+    return {key: value_spread(values) for key, values in rows.items()}
+
+
+def value_spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, std (ddof=1), min and max of the values that are not NaN (NaN where none is), and the values."""
+    v = np.array([x for x in values if not math.isnan(x)])
+    return {"mean": float(v.mean()) if v.size else math.nan, "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+            "min": float(v.min()) if v.size else math.nan, "max": float(v.max()) if v.size else math.nan,
+            "values": list(values)}
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
