@@ -120,21 +120,28 @@ def lung_tiles(image: np.ndarray, tile: int, stride: int, min_inside: float = 0.
     inside the lung region is at least `min_inside` (where none is, as at the apex or the base, the one with the
     largest share); [] when no two lungs are found.
 
-    Lesion-scale inputs for multiple-instance learning: a tumour is bright tissue, so the dark lung fields have a
-    hole or a notch where it sits (at the hilum, on the pleura); the region is each lung's convex hull, so that
-    tiles over such a tumour still count as lung. The grid is centred on the box and stays inside the image."""
+    Lesion-scale inputs for multiple-instance learning; "inside" is `lung_region`, so that tiles over a tumour still
+    count as lung. The grid is centred on the box and stays inside the image."""
     fields = find_lung_fields(image)
     if not fields.found or min(image.shape) < tile:
         return []
-    count, labels = cv2.connectedComponents(fields.lungs.astype(np.uint8))
-    region = np.zeros(image.shape, np.uint8)
-    for k in range(1, count):
-        region |= _hull(((labels == k) * 255).astype(np.uint8))
-    inside = cv2.integral((region > 0).astype(np.uint8))
+    inside = cv2.integral(lung_region(fields).astype(np.uint8))
     top, bottom, left, right = _box(fields.lungs)
     shares = {(y, x): (inside[y + tile, x + tile] - inside[y, x + tile] - inside[y + tile, x] + inside[y, x]) / tile**2
               for y in _grid(top, bottom, tile, stride, image.shape[0]) for x in _grid(left, right, tile, stride, image.shape[1])}
     return [t for t, share in shares.items() if share >= min_inside] or [max(shares, key=shares.get)]
+
+
+def lung_region(fields: LungFields) -> np.ndarray:
+    """(H, W) bool: each found lung field's convex hull. A tumour is bright tissue, so it makes a hole or a notch in
+    the dark field (at the hilum, on the pleura); the hull still counts it as lung. Needs `fields.found`."""
+    if fields.lungs is None:
+        raise ValueError(f"no lung fields to take the hulls of: {fields.reason}")
+    count, labels = cv2.connectedComponents(fields.lungs.astype(np.uint8))
+    region = np.zeros(fields.lungs.shape, np.uint8)
+    for k in range(1, count):
+        region |= _hull(((labels == k) * 255).astype(np.uint8))
+    return region > 0
 
 
 def _grid(start: int, stop: int, tile: int, stride: int, limit: int) -> list[int]:
