@@ -83,7 +83,7 @@ def insert_mass(
         alpha = np.maximum(alpha, _spicules(image.shape, cx, cy, r, rng) * region)
     out = g * (1 - alpha) + np.clip(level + grain, 0, 255) * alpha
     out = np.maximum(out, g * (alpha > 0.5))  # vessels in front of the mass stay visible
-    return np.clip(out, 0, 255).astype(np.uint8), Mass((int(cx), int(cy)), float(r), mask)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), Mass((int(cx), int(cy)), float(r), mask)
 
 
 def _place(lungs, region, rng, radius, min_inside, tries):
