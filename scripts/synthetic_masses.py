@@ -137,7 +137,7 @@ def annotated(shared: Path, cache: Path, score) -> dict:
         image = render(shared / "lung-pet-ct-dx-dev" / boxes.loc[i, "file"], parse_window("lung-pet-ct-dx", "hu"), WINDOW)
         if image.shape != (GRID, GRID):
             raise SystemExit(f"{boxes.loc[i, 'file']}: {image.shape}, not the {GRID} px grid the boxes are drawn on")
-        clean = remove_box(image, tuple(boxes.loc[i, ["xmin", "ymin", "xmax", "ymax"]].astype(float)), GROW)
+        clean = remove_box(to_model_grid(image, GRID), tuple(boxes.loc[i, ["xmin", "ymin", "xmax", "ymax"]].astype(float)), GROW)
         tiles = [clean[y : y + TILE, x : x + TILE] for y, x in lung_tiles(clean, TILE, STRIDE, MIN_INSIDE)]
         removed[i] = score(tile_features(tiles)).max() if tiles else np.nan
     without = slice_ranking(removed, test["lungs"], tumour, common)
