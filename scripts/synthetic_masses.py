@@ -22,7 +22,8 @@ Evaluated, never trained on:
     python scripts/synthetic_masses.py --shared ../shared/data --out synthetic_masses.json --seeds 0 1 2 \
         [--masses 3] [--cache /tmp/masses]
 
-The seed draws the masses; the classifier has no randomness. Features are cached under --cache (per seed for the
+The seed draws the masses; the classifier has no randomness. With several seeds, their classifiers' tile scores
+averaged (the "ensemble") are evaluated too. Features are cached under --cache (per seed for the
 training tiles; the evaluation sets as scripts/lesion_tiles.py caches them).
 """
 
@@ -173,6 +174,23 @@ def kaggle(shared: Path, cache: Path, score) -> dict:
             "auc_ci95": auc_ci(y[ok], p[ok])}
 
 
+def mean_of(scores):
+    return lambda x: np.mean([score(x) for score in scores], axis=0)
+
+
+def evaluate(args: argparse.Namespace, every, no_kaggle, name: str) -> dict:
+    out = {"annotated": annotated(args.shared, args.cache, every), "iqothnccd": iqothnccd(args.shared, args.cache, every),
+           "chestct_kaggle_without_its_normals": kaggle(args.shared, args.cache, no_kaggle)}
+    a, q, k = out["annotated"], out["iqothnccd"], out["chestct_kaggle_without_its_normals"]
+    print(f"{name}: annotated AUC {a['auc']:.3f} {np.round(a['auc_ci95'], 3)} (common {a['auc_common']:.3f}), "
+          f"first tumour {a['first_tumour_rank']}, top tile in box {a['top_tile_overlaps_box']} "
+          f"(centre {a['top_tile_holds_box_centre']}, chance {a['chance_overlap']:.2f}), tumours removed: AUC "
+          f"{a['tumours_removed']['auc']:.3f}, first tumour {a['tumours_removed']['first_tumour_rank']}; IQ-OTH/NCCD series "
+          f"AUC top1 {q['series_auc_top1']:.3f} top3 {q['series_auc_top3']:.3f}, slice {q['slice_auc']:.3f}; "
+          f"chestct-kaggle {k['auc']:.3f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, required=True, help="the shared data folder (../shared/data)")
@@ -181,21 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masses", type=int, default=3, help="masses drawn, one at a time, into each normal slice")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/masses"))
     args = parser.parse_args(argv)
-    results = []
+    results, every, no_kaggle = [], [], []
     for seed in args.seeds:
         train = training_tiles(args.shared, args.masses, seed, args.cache)
-        every = classifier(train, np.ones(len(train["y"]), bool))
-        no_kaggle = classifier(train, train["source"] != "chestct-kaggle-dev")
+        every.append(classifier(train, np.ones(len(train["y"]), bool)))
+        no_kaggle.append(classifier(train, train["source"] != "chestct-kaggle-dev"))
         results.append({"seed": seed, "masses": args.masses, "tiles": len(train["y"]), "positives": int(train["y"].sum()),
-                        "annotated": annotated(args.shared, args.cache, every),
-                        "iqothnccd": iqothnccd(args.shared, args.cache, every),
-                        "chestct_kaggle_without_its_normals": kaggle(args.shared, args.cache, no_kaggle)})
-        a, q, k = results[-1]["annotated"], results[-1]["iqothnccd"], results[-1]["chestct_kaggle_without_its_normals"]
-        print(f"seed {seed}: annotated AUC {a['auc']:.3f} {np.round(a['auc_ci95'], 3)} (common {a['auc_common']:.3f}), "
-              f"first tumour {a['first_tumour_rank']}, top tile in box {a['top_tile_overlaps_box']} "
-              f"(centre {a['top_tile_holds_box_centre']}, chance {a['chance_overlap']:.2f}); IQ-OTH/NCCD series AUC "
-              f"top1 {q['series_auc_top1']:.3f} top3 {q['series_auc_top3']:.3f}, slice {q['slice_auc']:.3f}; "
-              f"chestct-kaggle {k['auc']:.3f}", flush=True)
+                        **evaluate(args, every[-1], no_kaggle[-1], f"seed {seed}")})
+    if len(args.seeds) > 1:  # the seeds' classifiers together: their tile scores averaged
+        results.append({"seed": "ensemble", "masses": args.masses, "seeds": args.seeds,
+                        **evaluate(args, mean_of(every), mean_of(no_kaggle), "ensemble")})
     write_json(args.out, {"c": C, "results": results})
     return 0
 
