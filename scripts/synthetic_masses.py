@@ -14,7 +14,8 @@ Evaluated, never trained on:
 - the annotated series (lung-pet-ct-dx-dev/A0001): tumour vs tumour-free slices' ROC-AUC (slices without lungs in
   view or without a tile ranked last, and among the slices with both), the first tumour slice's rank, and on how
   many tumour slices the top tile overlaps the box or holds its centre, with the chance of a random lung tile;
-  and the same with each tumour removed (its box, grown 1.5x, inpainted as scripts/lesion_counterfactual.py does);
+  and the same with each tumour removed (the part of its box, grown 1.5x, inside the lung fields' hulls set to aerated
+  lung: `lesion_counterfactual.remove_box`);
 - IQ-OTH/NCCD's benign and malignant series (case labels): series ROC-AUC by the series' highest slice score and by
   the mean of its top 3, and slice ROC-AUC;
 - chestct-kaggle carcinoma vs normal slices with a model trained without chestct-kaggle's normal slices.
@@ -57,7 +58,7 @@ from probe_features import backbone_for  # noqa: E402
 NORMALS = [("luna16-normal-dev", "normal", "lung", 2), ("chestct-kaggle-dev", "normal", "as_is", 1),
            ("iqothnccd-dev", "Normal cases", "iqothnccd", 1)]
 KAGGLE = ("adenocarcinoma", "large.cell.carcinoma", "squamous.cell.carcinoma", "normal")
-GROW = 1.5  # the tumour box is inpainted grown 1.5x around its centre, so that no rim of the tumour is left
+GROW = 1.5  # the tumour box, grown 1.5x around its centre so that no rim of the tumour is left, becomes aerated lung
 C = 0.01  # fixed before any figure was seen; 0.1 ranked alike in the first runs
 
 

@@ -101,8 +101,21 @@ def test_lesion_counterfactual_removes_only_the_box_and_ranks_again(trained_ckpt
     spec.loader.exec_module(script)
     image = np.zeros((64, 64), np.uint8)
     image[20:30, 20:30] = 255  # a bright "tumour" in a dark field
-    removed = script.remove_box(image, (18, 18, 32, 32), 1.0)
+    removed = script.remove_box(image, (18, 18, 32, 32), 1.0, fill="inpaint")
     assert removed[20:30, 20:30].max() < 128 and (removed[:, 40:] == image[:, 40:]).all()
+    # fill="lung": a tumour against the chest wall becomes aerated lung; the wall beside it, inside the box, stays.
+    y, x = np.mgrid[:128, :128] / 128
+    chest = np.zeros((128, 128), np.uint8)
+    chest[((x - 0.5) / 0.42) ** 2 + ((y - 0.5) / 0.3) ** 2 < 1] = 120
+    for cx in (0.3, 0.7):
+        chest[((x - cx) / 0.12) ** 2 + ((y - 0.5) / 0.18) ** 2 < 1] = 10
+    tumour = chest.copy()
+    tumour[60:72, 80:90] = 120  # on the right lung's lateral wall (the lung spans x 74-105)
+    tumour[60:72, 100:112] = 120
+    box = (78, 58, 112, 74)
+    emptied = script.remove_box(tumour, box, 1.0)
+    assert (emptied[60:72, 80:90] == 10).all() and (emptied[:, :70] == tumour[:, :70]).all()
+    assert (emptied[60:72, 108:112] == 120).all()  # chest wall: outside the lung's hull
 
     folder = tmp_path / "series"
     folder.mkdir()
@@ -116,7 +129,7 @@ def test_lesion_counterfactual_removes_only_the_box_and_ranks_again(trained_ckpt
                      **({"xmin": 24, "ymin": 24, "xmax": 39, "ymax": 39} if i in (1, 2) else {})})
     pd.DataFrame(rows).to_csv(tmp_path / "boxes.csv", index=False)
     assert script.main(["--ckpt", str(trained_ckpt), "--boxes", str(tmp_path / "boxes.csv"),
-                        "--out", str(tmp_path / "cf.json"), "--grow", "1.5"]) == 0
+                        "--out", str(tmp_path / "cf.json"), "--grow", "1.5", "--fill", "inpaint"]) == 0
     report = json.loads((tmp_path / "cf.json").read_text())
     assert set(report["as_they_are"]) == {"probability"} and report["tumour_slices"] == 2  # no normal bank
     after = report["tumours_removed"]["box x 1.5"]["probability"]
