@@ -2,6 +2,8 @@
 
 Modules: ``shapes`` (drawing primitives), ``phantom`` (one patient's slices), ``folder`` (writing the
 data set: images, groups.csv, notice, parameters), ``__main__`` (``python -m lungcnn.data.synthetic``).
+``masses`` is the one module that edits real slices: it draws a mass into a real normal slice's lung field, for
+lesion experiments (scripts/synthetic_masses.py), not for the demo.
 
 The images are drawn, not scanned: they are NOT medical data and say nothing about real lung cancer.
 They only have to look enough like axial chest CT slices that the pipeline (reading, grouped splits,
