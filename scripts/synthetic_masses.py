@@ -31,6 +31,7 @@ training tiles; the evaluation sets as scripts/lesion_tiles.py caches them).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -54,12 +55,12 @@ from lesion_tiles import GRID, MIN_INSIDE, STRIDE, TILE, WINDOW, cached, slice_r
 from mil_attention import auc_ci  # noqa: E402
 from probe_features import backbone_for  # noqa: E402
 
-# (folder, class folder, window): the normal slices that carry the masses.
+# (folder, class folder, window, every n-th slice): the normal slices that carry the masses.
 NORMALS = [("luna16-normal-dev", "normal", "lung", 2), ("chestct-kaggle-dev", "normal", "as_is", 1),
            ("iqothnccd-dev", "Normal cases", "iqothnccd", 1)]
 KAGGLE = ("adenocarcinoma", "large.cell.carcinoma", "squamous.cell.carcinoma", "normal")
 GROW = 1.5  # the tumour box, grown 1.5x around its centre so that no rim of the tumour is left, becomes aerated lung
-C = 0.01  # fixed before any figure was seen; 0.1 ranked alike in the first runs
+C = 0.01  # fixed before any figure was seen; 0.1 ranked alike in the first (scratch) runs
 
 
 def normal_slices(shared: Path) -> list[tuple[Path, str, str]]:
@@ -67,10 +68,15 @@ def normal_slices(shared: Path) -> list[tuple[Path, str, str]]:
             for p in sorted((shared / folder / cls).glob("*"))[::every]]
 
 
+@functools.cache
+def backbone():
+    model, mean, std = backbone_for("tf")
+    return model, build_transform(mean, std)
+
+
 @torch.inference_mode()
 def tile_features(tiles: list[np.ndarray]) -> np.ndarray:
-    model, mean, std = backbone_for("tf")
-    transform = build_transform(mean, std)
+    model, transform = backbone()
     out = [model(torch.stack([transform(image=t)["image"] for t in tiles[i : i + 64]])).numpy()
            for i in range(0, len(tiles), 64)]
     return np.concatenate(out).astype(np.float32)
