@@ -111,9 +111,12 @@ def series_folds(names: np.ndarray, series_y: np.ndarray, folds: int, seed: int)
 
 def auc_ci(y: np.ndarray, s: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
     """Stratified bootstrap 95% interval of the ROC-AUC."""
+    from lungcnn.metrics.classification import _auroc_batched  # the report's own batched AUC (sklearn's costs 8 ms a call)
+
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    boot = [roc_auc_score(y[i], s[i]) for i in (np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))] for _ in range(n))]
+    rows = np.stack([np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))] for _ in range(n)])
+    boot = _auroc_batched(np.asarray(s, float)[rows], np.asarray(y)[rows] == 1, len(pos), len(neg))
     return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
 
 
