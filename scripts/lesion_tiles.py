@@ -49,7 +49,7 @@ from lungcnn.data.lungcrop import lung_tiles, lungs_in_view
 from lungcnn.data.rendering import parse_window, render
 from lungcnn.data.sources import Source, scan_sources
 from lungcnn.data.transforms import build_transform, to_model_grid
-from lungcnn.fileio import write_json
+from lungcnn.fileio import atomic_open, write_json
 from lungcnn.metrics.bootstrap import bootstrap_ci, clopper_pearson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,10 +120,8 @@ def cached(name: str, paths: list[Path], window: str, cache: Path) -> dict[str, 
                 return {k: z[k] for k in z.files if k != "paths"}
     start = time.perf_counter()
     data = extract(paths, window)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp.npz")
-    np.savez(tmp, paths=names, **data)
-    tmp.replace(file)
+    with atomic_open(file, "wb") as f:
+        np.savez(f, paths=names, **data)
     print(f"{name}: {len(paths)} slices, {len(data['tiles'])} tiles in {time.perf_counter() - start:.0f} s", flush=True)
     return data
 

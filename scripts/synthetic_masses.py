@@ -47,7 +47,7 @@ from lungcnn.data.lungcrop import find_lung_fields, lung_tiles
 from lungcnn.data.rendering import parse_window, render
 from lungcnn.data.synthetic.masses import insert_mass
 from lungcnn.data.transforms import build_transform, to_model_grid
-from lungcnn.fileio import write_json
+from lungcnn.fileio import atomic_open, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lesion_counterfactual import remove_box  # noqa: E402
@@ -111,10 +111,8 @@ def training_tiles(shared: Path, masses: int, seed: int, cache: Path) -> dict[st
                     labels.append(1)
                     sources.append(folder)
     data = {"f": tile_features(tiles), "y": np.array(labels), "source": np.array(sources)}
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp.npz")
-    np.savez(tmp, **data)
-    tmp.replace(file)
+    with atomic_open(file, "wb") as f:
+        np.savez(f, **data)
     print(f"seed {seed}: {len(tiles)} tiles, {int(np.sum(labels))} with a mass, {time.perf_counter() - start:.0f} s", flush=True)
     return data
 

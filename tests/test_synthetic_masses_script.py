@@ -26,10 +26,12 @@ def _script(name: str):
 
 
 def _pngs(folder: Path, cls: str, n: int, seed: int) -> list[str]:
-    folder.mkdir(parents=True)
-    for k, image in enumerate(render_patient(np.random.default_rng(seed), cls, n, 192)):
-        Image.fromarray(image).save(folder / f"{cls}_{seed}_{k}.png")
-    return sorted(p.name for p in folder.iterdir())
+    """`n` slices of one drawn patient written into `folder`; their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{cls}_{seed}_{k}.png" for k in range(n)]
+    for name, image in zip(names, render_patient(np.random.default_rng(seed), cls, n, 192)):
+        Image.fromarray(image).save(folder / name)
+    return names
 
 
 def _shared(root: Path) -> Path:
@@ -41,10 +43,8 @@ def _shared(root: Path) -> Path:
     rows = []
     for folder, cls, label in (("Bengin cases", "benign", "Benign"), ("Malignant cases", "malignant", "Malignant")):
         for seed in (30, 31):  # two series a class, two slices each
-            for name in _pngs(iq / folder / f"s{seed}", cls, 2, seed + len(rows)):
-                (iq / folder / f"s{seed}" / name).rename(iq / folder / name)
+            for name in _pngs(iq / folder, cls, 2, seed + len(rows)):
                 rows.append({"file": f"{folder}/{name}", "label": label, "group": f"{cls}{seed}"})
-            (iq / folder / f"s{seed}").rmdir()
     pd.DataFrame(rows).to_csv(iq / "groups.csv", index=False)
     series = root / "lung-pet-ct-dx-dev" / "A0001"
     series.mkdir(parents=True)
